@@ -1,0 +1,7 @@
+"""coins-sync: EnKash coin reward rules as code."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,100 @@
+"""The one exception tree of coins-sync.
+
+Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
+``Error: ...`` on stderr and exit code 1. Anything else is a bug.
+
+::
+
+    CoinsSyncError
+    ├── SettingsError          bad [tool.coins-sync] settings or options
+    ├── ConfigError            rule files that cannot be used (carries .problems)
+    ├── StateError             unreadable, corrupt or unknown-version state / journal
+    │   └── LockError          the state is locked by another holder (carries .holder)
+    ├── StalePlanError         a saved plan no longer matches state or configs
+    ├── UnsafePlanError        a plan over the safety threshold without --force
+    └── ApiError               the coins API refused or failed (carries .status, .code)
+        ├── AuthError          no credentials, token refused, or 401 after a refresh
+        └── OutcomeUnknownError  a create was sent and its result is unknown
+
+Messages never contain secrets: callers pass only public values into them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One located problem in a rule file: ``path:line:col: message``.
+
+    ``path`` is already relative to the working directory; ``line`` and ``col``
+    are 1-based, and 0 when the problem concerns the file as a whole.
+    """
+
+    path: str
+    line: int
+    col: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}: {self.message}"
+
+
+class CoinsSyncError(Exception):
+    """Root of every expected coins-sync failure."""
+
+
+class SettingsError(CoinsSyncError):
+    """The settings in pyproject.toml or the command-line options are invalid."""
+
+
+class ConfigError(CoinsSyncError):
+    """Rule files failed validation; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = sorted(problems)
+        count = len(self.problems)
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the rule files")
+
+
+class StateError(CoinsSyncError):
+    """The state, its journal or its backup cannot be read or written safely."""
+
+
+class LockError(StateError):
+    """Another process holds the state lock; ``holder`` describes it when known."""
+
+    def __init__(self, message: str, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class StalePlanError(CoinsSyncError):
+    """A saved plan was made against another state serial or other configs."""
+
+
+class UnsafePlanError(CoinsSyncError):
+    """The plan touches more entries than the safety threshold allows."""
+
+
+class ApiError(CoinsSyncError):
+    """The coins API answered with an error or could not be reached.
+
+    ``status`` is the HTTP status (None when no response arrived), ``code`` the
+    envelope's ``response_code`` when there was one.
+    """
+
+    def __init__(self, message: str, status: int | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class AuthError(ApiError):
+    """Credentials are missing or were refused. Token requests are never retried."""
+
+
+class OutcomeUnknownError(ApiError):
+    """A create request was sent but whether the server processed it is unknown."""

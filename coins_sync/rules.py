@@ -1,0 +1,54 @@
+"""The rule model: what a config file desires, as typed values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class RuleKey:
+    """A rule's identity, ``companyId/configuration/event``; unique across all files."""
+
+    company_id: str
+    configuration: str
+    event: str
+
+    def __str__(self) -> str:
+        return f"{self.company_id}/{self.configuration}/{self.event}"
+
+    @classmethod
+    def parse(cls, text: str) -> RuleKey:
+        """Parse ``COMPANY/CONFIGURATION/EVENT``; raises ValueError when malformed."""
+        parts = text.split("/")
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            raise ValueError(f"key {text!r} is not of the form COMPANY/CONFIGURATION/EVENT")
+        return cls(parts[0], parts[1], parts[2])
+
+    def as_dict(self) -> dict[str, str]:
+        """The key in the API's own field names."""
+        return {
+            "companyId": self.company_id,
+            "configuration": self.configuration,
+            "event": self.event,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a rule is defined: a path relative to the working directory, 1-based line/col."""
+
+    path: str
+    line: int
+    col: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One desired rule: ``key`` gives ``amount`` coins; ``source`` says where it was written."""
+
+    key: RuleKey
+    amount: int
+    source: Source

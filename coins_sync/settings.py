@@ -1,0 +1,206 @@
+"""Settings: ``[tool.coins-sync]`` in the working directory's ``pyproject.toml``.
+
+Shape::
+
+    [tool.coins-sync]
+    configs = "configs"                 # where the rule files live
+    default_environment = "sandbox"     # used when --env is not given
+
+    [tool.coins-sync.environments.sandbox]
+    api_url = "http://127.0.0.1:8080"
+    state = "state/sandbox.json"        # default: state/<env>.json
+    encryption = "none"                 # or "aes-128-ecb"
+    max_amount = 10000
+    update_threshold = 0.3              # refuse plans updating more than this share...
+    update_threshold_min_entries = 10   # ...once at least this many entries are managed
+    parallelism = 8
+
+Unknown keys are errors: a typo must never silently change behaviour. No secret is
+ever read from this file; secrets come from environment variables only.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from coins_sync.errors import SettingsError
+
+DEFAULT_ENVIRONMENT = "default"
+ENCRYPTIONS = ("none", "aes-128-ecb")
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of one environment, after command-line overrides."""
+
+    env: str = DEFAULT_ENVIRONMENT
+    configs: Path = Path("configs")
+    state: Path = Path("state/default.json")
+    api_url: str | None = None
+    encryption: str = "none"
+    max_amount: int = 10_000
+    max_file_bytes: int = 10 * 1024 * 1024
+    update_threshold: float = 0.3
+    update_threshold_min_entries: int = 10
+    parallelism: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    lock_timeout: float = 0.0
+    allow_insecure_http: bool = False
+    fold_every: int = 500
+
+    def with_overrides(
+        self,
+        *,
+        configs: Path | None = None,
+        state: Path | None = None,
+        api_url: str | None = None,
+    ) -> Settings:
+        """Apply --configs/--state/--api-url; None means "keep the setting"."""
+        changed = self
+        if configs is not None:
+            changed = replace(changed, configs=configs)
+        if state is not None:
+            changed = replace(changed, state=state)
+        if api_url is not None:
+            changed = replace(changed, api_url=api_url)
+        return changed
+
+    def require_api_url(self) -> str:
+        """The API base URL, checked: https unless loopback or explicitly allowed."""
+        if not self.api_url:
+            raise SettingsError(
+                f"no api_url for environment {self.env!r}: set "
+                f"[tool.coins-sync.environments.{self.env}] api_url or pass --api-url"
+            )
+        parts = urlsplit(self.api_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise SettingsError(f"api_url {self.api_url!r} is not an http(s) URL")
+        if (
+            parts.scheme == "http"
+            and parts.hostname not in LOOPBACK_HOSTS
+            and not parts.hostname.startswith("127.")
+            and not self.allow_insecure_http
+        ):
+            raise SettingsError(
+                f"api_url {self.api_url!r} is plain http to a non-loopback host; use https, "
+                "or set allow_insecure_http = true for this environment"
+            )
+        return self.api_url.rstrip("/")
+
+
+_TOP_KEYS: dict[str, tuple[type, ...]] = {
+    "configs": (str,),
+    "default_environment": (str,),
+    "max_file_bytes": (int,),
+    "environments": (dict,),
+}
+_ENV_KEYS: dict[str, tuple[type, ...]] = {
+    "api_url": (str,),
+    "state": (str,),
+    "encryption": (str,),
+    "max_amount": (int,),
+    "update_threshold": (float, int),
+    "update_threshold_min_entries": (int,),
+    "parallelism": (int,),
+    "connect_timeout": (float, int),
+    "read_timeout": (float, int),
+    "lock_timeout": (float, int),
+    "allow_insecure_http": (bool,),
+    "fold_every": (int,),
+}
+
+
+def _check_keys(
+    table: Mapping[str, Any], allowed: Mapping[str, tuple[type, ...]], where: str
+) -> None:
+    for key, value in table.items():
+        if key not in allowed:
+            raise SettingsError(
+                f"pyproject.toml: unknown setting {where}.{key} "
+                f"(known: {', '.join(sorted(allowed))})"
+            )
+        kinds = allowed[key]
+        # bool is an int in Python, but `max_amount = true` is still a typo
+        ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if not ok:
+            names = " or ".join("number" if k is float else k.__name__ for k in kinds)
+            raise SettingsError(f"pyproject.toml: {where}.{key} must be a {names}, got {value!r}")
+
+
+def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
+    """Read the settings of ``env`` (or the default environment) from pyproject.toml."""
+    base = cwd or Path.cwd()
+    path = base / "pyproject.toml"
+    table: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text("utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise SettingsError(f"pyproject.toml: {e}") from e
+        table = data.get("tool", {}).get("coins-sync", {})
+        if not isinstance(table, dict):
+            raise SettingsError("pyproject.toml: [tool.coins-sync] must be a table")
+    _check_keys(table, _TOP_KEYS, "tool.coins-sync")
+    environments: dict[str, Any] = table.get("environments", {})
+    name = env or table.get("default_environment") or DEFAULT_ENVIRONMENT
+    if environments and name not in environments:
+        known = ", ".join(sorted(environments))
+        raise SettingsError(f"unknown environment {name!r} (known: {known})")
+    if not environments and name != DEFAULT_ENVIRONMENT:
+        raise SettingsError(
+            f"unknown environment {name!r}: pyproject.toml defines no "
+            "[tool.coins-sync.environments] tables"
+        )
+    values: dict[str, Any] = environments.get(name, {})
+    if not isinstance(values, dict):
+        raise SettingsError(f"pyproject.toml: environments.{name} must be a table")
+    _check_keys(values, _ENV_KEYS, f"tool.coins-sync.environments.{name}")
+    return _resolve(name, table, values)
+
+
+def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> Settings:
+    encryption = values.get("encryption", "none")
+    if encryption not in ENCRYPTIONS:
+        raise SettingsError(
+            f"environments.{name}.encryption must be one of {', '.join(ENCRYPTIONS)}"
+        )
+    settings = Settings(
+        env=name,
+        configs=Path(table.get("configs", "configs")),
+        state=Path(values.get("state", f"state/{name}.json")),
+        api_url=values.get("api_url"),
+        encryption=encryption,
+        max_amount=values.get("max_amount", 10_000),
+        max_file_bytes=table.get("max_file_bytes", 10 * 1024 * 1024),
+        update_threshold=float(values.get("update_threshold", 0.3)),
+        update_threshold_min_entries=values.get("update_threshold_min_entries", 10),
+        parallelism=values.get("parallelism", 8),
+        connect_timeout=float(values.get("connect_timeout", 5.0)),
+        read_timeout=float(values.get("read_timeout", 30.0)),
+        lock_timeout=float(values.get("lock_timeout", 0.0)),
+        allow_insecure_http=values.get("allow_insecure_http", False),
+        fold_every=values.get("fold_every", 500),
+    )
+    _check_ranges(settings)
+    return settings
+
+
+def _check_ranges(s: Settings) -> None:
+    where = f"environments.{s.env}"
+    if s.max_amount < 0:
+        raise SettingsError(f"{where}.max_amount must be 0 or more")
+    if not 0 < s.update_threshold <= 1:
+        raise SettingsError(f"{where}.update_threshold must be in (0, 1], e.g. 0.3 for 30%")
+    if not 1 <= s.parallelism <= 64:
+        raise SettingsError(f"{where}.parallelism must be between 1 and 64")
+    if s.update_threshold_min_entries < 0 or s.fold_every < 1:
+        raise SettingsError(f"{where}: update_threshold_min_entries/fold_every out of range")
+    if s.connect_timeout <= 0 or s.read_timeout <= 0 or s.lock_timeout < 0:
+        raise SettingsError(f"{where}: timeouts must be positive")

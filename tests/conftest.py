@@ -1,0 +1,55 @@
+"""Shared fixtures: a CliRunner and a project folder to run the CLI in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from coins_sync.cli import cli
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO.parent / "shared" / "corpus" / "yaml-test-suite"
+
+Invoke = Callable[..., Result]
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty working directory with a configs/ folder; the CLI runs inside it."""
+    monkeypatch.chdir(tmp_path)
+    for name in (
+        "COINS_SYNC_TOKEN",
+        "COINS_SYNC_CLIENT_ID",
+        "COINS_SYNC_CLIENT_SECRET",
+        "COINS_SYNC_USERNAME",
+        "COINS_SYNC_PASSWORD",
+        "COINS_SYNC_ENV",
+        "NO_COLOR",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    (tmp_path / "configs").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def invoke(project: Path) -> Invoke:
+    """Run the CLI in the project folder and return click's Result."""
+    runner = CliRunner()
+
+    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Result:
+        return runner.invoke(cli, list(args), input=input, env=env, catch_exceptions=False)
+
+    return run
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    """Write a file, creating folders; bytes are written as they are."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text, encoding="utf-8")
+    return path
