@@ -16,9 +16,13 @@ from typing import Any, TypeVar
 
 import click
 
-from coins_sync.errors import CoinsSyncError, ConfigError
-from coins_sync.loader import ConfigSet, RuleLoader
+from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
+from coins_sync.plan import check_safety
+from coins_sync.planfile import save_plan
+from coins_sync.render import render
+from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings, load_settings
+from coins_sync.workspace import Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -109,15 +113,45 @@ def resolve_settings(
     configs: Path | None,
     state_path: Path | None,
     api_url: str | None,
+    lock_timeout: float | None = None,
 ) -> Settings:
     return load_settings(env=env_name).with_overrides(
-        configs=configs, state=state_path, api_url=api_url
+        configs=configs, state=state_path, api_url=api_url, lock_timeout=lock_timeout
     )
 
 
-def load_configs(settings: Settings, paths: Sequence[Path] = ()) -> ConfigSet:
-    loader = RuleLoader(max_amount=settings.max_amount, max_file_bytes=settings.max_file_bytes)
-    return loader.load(list(paths) or [settings.configs])
+def workspace_from(options: dict[str, Any]) -> Workspace:
+    """Build the workspace from the shared options (popping them from ``options``)."""
+    return Workspace(
+        resolve_settings(
+            options.pop("env_name"),
+            options.pop("configs"),
+            options.pop("state_path"),
+            options.pop("api_url"),
+            options.pop("lock_timeout", None),
+        )
+    )
+
+
+def use_colour() -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def parse_key(text: str) -> RuleKey:
+    try:
+        return RuleKey.parse(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="KEY") from e
+
+
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Wait this long for the state lock instead of failing at once.",
+)
 
 
 @click.group(cls=CoinsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -153,9 +187,9 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
       coins-sync validate
       coins-sync validate configs/cekekcards.yaml --format json
     """
-    settings = load_settings(env=env_name)
+    workspace = Workspace(load_settings(env=env_name))
     try:
-        config_set = load_configs(settings, paths)
+        config_set = workspace.load_configs(list(paths))
     except ConfigError as e:
         problems = e.problems
         files = len({p.path for p in problems})
@@ -193,6 +227,135 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
         )
     else:
         click.echo(f"valid: {count_rules} rules in {count_files} files")
+    return EXIT_OK
+
+
+@cli.command("plan")
+@env_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="Output format; markdown is ready for a PR comment.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also save the plan as JSON, for `apply PLANFILE`.",
+)
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 for no changes, 2 for changes, 1 for errors.",
+)
+@click.option("--force", is_flag=True, help="Do not refuse a plan over the update threshold.")
+def plan_command(
+    fmt: str, out: Path | None, detailed_exitcode: bool, force: bool, **options: Any
+) -> int:
+    """Show what apply would do. Changes nothing and makes no network call.
+
+    \b
+    Actions: + create, ~ update (PATCH), ! uncertain (an earlier create's outcome
+    is unknown), ! orphan (in state, not in configs; never acted on).
+
+    \b
+    Examples:
+      coins-sync plan
+      coins-sync plan --env prod --out plan.json
+      coins-sync plan --format markdown --detailed-exitcode > plan.md
+    """
+    workspace = workspace_from(options)
+    the_plan = workspace.plan()
+    click.echo(render(the_plan, fmt, colour=use_colour() and fmt == "text"), nl=False)
+    if out is not None:
+        save_plan(the_plan, out)
+        click.echo(f"Saved the plan to {out}; apply it with `coins-sync apply {out}`.", err=True)
+    check_safety(the_plan, workspace.safety, force=force)
+    if detailed_exitcode and the_plan.has_changes:
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+@cli.group()
+def state() -> None:
+    """Inspect and repair the state.
+
+    \b
+    Examples:
+      coins-sync state list --format json
+      coins-sync state rm CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT --yes
+    """
+
+
+@state.command("list")
+@env_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+def state_list(fmt: str, **options: Any) -> int:
+    """List what the state records: live entries and uncertain creates.
+
+    \b
+    Example:
+      coins-sync state list --env prod --format json
+    """
+    workspace = workspace_from(options)
+    current = workspace.read_state()
+    if fmt == "json":
+        data = current.to_json()
+        data.setdefault("uncertain", [])
+        click.echo(json.dumps(data, indent=2))
+        return EXIT_OK
+    rows = [
+        (str(entry.key), str(entry.amount), entry.coin_config_id)
+        for entry in sorted(current.entries.values(), key=lambda e: e.key)
+    ]
+    rows += [
+        (str(item.key), str(item.amount), "(uncertain)")
+        for item in sorted(current.uncertain.values(), key=lambda u: u.key)
+    ]
+    width = max((len(r[0]) for r in rows), default=3)
+    if rows:
+        click.echo(f"{'KEY':<{width}}  {'AMOUNT':>6}  COIN_CONFIG_ID")
+        for key, amount, config_id in rows:
+            click.echo(f"{key:<{width}}  {amount:>6}  {config_id}")
+    where = workspace.store.describe()
+    click.echo(
+        f"{len(current.entries)} entries, {len(current.uncertain)} uncertain "
+        f"in {where} (serial {current.serial})"
+    )
+    return EXIT_OK
+
+
+@state.command("rm")
+@env_options
+@lock_timeout_option
+@click.argument("key")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def state_rm(key: str, yes: bool, **options: Any) -> int:
+    """Forget KEY (COMPANY/CONFIGURATION/EVENT). The config stays on the server.
+
+    Use it after a config was removed by other means; the next plan would
+    otherwise never show it again.
+
+    \b
+    Example:
+      coins-sync state rm CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT --yes
+    """
+    rule_key = parse_key(key)
+    workspace = workspace_from(options)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise SettingsError("refusing to change state without a terminal; pass --yes")
+        click.confirm(f"Forget {rule_key} in {workspace.store.describe()}?", abort=True)
+    written = workspace.forget(rule_key, command=f"state rm {rule_key}")
+    click.echo(f"Forgot {rule_key} (state serial {written.serial}).")
     return EXIT_OK
 
 

@@ -61,9 +61,12 @@ class Settings:
         configs: Path | None = None,
         state: Path | None = None,
         api_url: str | None = None,
+        lock_timeout: float | None = None,
     ) -> Settings:
-        """Apply --configs/--state/--api-url; None means "keep the setting"."""
+        """Apply --configs/--state/--api-url/--lock-timeout; None keeps the setting."""
         changed = self
+        if lock_timeout is not None:
+            changed = replace(changed, lock_timeout=lock_timeout)
         if configs is not None:
             changed = replace(changed, configs=configs)
         if state is not None:

@@ -27,6 +27,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         "COINS_SYNC_USERNAME",
         "COINS_SYNC_PASSWORD",
         "COINS_SYNC_ENV",
+        "COINS_SYNC_COOKIE",
         "NO_COLOR",
     ):
         monkeypatch.delenv(name, raising=False)

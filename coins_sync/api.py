@@ -1,0 +1,923 @@
+"""The EnKash coins API client: the only code that talks to the coins API.
+
+What the rest of coins-sync may rely on:
+
+* **A create is never sent twice unless the first surely was not processed.** EnKash has
+  no idempotency key, so a second create makes a second config. A create is resent only
+  after ``ConnectError``, ``ConnectTimeout`` or ``PoolTimeout`` (no byte reached the
+  server) or HTTP 429 (the server refused to look at it). After anything else that
+  happens once the request was sent (5xx, timeout while reading, dropped connection,
+  an unusable 2xx answer) :class:`~coins_sync.errors.OutcomeUnknownError` is raised at
+  once. A 4xx other than 401/429 is an :class:`~coins_sync.errors.ApiError`: nothing was
+  created.
+* **GET and PATCH are idempotent** (PATCH sets an absolute amount) and are retried on
+  connection problems, timeouts, 408, 429 and 5xx, up to ``max_retries`` times, with
+  exponential backoff and full jitter, honouring ``Retry-After`` on 429/503.
+* **A token request is never retried.** Three failed attempts lock the EnKash account, so
+  the first failure is remembered and every later call fails with
+  :class:`~coins_sync.errors.AuthError` without asking again. After a 401 on an API
+  call the token is refreshed once and the call repeated once.
+* **Every 2xx answer is checked**: the envelope, the payload fields and that the payload
+  echoes what was sent. A server that answers with something else is an error, not data.
+* **No secret leaves this module**: not in messages, log lines or any ``repr``.
+  Messages name the method, path, HTTP status and the server's message, and every
+  message is scrubbed of the secret values as a second line of defence.
+
+The ``httpx.Client`` is handed in (see :func:`make_http_client`), so tests can use
+``httpx.MockTransport`` and the sandbox a loopback server. One :class:`CoinsClient` may
+be shared by many threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import http.cookiejar
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Final, Literal, NoReturn, TypeGuard
+from urllib.parse import quote
+
+import httpx
+import tenacity
+
+from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
+from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, SettingsError
+from coins_sync.rules import RuleKey
+
+__all__ = [
+    "CONFIG_PATH",
+    "CREATE_PATH",
+    "ENCRYPTION_AES_128_ECB",
+    "ENV_CLIENT_ID",
+    "ENV_CLIENT_SECRET",
+    "ENV_COOKIE",
+    "ENV_PASSWORD",
+    "ENV_TOKEN",
+    "ENV_USERNAME",
+    "TOKEN_PATH",
+    "ClientOptions",
+    "CoinsClient",
+    "Credentials",
+    "RemoteConfig",
+    "make_http_client",
+]
+
+log = logging.getLogger(__name__)
+
+TOKEN_PATH: Final = "/oauth/token"
+CREATE_PATH: Final = "/api/v0/enkash-coins/create-coins-config"
+CONFIG_PATH: Final = "/api/v0/enkash-coins/{coin_config_id}"
+ENCRYPTION_AES_128_ECB: Final = "aes-128-ecb"
+
+ENV_TOKEN: Final = "COINS_SYNC_TOKEN"
+ENV_CLIENT_ID: Final = "COINS_SYNC_CLIENT_ID"
+ENV_CLIENT_SECRET: Final = "COINS_SYNC_CLIENT_SECRET"
+ENV_USERNAME: Final = "COINS_SYNC_USERNAME"
+ENV_PASSWORD: Final = "COINS_SYNC_PASSWORD"
+ENV_COOKIE: Final = "COINS_SYNC_COOKIE"
+
+_OAUTH_VARS: Final = (ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_USERNAME, ENV_PASSWORD)
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# Printable ASCII without spaces: what may follow "Bearer " in a header.
+_TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")
+_COOKIE_RE: Final = re.compile(r"[\x20-\x7e]+")
+_MESSAGE_LIMIT: Final = 200
+_REFRESH_MARGIN: Final = 30.0
+_ENCRYPTIONS: Final = (None, ENCRYPTION_AES_128_ECB)
+# Redirects that mean "not here": the server did not act on the request. Others (302,
+# 303 after a POST) may follow a processed request.
+_NOT_PROCESSED_REDIRECTS: Final = frozenset({301, 307, 308})
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """A coin config as the server confirmed it."""
+
+    coin_config_id: str
+    key: RuleKey
+    amount: int
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """API secrets, read from the environment only.
+
+    Either ``token`` (a ready bearer token) or all four OAuth values. ``cookie`` is sent
+    as a ``Cookie`` header only when set. No ``repr`` or ``str`` shows a value; they
+    show which variables are set.
+    """
+
+    token: str | None = field(default=None, repr=False)
+    client_id: str | None = field(default=None, repr=False)
+    client_secret: str | None = field(default=None, repr=False)
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    cookie: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Credentials:
+        """Read the ``COINS_SYNC_*`` variables; empty or blank ones count as unset."""
+
+        def get(name: str) -> str | None:
+            value = environ.get(name)
+            return value if value is not None and value.strip() else None
+
+        token = get(ENV_TOKEN)
+        return cls(
+            # A token never contains whitespace; a stray newline from a file would
+            # only make an invalid header.
+            token=token.strip() if token is not None else None,
+            client_id=get(ENV_CLIENT_ID),
+            client_secret=get(ENV_CLIENT_SECRET),
+            username=get(ENV_USERNAME),
+            password=get(ENV_PASSWORD),
+            cookie=get(ENV_COOKIE),
+        )
+
+    def secrets(self) -> list[str]:
+        """Every secret value that is set, including the Basic header it implies.
+
+        Callers scrub output with these. The client id and username are not secret.
+        """
+        found = [v for v in (self.token, self.client_secret, self.password, self.cookie) if v]
+        if self.client_id and self.client_secret:
+            found.append(_basic_value(self.client_id, self.client_secret))
+        return found
+
+    def _set_names(self) -> list[str]:
+        pairs = (
+            (ENV_TOKEN, self.token),
+            (ENV_CLIENT_ID, self.client_id),
+            (ENV_CLIENT_SECRET, self.client_secret),
+            (ENV_USERNAME, self.username),
+            (ENV_PASSWORD, self.password),
+            (ENV_COOKIE, self.cookie),
+        )
+        return [name for name, value in pairs if value]
+
+    def __repr__(self) -> str:
+        return f"Credentials(set={self._set_names()!r})"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Per-environment client settings; none of them is secret.
+
+    ``max_retries`` counts attempts after the first, for the retryable cases only.
+    Invalid values raise :class:`~coins_sync.errors.SettingsError`.
+    """
+
+    api_url: str
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    encryption: str | None = None
+    max_retries: int = 5
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    max_response_bytes: int = 1_000_000
+    max_connections: int = 32
+
+    def __post_init__(self) -> None:
+        try:
+            url = httpx.URL(self.api_url)
+        except (httpx.InvalidURL, TypeError) as e:
+            raise SettingsError(f"api_url {self.api_url!r} is not a URL") from e
+        if url.scheme not in ("http", "https") or not url.host:
+            raise SettingsError(f"api_url {self.api_url!r} must be an http:// or https:// URL")
+        if url.userinfo:
+            # Checked before the URL is ever quoted in a message or repr.
+            raise SettingsError("api_url must not contain a user name or password")
+        if url.query or url.fragment:
+            raise SettingsError(f"api_url {self.api_url!r} must not have a query or fragment")
+        if self.encryption not in _ENCRYPTIONS:
+            raise SettingsError(
+                f"encryption {self.encryption!r} is not supported; "
+                f"use {ENCRYPTION_AES_128_ECB!r} or leave it unset"
+            )
+        positive = {
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
+            "max_response_bytes": self.max_response_bytes,
+            "max_connections": self.max_connections,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise SettingsError(f"{name} must be greater than 0, not {value!r}")
+        if self.max_retries < 0:
+            raise SettingsError(f"max_retries must be 0 or more, not {self.max_retries!r}")
+        if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
+            raise SettingsError("backoff needs 0 <= backoff_initial <= backoff_max")
+
+
+def make_http_client(
+    options: ClientOptions, transport: httpx.BaseTransport | None = None
+) -> httpx.Client:
+    """An ``httpx.Client`` fit for :class:`CoinsClient`.
+
+    Bounded timeouts, a keep-alive pool sized for ``max_connections`` parallel calls, no
+    redirects (a redirected POST could be replayed elsewhere), and a cookie jar that
+    stores nothing, so the only cookie ever sent is the configured one.
+    """
+    timeout = httpx.Timeout(
+        connect=options.connect_timeout,
+        read=options.read_timeout,
+        write=options.read_timeout,
+        pool=options.connect_timeout,
+    )
+    limits = httpx.Limits(
+        max_connections=options.max_connections,
+        max_keepalive_connections=options.max_connections,
+    )
+    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+    return httpx.Client(
+        base_url=options.api_url,
+        timeout=timeout,
+        limits=limits,
+        follow_redirects=False,
+        cookies=no_cookies,
+        transport=transport,
+    )
+
+
+class _Retry(Exception):
+    """Internal: this attempt failed in a way that is safe to repeat."""
+
+    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """An HTTP answer. ``body`` is None when it could not be read; ``problem`` says why."""
+
+    status: int
+    body: bytes | None
+    problem: str | None = None
+    transient: bool = False
+    retry_after: float | None = None
+    location: str | None = None
+
+
+@dataclass
+class _CallState:
+    refreshed: bool = False
+
+
+class CoinsClient:
+    """Create, read and update coin configs, safely under retries and many threads.
+
+    Takes ownership of ``http``: :meth:`close` closes it. The constructor checks the
+    credentials (and the encryption key) and raises :class:`AuthError` before anything
+    is sent when they cannot work. ``sleep`` and ``clock`` are injectable for tests.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        credentials: Credentials,
+        options: ClientOptions,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._mode = _auth_mode(credentials)
+        self._key: bytes | None = None
+        if options.encryption == ENCRYPTION_AES_128_ECB:
+            if not credentials.client_secret:
+                raise AuthError(
+                    f"encryption {ENCRYPTION_AES_128_ECB!r} needs {ENV_CLIENT_SECRET}: "
+                    "the body key is derived from the client secret"
+                )
+            self._key = key_from_secret(credentials.client_secret)
+        if credentials.cookie is not None and not _COOKIE_RE.fullmatch(credentials.cookie):
+            raise AuthError(f"{ENV_COOKIE} holds characters not allowed in an HTTP header")
+        self._http = http
+        self._credentials = credentials
+        self._options = options
+        self._sleep = sleep
+        self._clock = clock
+        self._base = options.api_url.rstrip("/")
+        self._secrets = tuple(sorted(credentials.secrets(), key=len, reverse=True))
+        self._jitter = tenacity.wait_random_exponential(
+            multiplier=options.backoff_initial, max=options.backoff_max
+        )
+        # Guards the token, its deadline and the remembered grant failure.
+        self._lock = threading.Lock()
+        self._token: str | None = credentials.token if self._mode == "token" else None
+        self._token_deadline: float | None = None
+        self._grant_failure: str | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"CoinsClient(api_url={self._options.api_url!r}, auth={self._mode!r}, "
+            f"encryption={self._options.encryption!r})"
+        )
+
+    def __enter__(self) -> CoinsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the HTTP client and forget the token."""
+        with self._lock:
+            self._closed = True
+            self._token = None
+        self._http.close()
+
+    # -- the three calls -------------------------------------------------------------
+
+    def create(self, key: RuleKey, amount: int) -> RemoteConfig:
+        """Create the config for ``key``; sent at most once unless surely not processed.
+
+        Raises :class:`OutcomeUnknownError` when the request may have been processed
+        but no usable confirmation came back; the caller must not resend it blindly.
+        """
+        _check_amount(amount)
+        body: dict[str, object] = {
+            "configuration": key.configuration,
+            "companyId": key.company_id,
+            "event": key.event,
+            "amount": amount,
+        }
+        what = f"POST {CREATE_PATH}"
+        remote = self._call("POST", CREATE_PATH, body, create=True)
+        sent = {**key.as_dict(), "amount": amount}
+        got = {**remote.key.as_dict(), "amount": remote.amount}
+        wrong = [name for name in sent if sent[name] != got[name]]
+        if wrong:
+            raise self._fail(
+                OutcomeUnknownError,
+                f"{what}: the server echoed {_fields(got, wrong)} but we sent "
+                f"{_fields(sent, wrong)}; it answered with coinConfigId "
+                f"{remote.coin_config_id}, which may hold a wrong rule",
+                status=200,
+            )
+        log.info("created %s = %s as %s", key, amount, remote.coin_config_id)
+        return remote
+
+    def get(self, coin_config_id: str) -> RemoteConfig:
+        """Read one config by id; retried when safe."""
+        path = self._config_path(coin_config_id)
+        remote = self._call("GET", path, None, create=False)
+        if remote.coin_config_id != coin_config_id:
+            raise self._fail(
+                ApiError,
+                f"GET {path}: the server echoed coinConfigId {remote.coin_config_id} "
+                f"but we asked for {coin_config_id}",
+                status=200,
+            )
+        return remote
+
+    def update(
+        self, coin_config_id: str, amount: int, *, key: RuleKey | None = None
+    ) -> RemoteConfig:
+        """Set a config's amount with ``PATCH {"amount": amount}``; retried when safe.
+
+        The answer must echo the id and the amount, and ``key`` when given: an update
+        never changes a rule's identity.
+        """
+        _check_amount(amount)
+        path = self._config_path(coin_config_id)
+        remote = self._call("PATCH", path, {"amount": amount}, create=False)
+        sent: dict[str, object] = {"coinConfigId": coin_config_id, "amount": amount}
+        got: dict[str, object] = {"coinConfigId": remote.coin_config_id, "amount": remote.amount}
+        if key is not None:
+            sent.update(key.as_dict())
+            got.update(remote.key.as_dict())
+        wrong = [name for name in sent if sent[name] != got[name]]
+        if wrong:
+            raise self._fail(
+                ApiError,
+                f"PATCH {path}: the server echoed {_fields(got, wrong)} "
+                f"but we sent {_fields(sent, wrong)}",
+                status=200,
+            )
+        log.info("updated %s (%s) to %s", coin_config_id, remote.key, amount)
+        return remote
+
+    # -- one call, with retries ------------------------------------------------------
+
+    def _config_path(self, coin_config_id: str) -> str:
+        if not isinstance(coin_config_id, str) or not _ID_RE.fullmatch(coin_config_id):
+            raise ApiError(
+                f"invalid coinConfigId {str(coin_config_id)[:80]!r}: "
+                "expected 1 to 64 of A-Z, a-z, 0-9, '_' and '-'"
+            )
+        return CONFIG_PATH.format(coin_config_id=quote(coin_config_id, safe=""))
+
+    def _call(
+        self, method: str, path: str, body: dict[str, object] | None, *, create: bool
+    ) -> RemoteConfig:
+        what = f"{method} {path}"
+        content = None if body is None else self._encode(body)
+        attempts = self._options.max_retries + 1
+        state = _CallState()
+
+        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+            outcome = retry_state.outcome
+            reason = outcome.exception() if outcome is not None else None
+            log.warning(
+                "%s: %s; retrying in %.2fs (attempt %d of %d)",
+                what,
+                self._scrub(str(reason)),
+                retry_state.upcoming_sleep,
+                retry_state.attempt_number + 1,
+                attempts,
+            )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retry),
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            reply = retrying(self._attempt, method, path, content, create, state)
+        except _Retry as e:
+            raise self._fail(
+                ApiError,
+                f"{what}: gave up after {attempts} attempt{'s' if attempts != 1 else ''}; "
+                f"last: {e.reason}",
+                status=e.status,
+            ) from e
+        return self._parse_config(reply, what, create)
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        if isinstance(exc, _Retry) and exc.retry_after is not None:
+            return min(exc.retry_after, self._options.backoff_max)
+        return float(self._jitter(retry_state))
+
+    def _attempt(
+        self, method: str, path: str, content: bytes | None, create: bool, state: _CallState
+    ) -> _Reply:
+        what = f"{method} {path}"
+        token = self._bearer()
+        reply = self._exchange(method, path, content, token, create)
+        if reply.status == 401:
+            if self._mode == "token":
+                raise self._fail(
+                    AuthError, f"the API refused {ENV_TOKEN} (401) on {what}", status=401
+                )
+            if state.refreshed:
+                raise self._fail(
+                    AuthError, f"{what}: the API refused a freshly fetched token (401)", status=401
+                )
+            state.refreshed = True
+            log.info("%s: 401, fetching a new token and trying once more", what)
+            token = self._refresh_after_401(token)
+            reply = self._exchange(method, path, content, token, create)
+            if reply.status == 401:
+                raise self._fail(
+                    AuthError, f"{what}: the API refused a freshly fetched token (401)", status=401
+                )
+        return self._classify(reply, what, create)
+
+    def _exchange(
+        self, method: str, path: str, content: bytes | None, token: str, create: bool
+    ) -> _Reply:
+        """Send once. Transport failures become _Retry or a final error, by what is known."""
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        if self._credentials.cookie:
+            headers["Cookie"] = self._credentials.cookie
+        reply: _Reply | None = None
+        started = time.monotonic()
+        try:
+            with self._http.stream(
+                method, self._base + path, content=content, headers=headers, follow_redirects=False
+            ) as response:
+                reply = self._read(response)
+        except httpx.TransportError as e:
+            if reply is not None:  # failed while closing; the answer is complete
+                return reply
+            raise self._transport_failure(e, f"{method} {path}", create) from e
+        log.debug("%s %s -> %s in %.3fs", method, path, reply.status, time.monotonic() - started)
+        return reply
+
+    def _read(self, response: httpx.Response) -> _Reply:
+        status = response.status_code
+        retry_after = _retry_after(response.headers.get("Retry-After"))
+        location = response.headers.get("Location")
+        limit = self._options.max_response_bytes
+        too_large = f"the response is larger than max_response_bytes ({limit})"
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return _Reply(status, None, too_large, False, retry_after, location)
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > limit:
+                    return _Reply(status, None, too_large, False, retry_after, location)
+                chunks.append(chunk)
+        except httpx.TransportError as e:
+            problem = f"the body was lost ({_describe(e)})"
+            return _Reply(status, None, problem, True, retry_after, location)
+        except httpx.HTTPError as e:
+            return _Reply(status, None, f"the body is unreadable ({_describe(e)})")
+        return _Reply(status, b"".join(chunks), None, False, retry_after, location)
+
+    def _transport_failure(self, e: httpx.TransportError, what: str, create: bool) -> Exception:
+        reason = _describe(e)
+        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+            return _Retry(reason)  # nothing was sent
+        if isinstance(e, httpx.UnsupportedProtocol):
+            return self._fail(ApiError, f"{what}: {reason}")
+        if create:
+            return self._fail(
+                OutcomeUnknownError,
+                f"{what}: {reason} after the request was sent; "
+                "the config may or may not have been created",
+            )
+        if isinstance(e, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
+            return _Retry(reason)
+        return self._fail(ApiError, f"{what}: {reason}")
+
+    def _classify(self, reply: _Reply, what: str, create: bool) -> _Reply:
+        """Return a 2xx reply with its body; raise for everything else."""
+        status = reply.status
+        if 200 <= status < 300:
+            if reply.body is not None:
+                return reply
+            if create:
+                raise self._fail(
+                    OutcomeUnknownError,
+                    f"{what}: HTTP {status} but {reply.problem}; "
+                    "the config was probably created but its id is unknown",
+                    status=status,
+                )
+            if reply.transient:
+                raise _Retry(f"HTTP {status} but {reply.problem}", status)
+            raise self._fail(ApiError, f"{what}: HTTP {status} but {reply.problem}", status=status)
+        message, code = self._server_message(reply)
+        said = f": {message}" if message else ""
+        if status == 429:
+            raise _Retry(f"HTTP 429{said}", status, reply.retry_after)
+        if status >= 500:
+            if create:
+                raise self._fail(
+                    OutcomeUnknownError,
+                    f"{what}: HTTP {status}{said}; the config may or may not have been created",
+                    status=status,
+                    code=code,
+                )
+            retry_after = reply.retry_after if status == 503 else None
+            raise _Retry(f"HTTP {status}{said}", status, retry_after)
+        if status == 408 and not create:
+            raise _Retry(f"HTTP 408{said}", status)
+        if 400 <= status < 500:
+            raise self._fail(ApiError, f"{what}: HTTP {status}{said}", status=status, code=code)
+        where = f" to {_clip(reply.location)}" if reply.location else ""
+        if create and status not in _NOT_PROCESSED_REDIRECTS:
+            raise self._fail(
+                OutcomeUnknownError,
+                f"{what}: unexpected HTTP {status}{where}; the config may or may not have "
+                "been created; check api_url",
+                status=status,
+            )
+        raise self._fail(
+            ApiError, f"{what}: unexpected HTTP {status}{where}; check api_url", status=status
+        )
+
+    # -- bodies ----------------------------------------------------------------------
+
+    def _encode(self, body: dict[str, object]) -> bytes:
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        if self._key is not None:
+            sealed = encrypt_json_text(text, self._key)
+            text = json.dumps({"request": sealed}, separators=(",", ":"))
+        return text.encode("utf-8")
+
+    def _decode(self, raw: bytes) -> object:
+        """Parse a coins-route body, decrypting ``{"request": ...}`` when encryption is on.
+
+        Raises ValueError with a message safe to show.
+        """
+        try:
+            doc: object = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            raise ValueError("the response is not JSON") from e
+        if self._key is not None and isinstance(doc, dict) and isinstance(doc.get("request"), str):
+            try:
+                text = decrypt_to_text(doc["request"], self._key)
+            except ApiError as e:
+                raise ValueError(f"{e} (is {ENV_CLIENT_SECRET} right?)") from e
+            try:
+                doc = json.loads(text)
+            except (ValueError, RecursionError) as e:
+                raise ValueError("the decrypted response is not JSON") from e
+        return doc
+
+    def _server_message(self, reply: _Reply) -> tuple[str | None, int | None]:
+        """The server's own words on an error answer, when it gave any."""
+        if not reply.body:
+            return reply.problem, None
+        try:
+            doc = self._decode(reply.body)
+        except ValueError:
+            text = reply.body.decode("utf-8", "replace").strip()
+            # An HTML error page says nothing useful in one line.
+            return (None if text.startswith("<") else _clip(text) or None), None
+        if not isinstance(doc, dict):
+            return None, None
+        code = doc.get("response_code")
+        for name in ("response_message", "message", "error_description", "error"):
+            value = doc.get(name)
+            if isinstance(value, str) and value.strip():
+                return _clip(value), code if _is_int(code) else None
+        return None, code if _is_int(code) else None
+
+    def _parse_config(self, reply: _Reply, what: str, create: bool) -> RemoteConfig:
+        """Check the envelope of a 2xx answer and return its payload.
+
+        For a create, an unusable 2xx answer raises OutcomeUnknownError: the server
+        said "done" but we cannot tell what it did.
+        """
+        kind: type[ApiError] = OutcomeUnknownError if create else ApiError
+        status = reply.status
+        maybe = "; the config may have been created" if create else ""
+        assert reply.body is not None  # _classify returns 2xx replies with a body only
+        try:
+            doc = self._decode(reply.body)
+        except ValueError as e:
+            raise self._fail(kind, f"{what}: HTTP {status} but {e}{maybe}", status=status) from e
+        if not isinstance(doc, dict):
+            raise self._fail(
+                kind, f"{what}: HTTP {status} but the response is not a JSON object{maybe}", status
+            )
+        code = doc.get("response_code")
+        if not _is_int(code):
+            hint = ""
+            if self._key is None and set(doc) == {"request"}:
+                hint = f" (it looks encrypted: set encryption = {ENCRYPTION_AES_128_ECB!r})"
+            missing = "the response has no integer response_code"
+            raise self._fail(kind, f"{what}: HTTP {status} but {missing}{hint}{maybe}", status)
+        if code != 0:
+            message = doc.get("response_message")
+            said = f": {_clip(message)}" if isinstance(message, str) and message.strip() else ""
+            raise self._fail(
+                ApiError,
+                f"{what}: the API refused (response_code {code}){said}",
+                status=status,
+                code=code,
+            )
+        payload = doc.get("payload")
+        if not isinstance(payload, dict):
+            raise self._fail(kind, f"{what}: the response has no payload object{maybe}", status)
+        problems: list[str] = []
+        coin_config_id = payload.get("coinConfigId")
+        if not isinstance(coin_config_id, str) or not _ID_RE.fullmatch(coin_config_id):
+            problems.append("coinConfigId is missing or not a valid id")
+        for name in ("configuration", "companyId", "event"):
+            value = payload.get(name)
+            if not isinstance(value, str) or not value:
+                problems.append(f"{name} is missing or not a string")
+        amount = payload.get("amount")
+        if not _is_int(amount):
+            problems.append("amount is missing or not an integer")
+        if problems or not (isinstance(coin_config_id, str) and _is_int(amount)):
+            raise self._fail(
+                kind, f"{what}: the payload is unusable: {'; '.join(problems)}{maybe}", status
+            )
+        return RemoteConfig(
+            coin_config_id=coin_config_id,
+            key=RuleKey(
+                company_id=str(payload["companyId"]),
+                configuration=str(payload["configuration"]),
+                event=str(payload["event"]),
+            ),
+            amount=amount,
+        )
+
+    # -- tokens ----------------------------------------------------------------------
+
+    def _bearer(self) -> str:
+        """The token to send now, fetching one when none is valid (one fetch at a time)."""
+        with self._lock:
+            if self._closed:
+                raise ApiError("the coins API client is closed")
+            self._raise_if_grant_failed()
+            if self._token is not None and (
+                self._token_deadline is None or self._clock() < self._token_deadline
+            ):
+                return self._token
+            return self._fetch_token_locked()
+
+    def _refresh_after_401(self, refused: str) -> str:
+        """A new token after ``refused`` got a 401, unless another thread already got one."""
+        with self._lock:
+            self._raise_if_grant_failed()
+            if self._token is not None and self._token != refused:
+                return self._token
+            self._token = None
+            return self._fetch_token_locked()
+
+    def _raise_if_grant_failed(self) -> None:
+        if self._grant_failure is not None:
+            raise self._fail(
+                AuthError,
+                f"an earlier token request failed ({self._grant_failure}); not asking again, "
+                "because repeated failed token requests lock the account",
+            )
+
+    def _fetch_token_locked(self) -> str:
+        """One token request, never repeated on failure: the failure is remembered."""
+        creds = self._credentials
+        assert creds.client_id and creds.client_secret and creds.username and creds.password
+        form = {
+            "username": creds.username,
+            "password": creds.password,
+            "grant_type": "password",
+            "clientId": creds.client_id,
+        }
+        headers = {
+            "Authorization": f"Basic {_basic_value(creds.client_id, creds.client_secret)}",
+            "Accept": "application/json",
+        }
+        what = f"POST {TOKEN_PATH}"
+        reply: _Reply | None = None
+        try:
+            with self._http.stream(
+                "POST",
+                self._base + TOKEN_PATH,
+                data=form,
+                headers=headers,
+                follow_redirects=False,
+            ) as response:
+                reply = self._read(response)
+        except httpx.HTTPError as e:
+            if reply is None:
+                self._token_failed(f"{what}: {_describe(e)}", None)
+        assert reply is not None
+        if not 200 <= reply.status < 300:
+            message, _ = self._server_message(reply)
+            said = f": {message}" if message else ""
+            self._token_failed(
+                f"{what}: the token endpoint refused (HTTP {reply.status}{said})", reply.status
+            )
+        if reply.body is None:
+            self._token_failed(f"{what}: HTTP {reply.status} but {reply.problem}", reply.status)
+        try:
+            doc: object = json.loads(reply.body)
+        except (ValueError, RecursionError):
+            doc = None
+        token = doc.get("access_token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+            self._token_failed(f"{what}: the answer has no usable access_token", reply.status)
+        assert isinstance(doc, dict) and isinstance(token, str)
+        lifetime = _seconds(doc.get("expires_in"))
+        self._token = token
+        self._secrets = tuple(sorted({*self._secrets, token}, key=len, reverse=True))
+        if lifetime is None:
+            self._token_deadline = None  # unknown: refresh after a 401 only
+            log.info("fetched an API token without expires_in")
+        else:
+            margin = min(_REFRESH_MARGIN, lifetime / 2)
+            self._token_deadline = self._clock() + lifetime - margin
+            log.info("fetched an API token valid for %ss", lifetime)
+        return token
+
+    def _token_failed(self, reason: str, status: int | None) -> NoReturn:
+        self._grant_failure = _clip(self._scrub(reason))
+        raise self._fail(
+            AuthError,
+            f"{reason}; not retrying, because repeated failed token requests lock the account",
+            status=status,
+        )
+
+    # -- messages --------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _fail(
+        self,
+        kind: type[ApiError],
+        message: str,
+        status: int | None = None,
+        code: int | None = None,
+    ) -> ApiError:
+        """Build an error whose message is scrubbed of every known secret."""
+        return kind(self._scrub(message), status=status, code=code)
+
+
+# -- helpers -------------------------------------------------------------------------
+
+
+def _auth_mode(credentials: Credentials) -> Literal["token", "oauth"]:
+    """Which way to authenticate, or an AuthError naming the variables to set."""
+    if credentials.token:
+        if not _TOKEN_RE.fullmatch(credentials.token):
+            raise AuthError(f"{ENV_TOKEN} holds characters not allowed in a bearer token")
+        return "token"
+    values = (
+        credentials.client_id,
+        credentials.client_secret,
+        credentials.username,
+        credentials.password,
+    )
+    missing = [name for name, value in zip(_OAUTH_VARS, values, strict=True) if not value]
+    if len(missing) == len(_OAUTH_VARS):
+        raise AuthError(
+            f"no API credentials: set {ENV_TOKEN}, or all of {ENV_CLIENT_ID}, "
+            f"{ENV_CLIENT_SECRET}, {ENV_USERNAME} and {ENV_PASSWORD}"
+        )
+    if missing:
+        raise AuthError(
+            f"incomplete OAuth credentials: {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} not set "
+            f"(set all of {', '.join(_OAUTH_VARS)}, or {ENV_TOKEN})"
+        )
+    return "oauth"
+
+
+def _basic_value(client_id: str, client_secret: str) -> str:
+    return base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+
+
+def _check_amount(amount: int) -> None:
+    if not _is_int(amount):
+        raise TypeError(f"amount must be an int, not {type(amount).__name__}")
+    if amount < 0:
+        raise ValueError(f"amount must be 0 or more, not {amount}")
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: object) -> float | None:
+    """A positive, finite number of seconds, or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _describe(e: Exception) -> str:
+    text = str(e).strip()
+    return _clip(f"{type(e).__name__}: {text}" if text else type(e).__name__)
+
+
+def _clip(text: str) -> str:
+    """One line, at most ~200 characters: server text is shown, not trusted."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= _MESSAGE_LIMIT else flat[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def _fields(values: Mapping[str, object], names: list[str]) -> str:
+    return ", ".join(f"{name}={values[name]!r}" for name in names)

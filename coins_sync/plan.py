@@ -1,0 +1,166 @@
+"""The reconciler: desired rules versus state, as a typed, sorted plan.
+
+``plan()`` is pure: no I/O, no side effects, so it is tested with plain values. The
+safety check is separate so a plan can always be shown, even when it may not be applied.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from coins_sync.errors import UnsafePlanError
+from coins_sync.rules import Rule, RuleKey, Source
+from coins_sync.state import State
+
+
+class Action(enum.Enum):
+    """What apply would do for one key. Declaration order is the display order."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    UNCERTAIN = "uncertain"
+    ORPHAN = "orphan"
+    UNCHANGED = "unchanged"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+_RANK = {action: index for index, action in enumerate(Action)}
+#: Actions that make a plan "have changes" (exit 2 under --detailed-exitcode).
+CHANGING = frozenset({Action.CREATE, Action.UPDATE, Action.UNCERTAIN})
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One key's planned action.
+
+    ``amount`` is the desired amount (for orphans, the amount in state); ``before`` the
+    amount in state for updates; ``coin_config_id`` the server's id when one is known.
+    """
+
+    action: Action
+    key: RuleKey
+    amount: int
+    before: int | None = None
+    source: Source | None = None
+    coin_config_id: str | None = None
+
+    @property
+    def sort_key(self) -> tuple[int, RuleKey]:
+        return (self.action.rank, self.key)
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    """What a saved plan must still match when it is applied."""
+
+    env: str = "default"
+    lineage: str = ""
+    serial: int = 0
+    configs_digest: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every key's change, sorted by action then key, plus what it was made against."""
+
+    changes: tuple[Change, ...]
+    managed: int
+    context: PlanContext = field(default_factory=PlanContext)
+
+    def summary(self) -> dict[str, int]:
+        counts = Counter(change.action for change in self.changes)
+        return {action.value: counts.get(action, 0) for action in Action}
+
+    def of(self, *actions: Action) -> tuple[Change, ...]:
+        return tuple(change for change in self.changes if change.action in actions)
+
+    @property
+    def has_changes(self) -> bool:
+        return any(change.action in CHANGING for change in self.changes)
+
+
+def plan(
+    rules: Iterable[Rule],
+    state: State,
+    context: PlanContext | None = None,
+) -> Plan:
+    """Diff desired ``rules`` against ``state``. Pure."""
+    desired: Mapping[RuleKey, Rule] = {rule.key: rule for rule in rules}
+    changes: list[Change] = []
+    for key, rule in desired.items():
+        entry = state.entries.get(key)
+        if entry is None:
+            action = Action.UNCERTAIN if key in state.uncertain else Action.CREATE
+            changes.append(Change(action, key, rule.amount, source=rule.source))
+        elif entry.amount != rule.amount:
+            changes.append(
+                Change(
+                    Action.UPDATE,
+                    key,
+                    rule.amount,
+                    before=entry.amount,
+                    source=rule.source,
+                    coin_config_id=entry.coin_config_id,
+                )
+            )
+        else:
+            changes.append(
+                Change(
+                    Action.UNCHANGED,
+                    key,
+                    rule.amount,
+                    source=rule.source,
+                    coin_config_id=entry.coin_config_id,
+                )
+            )
+    for key, entry in state.entries.items():
+        if key not in desired:
+            changes.append(
+                Change(Action.ORPHAN, key, entry.amount, coin_config_id=entry.coin_config_id)
+            )
+    for key, pending in state.uncertain.items():
+        if key not in desired and key not in state.entries:
+            changes.append(Change(Action.UNCERTAIN, key, pending.amount))
+    changes.sort(key=lambda change: change.sort_key)
+    return Plan(tuple(changes), managed=len(state.entries), context=context or PlanContext())
+
+
+@dataclass(frozen=True)
+class SafetyRules:
+    """Guards against a plan that touches too much at once, in the manner of octoDNS."""
+
+    max_amount: int = 10_000
+    update_threshold: float = 0.3
+    min_entries: int = 10
+
+
+def check_safety(the_plan: Plan, rules: SafetyRules, force: bool = False) -> None:
+    """Raise UnsafePlanError when the plan should not be applied as it is."""
+    too_big = [
+        change
+        for change in the_plan.of(Action.CREATE, Action.UPDATE, Action.UNCERTAIN)
+        if change.amount > rules.max_amount or change.amount < 0
+    ]
+    if too_big:
+        first = too_big[0]
+        raise UnsafePlanError(
+            f"{first.key}: amount {first.amount} is above max_amount {rules.max_amount} "
+            f"({len(too_big)} such change(s)); this is always refused"
+        )
+    if force:
+        return
+    updates = len(the_plan.of(Action.UPDATE))
+    managed = the_plan.managed
+    if managed >= rules.min_entries and updates > rules.update_threshold * managed:
+        share = 100 * updates / managed
+        raise UnsafePlanError(
+            f"unsafe plan: {updates} updates touch {share:.0f}% of {managed} managed entries, "
+            f"over the {rules.update_threshold:.0%} threshold. Review the plan, then rerun "
+            "with --force, or raise update_threshold for this environment"
+        )

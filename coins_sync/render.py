@@ -1,0 +1,190 @@
+"""Plan renderers: text for terminals, JSON for machines, Markdown for PR comments.
+
+They only read a :class:`Plan`; none of them changes it or performs I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from coins_sync.plan import Action, Change, Plan
+
+PLAN_FORMAT_VERSION = 1
+#: GitHub refuses comments over 65,536 characters; keep a margin for the wrapper text.
+MARKDOWN_BUDGET = 60_000
+MARKDOWN_INLINE_ROWS = 200
+
+_SYMBOL = {
+    Action.CREATE: "+",
+    Action.UPDATE: "~",
+    Action.UNCERTAIN: "!",
+    Action.ORPHAN: "!",
+    Action.UNCHANGED: " ",
+}
+_COLOUR = {
+    Action.CREATE: "green",
+    Action.UPDATE: "yellow",
+    Action.UNCERTAIN: "red",
+    Action.ORPHAN: "magenta",
+}
+_SUMMARY_WORDS = (
+    (Action.CREATE, "to create"),
+    (Action.UPDATE, "to update"),
+    (Action.UNCERTAIN, "uncertain"),
+    (Action.ORPHAN, "orphaned"),
+    (Action.UNCHANGED, "unchanged"),
+)
+
+
+def summary_line(plan: Plan) -> str:
+    counts = plan.summary()
+    parts = [f"{counts[action.value]} {words}" for action, words in _SUMMARY_WORDS]
+    verdict = "changes present" if plan.has_changes else "no changes"
+    return f"Plan: {', '.join(parts)} ({verdict})."
+
+
+def _detail(change: Change) -> str:
+    if change.action is Action.UPDATE:
+        return f"amount {change.before} -> {change.amount}"
+    if change.action is Action.UNCERTAIN:
+        return (
+            f"amount {change.amount}  (uncertain: an earlier create's outcome is unknown; "
+            "resolve with `state import KEY ID` or `apply --retry-uncertain`)"
+        )
+    if change.action is Action.ORPHAN:
+        return (
+            f"amount {change.amount}  (orphan: in state as {change.coin_config_id}, "
+            "not in configs; left alone)"
+        )
+    return f"amount {change.amount}"
+
+
+def render_text(plan: Plan, colour: bool = False) -> str:
+    """Terraform-like lines, one per changing or orphaned key, and a summary."""
+    import click  # only for styling; the renderer stays free of CLI state
+
+    lines: list[str] = []
+    shown = [c for c in plan.changes if c.action is not Action.UNCHANGED]
+    width = max((len(str(c.key)) for c in shown), default=0)
+    details = [_detail(change) for change in shown]
+    sourced = [d for d, c in zip(details, shown, strict=True) if c.source]
+    detail_width = max((len(d) for d in sourced), default=0)
+    for change, detail in zip(shown, details, strict=True):
+        symbol = _SYMBOL[change.action]
+        if colour:
+            symbol = click.style(symbol, fg=_COLOUR[change.action], bold=True)
+        text = f"{detail:<{detail_width}}  {change.source}" if change.source else detail
+        lines.append(f"  {symbol} {change.key!s:<{width}}  {text}")
+    if shown:
+        lines.append("")
+    lines.append(summary_line(plan))
+    return "\n".join(lines) + "\n"
+
+
+def change_to_json(change: Change) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "action": change.action.value,
+        "key": change.key.as_dict(),
+        "amount": change.amount,
+    }
+    if change.action is Action.UPDATE:
+        data["before"] = change.before
+    if change.source is not None:
+        data["source"] = str(change.source)
+    if change.coin_config_id is not None:
+        data["coinConfigId"] = change.coin_config_id
+    return data
+
+
+def plan_to_json(plan: Plan) -> dict[str, Any]:
+    """The JSON plan of SPEC §5; also the saved-plan format (schemas/plan.schema.json)."""
+    context = plan.context
+    return {
+        "format_version": PLAN_FORMAT_VERSION,
+        "environment": context.env,
+        "state": {"lineage": context.lineage, "serial": context.serial},
+        "configs_digest": context.configs_digest,
+        "managed": plan.managed,
+        "has_changes": plan.has_changes,
+        "summary": plan.summary(),
+        "changes": [
+            change_to_json(change)
+            for change in plan.changes
+            if change.action is not Action.UNCHANGED
+        ],
+    }
+
+
+def render_json(plan: Plan) -> str:
+    return json.dumps(plan_to_json(plan), indent=2, sort_keys=False) + "\n"
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_row(change: Change) -> str:
+    if change.action is Action.UPDATE:
+        amount = f"{change.before} → {change.amount}"
+    else:
+        amount = str(change.amount)
+    source = f"`{_md_cell(str(change.source))}`" if change.source else ""
+    return (
+        f"| {_SYMBOL[change.action]} {change.action.value} | `{_md_cell(str(change.key))}` "
+        f"| {amount} | {source} |"
+    )
+
+
+def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
+    """A PR comment: the summary first, then a table; long lists fold and truncate.
+
+    The result always fits in ``budget`` characters, so it fits one GitHub comment.
+    """
+    counts = plan.summary()
+    env = plan.context.env
+    head = [
+        f"### coins-sync plan for `{_md_cell(env)}`",
+        "",
+        "| create | update | uncertain | orphan | unchanged |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        "| {create} | {update} | {uncertain} | {orphan} | {unchanged} |".format(**counts),
+        "",
+        f"**{summary_line(plan)}**",
+        "",
+    ]
+    rows = [_md_row(c) for c in plan.changes if c.action is not Action.UNCHANGED]
+    if not rows:
+        return "\n".join(head) + "\n"
+    if any(c.action is Action.UNCERTAIN for c in plan.changes):
+        head += [
+            "> [!WARNING]",
+            "> Some creates have an unknown outcome. Resolve them with "
+            "`coins-sync state import KEY ID` before applying.",
+            "",
+        ]
+    table_head = ["| action | key | amount | source |", "| --- | --- | ---: | --- |"]
+    folded = len(rows) > MARKDOWN_INLINE_ROWS
+    opening = [f"<details><summary>All {len(rows)} changes</summary>", ""] if folded else []
+    closing = ["", "</details>"] if folded else []
+    used = sum(len(line) + 1 for line in (*head, *table_head, *opening, *closing)) + 200
+    kept: list[str] = []
+    for row in rows:
+        if used + len(row) + 1 > budget:
+            break
+        kept.append(row)
+        used += len(row) + 1
+    tail = []
+    if len(kept) < len(rows):
+        left = len(rows) - len(kept)
+        tail = ["", f"… and {left} more changes not shown; run `coins-sync plan` for all."]
+    lines = [*head, *opening, *table_head, *kept, *tail, *closing]
+    return "\n".join(lines) + "\n"
+
+
+def render(plan: Plan, fmt: str, colour: bool = False) -> str:
+    if fmt == "json":
+        return render_json(plan)
+    if fmt == "markdown":
+        return render_markdown(plan)
+    return render_text(plan, colour=colour)

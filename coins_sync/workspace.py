@@ -1,0 +1,68 @@
+"""A workspace binds one environment's settings to its configs and state.
+
+It is what the CLI builds from options, and what each command makes one call on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coins_sync.errors import StateError
+from coins_sync.loader import ConfigSet, RuleLoader
+from coins_sync.plan import Plan, PlanContext, SafetyRules, plan
+from coins_sync.rules import RuleKey
+from coins_sync.settings import Settings
+from coins_sync.state import FileStateStore, State, open_store
+
+
+@dataclass
+class Workspace:
+    """One environment: where its rules are, where its state is, and its guards."""
+
+    settings: Settings
+    store: FileStateStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = open_store(self.settings.state)
+
+    @property
+    def safety(self) -> SafetyRules:
+        s = self.settings
+        return SafetyRules(
+            max_amount=s.max_amount,
+            update_threshold=s.update_threshold,
+            min_entries=s.update_threshold_min_entries,
+        )
+
+    def load_configs(self, paths: list[Path] | None = None) -> ConfigSet:
+        loader = RuleLoader(
+            max_amount=self.settings.max_amount, max_file_bytes=self.settings.max_file_bytes
+        )
+        return loader.load(paths or [self.settings.configs])
+
+    def read_state(self) -> State:
+        """The state as apply would see it, leftover journal included; writes nothing."""
+        return self.store.read()
+
+    def context(self, state: State, configs: ConfigSet) -> PlanContext:
+        return PlanContext(
+            env=self.settings.env,
+            lineage=state.lineage,
+            serial=state.serial,
+            configs_digest=configs.digest,
+        )
+
+    def plan(self, state: State | None = None, configs: ConfigSet | None = None) -> Plan:
+        """The offline plan: configs against state. No network, no writes."""
+        configs = configs or self.load_configs()
+        state = state or self.read_state()
+        return plan(configs.rules, state, self.context(state, configs))
+
+    def forget(self, key: RuleKey, command: str) -> State:
+        """Remove ``key`` from state (it stays on the server). Takes the lock."""
+        with self.store.lock(command, self.settings.lock_timeout):
+            state, _ = self.store.recover()
+            if key not in state.entries and key not in state.uncertain:
+                raise StateError(f"{key} is not in {self.store.describe()}")
+            return self.store.write(state.without(key))
