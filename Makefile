@@ -28,8 +28,29 @@ test: lint
 validate: $(STAMP)
 	$(CS) validate
 
+# The demo runs against a throw-away state, so it shows the same story every time:
+# validate, plan, apply, then plan again to show "no changes".
+DEMO_STATE := .demo/state.json
+DEMO_FLAGS := --env sandbox --state $(DEMO_STATE) --api-url http://127.0.0.1:$(SANDBOX_PORT)
+
 demo: $(STAMP)
-	$(CS) validate configs
+	@rm -rf .demo && mkdir -p .demo
+	@$(CS) sandbox --port $(SANDBOX_PORT) > .demo/sandbox.log 2>&1 & echo $$! > .demo/sandbox.pid
+	@trap 'kill $$(cat .demo/sandbox.pid) 2>/dev/null' EXIT; \
+	for i in $$(seq 1 50); do \
+	  $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(SANDBOX_PORT)), 0.2)" 2>/dev/null && break; \
+	  sleep 0.1; \
+	done; \
+	echo "== coins-sync validate"; $(CS) validate && \
+	echo "== coins-sync plan"; $(CS) plan $(DEMO_FLAGS) && \
+	echo "== coins-sync apply --yes"; $(CS) apply $(DEMO_FLAGS) --yes && \
+	echo "== coins-sync plan (again: nothing left to do)"; $(CS) plan $(DEMO_FLAGS) --detailed-exitcode
+
+plan: $(STAMP)
+	$(CS) plan
+
+apply: $(STAMP)
+	$(CS) apply
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo

@@ -8,6 +8,7 @@ errors included), 2 "changes present" under ``--detailed-exitcode``.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -16,8 +17,11 @@ from typing import Any, TypeVar
 
 import click
 
+from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
+from coins_sync.apply import ApplyReport, ApplyRequest, run_apply
+from coins_sync.audit import AuditLog, AuditRecord
 from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
-from coins_sync.plan import check_safety
+from coins_sync.plan import Action, Plan, check_safety
 from coins_sync.planfile import save_plan
 from coins_sync.render import render
 from coins_sync.rules import RuleKey
@@ -156,13 +160,15 @@ lock_timeout_option = click.option(
 
 @click.group(cls=CoinsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="coins-sync")
-def cli() -> None:
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
     """Keep EnKash coin reward rules as code: validate, plan and apply.
 
     \b
     Example:
       coins-sync validate && coins-sync plan && coins-sync apply
     """
+    setup_logging(verbose)
 
 
 @cli.command()
@@ -354,9 +360,279 @@ def state_rm(key: str, yes: bool, **options: Any) -> int:
         if not sys.stdin.isatty():
             raise SettingsError("refusing to change state without a terminal; pass --yes")
         click.confirm(f"Forget {rule_key} in {workspace.store.describe()}?", abort=True)
-    written = workspace.forget(rule_key, command=f"state rm {rule_key}")
+    written, forgotten = workspace.forget(rule_key, command=f"state rm {rule_key}")
+    audit = audit_for(workspace)
+    audit.record(
+        AuditRecord(
+            "forget", rule_key, "forgotten", forgotten.amount, None, forgotten.coin_config_id
+        )
+    )
+    audit.close()
     click.echo(f"Forgot {rule_key} (state serial {written.serial}).")
     return EXIT_OK
+
+
+def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClient:
+    """The API client for an environment; credentials come from the environment only."""
+    width = parallelism or settings.parallelism
+    options = ClientOptions(
+        api_url=settings.require_api_url(),
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        encryption=None if settings.encryption == "none" else settings.encryption,
+        max_connections=max(width, 4),
+    )
+    credentials = Credentials.from_env(os.environ)
+    http = make_http_client(options)
+    try:
+        return CoinsClient(http, credentials, options)
+    except BaseException:
+        http.close()
+        raise
+
+
+def audit_for(workspace: Workspace) -> AuditLog:
+    return AuditLog.beside(workspace.settings.state, workspace.settings.env, os.environ)
+
+
+class Progress:
+    """A one-line progress display on a terminal (stderr); silent otherwise."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < 2:
+            return
+        width = 30
+        filled = width * done // max(total, 1)
+        bar = "#" * filled + "-" * (width - filled)
+        click.echo(f"\r  [{bar}] {done}/{total}", err=True, nl=False)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            click.echo("", err=True)
+
+
+def print_report(report: ApplyReport) -> None:
+    for key, reason in report.failed:
+        click.echo(scrub(f"  failed     {key}: {reason}"), err=True)
+    for key, reason in report.uncertain:
+        click.echo(scrub(f"  uncertain  {key}: {reason}"), err=True)
+    if report.uncertain or report.skipped_uncertain:
+        click.echo(
+            "  Uncertain creates may exist on the server. If one does, record it with "
+            "`coins-sync state import KEY COIN_CONFIG_ID`; to send it again, use "
+            "`coins-sync apply --retry-uncertain`.",
+            err=True,
+        )
+    if report.interrupted:
+        click.echo(
+            "  Interrupted: nothing new was sent; every result so far is recorded.", err=True
+        )
+    click.echo(report.summary())
+
+
+@cli.command("apply")
+@env_options
+@lock_timeout_option
+@click.argument("planfile", required=False, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking (needed without a terminal).")
+@click.option(
+    "--parallelism",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Requests in flight at once (default: the environment's, 8).",
+)
+@click.option(
+    "--retry-uncertain",
+    is_flag=True,
+    help="Send again creates whose earlier outcome is unknown (may duplicate them).",
+)
+@click.option("--force", is_flag=True, help="Do not refuse a plan over the update threshold.")
+def apply_command(
+    planfile: Path | None,
+    yes: bool,
+    parallelism: int | None,
+    retry_uncertain: bool,
+    force: bool,
+    **options: Any,
+) -> int:
+    """Create and update configs on EnKash so they match the rule files.
+
+    Without PLANFILE, plans afresh, shows the plan and asks. With PLANFILE (from
+    `plan --out`), applies exactly that plan, and refuses it if the state or the
+    configs changed since. Creates are journaled before they are sent, so an
+    interrupted apply never loses or repeats one.
+
+    \b
+    Examples:
+      coins-sync apply
+      coins-sync plan --out plan.json && coins-sync apply plan.json --yes
+      coins-sync apply --env prod --yes --parallelism 16
+    """
+    workspace = workspace_from(options)
+    settings = workspace.settings
+    settings.require_api_url()
+
+    def confirm(the_plan: Plan) -> bool:
+        click.echo(render(the_plan, "text", colour=use_colour()), nl=False)
+        if yes:
+            return True
+        if not sys.stdin.isatty():
+            raise SettingsError(
+                "refusing to apply without a terminal; pass --yes. Nothing was sent"
+            )
+        return click.confirm("Apply these changes?", default=False)
+
+    request = ApplyRequest(
+        planfile=planfile,
+        force=force,
+        retry_uncertain=retry_uncertain,
+        parallelism=parallelism,
+        command=f"apply (env {settings.env})",
+    )
+    progress = Progress()
+    try:
+        the_plan, report = run_apply(
+            workspace,
+            lambda: make_client(settings, parallelism),
+            request,
+            confirm,
+            on_tick=progress,
+            audit=audit_for(workspace),
+        )
+    finally:
+        progress.close()
+    if report is None:
+        if the_plan.of(*_SENDABLE):
+            click.echo("Apply cancelled; nothing was sent.")
+            return EXIT_ERROR
+        click.echo(render(the_plan, "text", colour=use_colour()), nl=False)
+        click.echo("Nothing to apply.")
+        return EXIT_OK
+    print_report(report)
+    if report.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if report.ok else EXIT_ERROR
+
+
+@state.command("import")
+@env_options
+@lock_timeout_option
+@click.argument("key")
+@click.argument("coin_config_id")
+def state_import(key: str, coin_config_id: str, **options: Any) -> int:
+    """Record an existing config COIN_CONFIG_ID as KEY, after checking it on the server.
+
+    Resolves an uncertain create that did reach the server, or brings a config made
+    by hand under management. The config is fetched (GET) and must match KEY.
+
+    \b
+    Example:
+      coins-sync state import CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT WCC817428
+    """
+    rule_key = parse_key(key)
+    workspace = workspace_from(options)
+    with make_client(workspace.settings) as client:
+        written, entry = workspace.import_entry(
+            rule_key, coin_config_id, client.get, command=f"state import {rule_key}"
+        )
+    audit = audit_for(workspace)
+    audit.record(
+        AuditRecord("import", rule_key, "imported", None, entry.amount, entry.coin_config_id)
+    )
+    audit.close()
+    click.echo(
+        f"Imported {rule_key} as {entry.coin_config_id} (amount {entry.amount}; "
+        f"state serial {written.serial})."
+    )
+    return EXIT_OK
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--data",
+    "data_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Persist configs to this JSON file (default: in memory only).",
+)
+@click.option("--latency-ms", default=0, type=click.IntRange(0, 60_000), help="Delay per request.")
+@click.option(
+    "--fail-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Chance of a fault on create/PATCH, split between before and after storing.",
+)
+@click.option(
+    "--fail-before-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Chance of HTTP 500 without storing.",
+)
+@click.option(
+    "--fail-after-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Chance of storing, then a 502 or a dropped connection.",
+)
+@click.option("--rate-429", default=0.0, type=click.FloatRange(0, 1), help="Chance of HTTP 429.")
+@click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
+@click.option("--encryption", is_flag=True, help="Expect and send AES-128-ECB bodies.")
+@click.option("--token-ttl", default=3600, type=click.IntRange(1), help="expires_in of tokens.")
+def sandbox(host: str, port: int, data_file: Path | None, **faults: Any) -> int:
+    """Run a local stand-in for the EnKash coins API, for demos and tests.
+
+    It serves create, get and PATCH with EnKash's envelopes, and /oauth/token. It
+    accepts the bearer token in COINS_SYNC_TOKEN, and the password grant for the
+    COINS_SYNC_CLIENT_ID/_CLIENT_SECRET/_USERNAME/_PASSWORD values. Like the real
+    API, a second create makes a second config. It binds to loopback by default.
+
+    \b
+    Examples:
+      COINS_SYNC_TOKEN=dev coins-sync sandbox --port 8080
+      coins-sync sandbox --latency-ms 50 --fail-rate 0.1 --seed 7
+    """
+    from coins_sync.sandbox import SandboxOptions, SandboxServer
+
+    options = SandboxOptions.from_env(
+        os.environ, host=host, port=port, data_file=data_file, **faults
+    )
+    server = SandboxServer(options)
+    click.echo(f"coins-sync sandbox listening on {server.url} (Ctrl-C to stop)", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return EXIT_OK
+
+
+_SENDABLE = (Action.CREATE, Action.UPDATE)
+
+
+class _ScrubFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = scrub(record.getMessage())
+        record.args = None
+        return True
+
+
+def setup_logging(verbosity: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_ScrubFilter())
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("coins_sync")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(
+        logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING
+    )
 
 
 def main() -> None:

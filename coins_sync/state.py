@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -345,10 +345,13 @@ class StateStore(Protocol):
         ...
 
 
-class Journal(Protocol):
-    def append(self, record: JournalRecord) -> None: ...
+Snapshot = Callable[[], tuple["State", Iterable["JournalRecord"]]]
 
-    def checkpoint(self, state: State, keep: Iterable[JournalRecord]) -> State: ...
+
+class Journal(Protocol):
+    def append(self, record: JournalRecord, book: Callable[[], None] | None = None) -> None: ...
+
+    def checkpoint(self, snapshot: Snapshot) -> State: ...
 
     def close(self) -> None: ...
 
@@ -546,7 +549,9 @@ class FileJournal:
             _fsync_dir(self._store.journal_path.parent)
         return self._fd
 
-    def append(self, record: JournalRecord) -> None:
+    def append(self, record: JournalRecord, book: Callable[[], None] | None = None) -> None:
+        """Append and fsync ``record``; ``book`` runs under the same mutex, so that a
+        concurrent checkpoint sees the record and its bookkeeping together or neither."""
         line = record.to_line(self._lineage)
         with self._mutex:
             fd = self._open()
@@ -554,14 +559,18 @@ class FileJournal:
             if written != len(line):  # pragma: no cover - only on a full disk
                 raise StateError(f"{self._store.journal_path}: short write")
             os.fsync(fd)
+            if book is not None:
+                book()
 
-    def checkpoint(self, state: State, keep: Iterable[JournalRecord]) -> State:
-        """Write ``state`` and restart the journal with only ``keep`` (in-flight intents).
+    def checkpoint(self, snapshot: Snapshot) -> State:
+        """Write the state from ``snapshot`` and restart the journal with only the
+        records it keeps (intents still in flight).
 
-        Crash-safe in either order: the state is written first, and replaying an old
+        Crash-safe in either order: the state is written first, and replaying the old
         journal over it is idempotent.
         """
         with self._mutex:
+            state, keep = snapshot()
             written = self._store.write(state)
             fresh = b"".join(record.to_line(self._lineage) for record in keep)
             if self._fd is not None:

@@ -5,15 +5,17 @@ It is what the CLI builds from options, and what each command makes one call on.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coins_sync.api import RemoteConfig
 from coins_sync.errors import StateError
 from coins_sync.loader import ConfigSet, RuleLoader
 from coins_sync.plan import Plan, PlanContext, SafetyRules, plan
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
-from coins_sync.state import FileStateStore, State, open_store
+from coins_sync.state import FileStateStore, State, StateEntry, open_store
 
 
 @dataclass
@@ -59,10 +61,43 @@ class Workspace:
         state = state or self.read_state()
         return plan(configs.rules, state, self.context(state, configs))
 
-    def forget(self, key: RuleKey, command: str) -> State:
-        """Remove ``key`` from state (it stays on the server). Takes the lock."""
+    def forget(self, key: RuleKey, command: str) -> tuple[State, StateEntry]:
+        """Remove ``key`` from state (it stays on the server). Takes the lock.
+
+        Returns the new state and what was forgotten (an uncertain key has no id: "").
+        """
         with self.store.lock(command, self.settings.lock_timeout):
             state, _ = self.store.recover()
-            if key not in state.entries and key not in state.uncertain:
+            entry = state.entries.get(key)
+            pending = state.uncertain.get(key)
+            if entry is None and pending is None:
                 raise StateError(f"{key} is not in {self.store.describe()}")
-            return self.store.write(state.without(key))
+            if entry is None and pending is not None:
+                entry = StateEntry(key, pending.amount, "")
+            assert entry is not None
+            return self.store.write(state.without(key)), entry
+
+    def import_entry(
+        self, key: RuleKey, coin_config_id: str, fetch: Callable[[str], RemoteConfig], command: str
+    ) -> tuple[State, StateEntry]:
+        """Record an existing server config as ``key`` after checking it really is ``key``.
+
+        This is how an uncertain create is resolved when it did reach the server, and how
+        configs made by hand come under management.
+        """
+        with self.store.lock(command, self.settings.lock_timeout):
+            state, _ = self.store.recover()
+            existing = state.entries.get(key)
+            if existing is not None and existing.coin_config_id != coin_config_id:
+                raise StateError(
+                    f"{key} is already recorded as {existing.coin_config_id}; "
+                    f"run `coins-sync state rm {key}` first if that record is wrong"
+                )
+            remote = fetch(coin_config_id)
+            if remote.key != key:
+                raise StateError(
+                    f"config {coin_config_id} on the server is {remote.key}, not {key}; "
+                    "nothing was recorded"
+                )
+            entry = StateEntry(key, remote.amount, remote.coin_config_id)
+            return self.store.write(state.with_entry(entry)), entry

@@ -1,0 +1,360 @@
+"""The apply executor: send a plan's creates and updates, and never lose or repeat one.
+
+The coins API has no idempotency key, no list and no delete, so the state is the only
+memory of what exists. Every path here may be cut off at any instant; what is promised:
+
+* Before a create is sent, an *intent* record is appended to the journal and fsynced.
+  When the answer arrives, a *result* record follows. So after a crash every create is
+  either confirmed (an entry), known not to have happened, or *uncertain* — never
+  silently re-sent, because an intent without a result becomes uncertain.
+* Results are folded into the state atomically at the end, and during long runs once
+  enough results have piled up (a share of the state, so total work stays linear).
+* An interrupt (SIGINT) stops new sends; requests in flight finish and are recorded.
+* Updates (PATCH) are idempotent, so they need no intent: at worst a lost result means
+  the next plan shows the same update again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from coins_sync.api import RemoteConfig
+from coins_sync.audit import AuditLog, AuditRecord
+from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError
+from coins_sync.plan import Action, Change, Plan, check_safety
+from coins_sync.planfile import check_fresh, load_plan
+from coins_sync.rules import RuleKey
+from coins_sync.state import Journal, JournalRecord, State, StateEntry, Uncertain, utc_now
+from coins_sync.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+class CoinsApi(Protocol):
+    """The calls apply needs; :class:`coins_sync.api.CoinsClient` provides them."""
+
+    def create(self, key: RuleKey, amount: int) -> RemoteConfig: ...
+
+    def update(
+        self, coin_config_id: str, amount: int, *, key: RuleKey | None = None
+    ) -> RemoteConfig: ...
+
+
+@dataclass
+class ApplyReport:
+    """What an apply did. ``failed`` and ``uncertain`` list keys with a short reason."""
+
+    created: list[RuleKey] = field(default_factory=list)
+    updated: list[RuleKey] = field(default_factory=list)
+    failed: list[tuple[RuleKey, str]] = field(default_factory=list)
+    uncertain: list[tuple[RuleKey, str]] = field(default_factory=list)
+    skipped_uncertain: list[RuleKey] = field(default_factory=list)
+    not_started: int = 0
+    interrupted: bool = False
+    state: State | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.uncertain and not self.interrupted
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(self.created)} created",
+            f"{len(self.updated)} updated",
+            f"{len(self.failed)} failed",
+            f"{len(self.uncertain)} uncertain",
+        ]
+        if self.skipped_uncertain:
+            parts.append(f"{len(self.skipped_uncertain)} uncertain skipped")
+        if self.not_started:
+            parts.append(f"{self.not_started} not started")
+        return "Apply: " + ", ".join(parts) + "."
+
+
+class Executor:
+    """Runs one plan's changes with bounded parallelism, journaling every result."""
+
+    def __init__(
+        self,
+        api: CoinsApi,
+        journal: Journal,
+        state: State,
+        *,
+        parallelism: int = 8,
+        fold_every: int = 500,
+        audit: AuditLog | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.api = api
+        self.journal = journal
+        self.parallelism = max(1, parallelism)
+        self.fold_every = max(1, fold_every)
+        self.audit = audit
+        self.stop = stop or threading.Event()
+        self.report = ApplyReport()
+        self._entries: dict[RuleKey, StateEntry] = dict(state.entries)
+        self._uncertain: dict[RuleKey, Uncertain] = dict(state.uncertain)
+        self._inflight: dict[RuleKey, JournalRecord] = {}
+        self._base = state
+        self._since_fold = 0
+        self._fold_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self.done = 0
+        self.total = 0
+        self._interrupted = False
+        self._errors: list[BaseException] = []
+
+    # bookkeeping (always called under the journal's mutex) ----------------------
+
+    def _snapshot(self) -> tuple[State, list[JournalRecord]]:
+        state = State(
+            lineage=self._base.lineage,
+            serial=self._base.serial,
+            entries=dict(self._entries),
+            uncertain=dict(self._uncertain),
+        )
+        return state, list(self._inflight.values())
+
+    def _maybe_fold(self) -> None:
+        threshold = max(self.fold_every, len(self._entries) // 4)
+        if self._since_fold < threshold or not self._fold_lock.acquire(blocking=False):
+            return
+        try:
+            self._base = self.journal.checkpoint(self._snapshot)
+            self._since_fold = 0
+        finally:
+            self._fold_lock.release()
+
+    def _record(self, record: JournalRecord, book: Callable[[], None]) -> None:
+        def booked() -> None:
+            book()
+            self._since_fold += 1
+
+        self.journal.append(record, booked)
+
+    # one change -----------------------------------------------------------------
+
+    def _create(self, change: Change) -> None:
+        key, amount = change.key, change.amount
+        intent = JournalRecord("intent", key, amount, at=utc_now())
+        self.journal.append(intent, lambda: self._inflight.__setitem__(key, intent))
+        try:
+            remote = self.api.create(key, amount)
+        except OutcomeUnknownError as e:
+            reason = str(e)
+
+            def unknown() -> None:
+                self._inflight.pop(key, None)
+                self._uncertain[key] = Uncertain(key, amount, intent.at)
+                self.report.uncertain.append((key, reason))
+
+            self._record(JournalRecord("result", key, amount, "unknown", at=utc_now()), unknown)
+            self._audit(AuditRecord("create", key, "uncertain", None, amount, message=reason))
+            return
+        except ApiError as e:
+            reason = str(e)
+
+            def failed() -> None:
+                self._inflight.pop(key, None)
+                self.report.failed.append((key, reason))
+
+            self._record(JournalRecord("result", key, amount, "failed", at=utc_now()), failed)
+            self._audit(AuditRecord("create", key, "failed", None, amount, message=reason))
+            if isinstance(e, AuthError):
+                self.stop.set()
+            return
+
+        def created() -> None:
+            self._inflight.pop(key, None)
+            self._entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
+            self._uncertain.pop(key, None)
+            self.report.created.append(key)
+
+        record = JournalRecord("result", key, amount, "created", remote.coin_config_id, utc_now())
+        self._record(record, created)
+        self._audit(AuditRecord("create", key, "created", None, amount, remote.coin_config_id))
+
+    def _update(self, change: Change) -> None:
+        key, amount, config_id = change.key, change.amount, change.coin_config_id
+        if config_id is None:  # a plan always carries it; a hand-edited one may not
+            self.report.failed.append((key, "update without a coinConfigId"))
+            return
+        try:
+            remote = self.api.update(config_id, amount, key=key)
+        except ApiError as e:
+            reason = str(e)
+            self.report.failed.append((key, reason))
+            self._audit(
+                AuditRecord("update", key, "failed", change.before, amount, config_id, reason)
+            )
+            if isinstance(e, AuthError):
+                self.stop.set()
+            return
+
+        def updated() -> None:
+            self._entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
+            self.report.updated.append(key)
+
+        record = JournalRecord("result", key, amount, "updated", remote.coin_config_id, utc_now())
+        self._record(record, updated)
+        self._audit(
+            AuditRecord("update", key, "updated", change.before, amount, remote.coin_config_id)
+        )
+
+    def _audit(self, item: AuditRecord) -> None:
+        if self.audit is not None:
+            self.audit.record(item)
+
+    # the run ---------------------------------------------------------------------
+
+    def _work(self, queue: Iterator[Change], errors: list[BaseException]) -> None:
+        while not self.stop.is_set():
+            with self._queue_lock:
+                change = next(queue, None)
+            if change is None:
+                return
+            try:
+                if change.action is Action.UPDATE:
+                    self._update(change)
+                else:
+                    self._create(change)
+            except BaseException as e:  # a journal write failed: stop everything
+                errors.append(e)
+                self.stop.set()
+                return
+            finally:
+                with self._queue_lock:
+                    self.done += 1
+            self._maybe_fold()
+
+    def interrupt(self) -> None:
+        """Stop sending: requests in flight finish and are recorded."""
+        self._interrupted = True
+        self.stop.set()
+
+    def start(self, plan: Plan, retry_uncertain: bool = False) -> list[threading.Thread]:
+        """Start the workers; the caller joins them (and may set ``stop``)."""
+        todo: list[Change] = []
+        for change in plan.changes:
+            if change.action in (Action.CREATE, Action.UPDATE):
+                todo.append(change)
+            elif change.action is Action.UNCERTAIN:
+                if retry_uncertain:
+                    todo.append(change)
+                else:
+                    self.report.skipped_uncertain.append(change.key)
+        self.total = len(todo)
+        queue = iter(todo)
+        threads = [
+            threading.Thread(
+                target=self._work, args=(queue, self._errors), name=f"apply-{i}", daemon=True
+            )
+            for i in range(min(self.parallelism, max(1, len(todo))))
+        ]
+        for thread in threads:
+            thread.start()
+        return threads
+
+    def finish(self) -> ApplyReport:
+        """Fold every result into the state and close the journal. Call after joining."""
+        self.report.interrupted = self._interrupted
+        self.report.not_started = self.total - self.done
+        self._base = self.journal.checkpoint(self._snapshot)
+        self.journal.close()
+        if self.audit is not None:
+            self.audit.close()
+        self.report.state = self._base
+        if self._errors:
+            raise self._errors[0]
+        return self.report
+
+
+def wait(
+    executor: Executor,
+    threads: list[threading.Thread],
+    on_tick: Callable[[int, int], None] | None = None,
+    tick: float = 0.2,
+) -> None:
+    """Join the workers; on Ctrl-C stop new sends and let requests in flight finish."""
+    interrupted = False
+    while any(thread.is_alive() for thread in threads):
+        try:
+            for thread in threads:
+                thread.join(tick)
+                if on_tick is not None and not interrupted:
+                    on_tick(executor.done, executor.total)
+        except KeyboardInterrupt:
+            if not interrupted:
+                log.warning("interrupted: finishing requests in flight, sending nothing new")
+            interrupted = True
+            executor.interrupt()
+    if on_tick is not None and not interrupted:
+        on_tick(executor.done, executor.total)
+
+
+class ClosableApi(CoinsApi, Protocol):
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    """How to apply: a saved plan or a fresh one, and the user's overrides."""
+
+    planfile: Path | None = None
+    force: bool = False
+    retry_uncertain: bool = False
+    parallelism: int | None = None
+    command: str = "apply"
+
+
+def run_apply(
+    workspace: Workspace,
+    api_factory: Callable[[], ClosableApi],
+    request: ApplyRequest,
+    confirm: Callable[[Plan], bool],
+    on_tick: Callable[[int, int], None] | None = None,
+    audit: AuditLog | None = None,
+) -> tuple[Plan, ApplyReport | None]:
+    """Plan (or load a saved plan), confirm, and execute, all under the state lock.
+
+    Returns the plan and the report; the report is None when nothing was sent because
+    there was nothing to do or the user declined.
+    """
+    settings = workspace.settings
+    store = workspace.store
+    with store.lock(request.command, settings.lock_timeout):
+        state, _ = store.recover()
+        configs = workspace.load_configs()
+        if request.planfile is not None:
+            the_plan = load_plan(request.planfile)
+            check_fresh(the_plan, settings.env, state, configs)
+        else:
+            the_plan = workspace.plan(state, configs)
+        check_safety(the_plan, workspace.safety, force=request.force)
+        sendable = {Action.CREATE, Action.UPDATE}
+        if request.retry_uncertain:
+            sendable.add(Action.UNCERTAIN)
+        if not the_plan.of(*sendable) or not confirm(the_plan):
+            return the_plan, None
+        api = api_factory()
+        try:
+            if not state.exists:
+                state = store.write(state)  # fixes the lineage the journal is tied to
+            executor = Executor(
+                api,
+                store.journal(state),
+                state,
+                parallelism=request.parallelism or settings.parallelism,
+                fold_every=settings.fold_every,
+                audit=audit,
+            )
+            threads = executor.start(the_plan, retry_uncertain=request.retry_uncertain)
+            wait(executor, threads, on_tick)
+            return the_plan, executor.finish()
+        finally:
+            api.close()

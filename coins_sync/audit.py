@@ -1,0 +1,139 @@
+"""The audit log: one JSON line per applied change, beside the state, never rewritten.
+
+``state/prod.json`` has ``state/prod.audit.jsonl``. Each line says when (UTC), where
+(environment), who (``GITHUB_ACTOR`` or the OS user), from which commit (``GITHUB_SHA``
+or ``git rev-parse HEAD``), what (action, key, amount before and after, coinConfigId)
+and how it ended (outcome). Lines are appended and fsynced as each result arrives.
+Only public values are ever passed in, so no secret can reach the file.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coins_sync.errors import StateError
+from coins_sync.rules import RuleKey
+from coins_sync.state import utc_now
+
+#: Outcomes written to the log; ``action`` is what was attempted.
+OUTCOMES = ("created", "updated", "imported", "forgotten", "uncertain", "failed")
+
+
+def audit_path_for(state_path: Path) -> Path:
+    """``state/prod.json`` -> ``state/prod.audit.jsonl``."""
+    return state_path.with_name(state_path.stem + ".audit.jsonl")
+
+
+def current_actor(environ: Mapping[str, str]) -> str:
+    actor = environ.get("GITHUB_ACTOR")
+    if actor:
+        return actor
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+def current_commit(environ: Mapping[str, str], cwd: Path | None = None) -> str | None:
+    sha = environ.get("GITHUB_SHA")
+    if sha:
+        return sha
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    text = done.stdout.strip()
+    return text if done.returncode == 0 and text else None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One line of the audit log."""
+
+    action: str  # create | update | import | forget
+    key: RuleKey
+    outcome: str
+    before: int | None = None
+    after: int | None = None
+    coin_config_id: str | None = None
+    message: str | None = None
+
+
+class AuditLog:
+    """Append-only, fsynced JSON lines; safe to call from several threads."""
+
+    def __init__(self, path: Path, env: str, actor: str, commit: str | None) -> None:
+        self.path = path
+        self.env = env
+        self.actor = actor
+        self.commit = commit
+        self._mutex = threading.Lock()
+        self._fd: int | None = None
+
+    @classmethod
+    def beside(cls, state_path: Path, env: str, environ: Mapping[str, str]) -> AuditLog:
+        return cls(audit_path_for(state_path), env, current_actor(environ), current_commit(environ))
+
+    def __repr__(self) -> str:
+        return f"AuditLog({str(self.path)!r})"
+
+    def record(self, item: AuditRecord) -> None:
+        data: dict[str, Any] = {
+            "at": utc_now(),
+            "environment": self.env,
+            "action": item.action,
+            "key": item.key.as_dict(),
+            "before": item.before,
+            "after": item.after,
+            "coinConfigId": item.coin_config_id,
+            "outcome": item.outcome,
+            "actor": self.actor,
+            "commit": self.commit,
+        }
+        if item.message:
+            data["message"] = item.message
+        line = (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
+        with self._mutex:
+            try:
+                if self._fd is None:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                os.write(self._fd, line)
+                os.fsync(self._fd)
+            except OSError as e:
+                raise StateError(f"{self.path}: cannot append to the audit log: {e}") from e
+
+    def close(self) -> None:
+        with self._mutex:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
+def read_audit(path: Path) -> Iterator[dict[str, Any]]:
+    """Every complete record of an audit log, oldest first; unreadable lines are skipped."""
+    if not path.exists():
+        return
+    with open(path, "rb") as handle:
+        for line in handle:
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                yield data
