@@ -298,6 +298,8 @@ def wait(
 
 
 class ClosableApi(CoinsApi, Protocol):
+    def get(self, coin_config_id: str) -> RemoteConfig: ...
+
     def close(self) -> None: ...
 
 
@@ -308,6 +310,7 @@ class ApplyRequest:
     planfile: Path | None = None
     force: bool = False
     retry_uncertain: bool = False
+    refresh: bool = False
     parallelism: int | None = None
     command: str = "apply"
 
@@ -327,22 +330,26 @@ def run_apply(
     """
     settings = workspace.settings
     store = workspace.store
-    with store.lock(request.command, settings.lock_timeout):
-        state, _ = store.recover()
-        configs = workspace.load_configs()
-        if request.planfile is not None:
-            the_plan = load_plan(request.planfile)
-            check_fresh(the_plan, settings.env, state, configs)
-        else:
-            the_plan = workspace.plan(state, configs)
-        check_safety(the_plan, workspace.safety, force=request.force)
-        sendable = {Action.CREATE, Action.UPDATE}
-        if request.retry_uncertain:
-            sendable.add(Action.UNCERTAIN)
-        if not the_plan.of(*sendable) or not confirm(the_plan):
-            return the_plan, None
-        api = api_factory()
-        try:
+    api: ClosableApi | None = None
+    try:
+        with store.lock(request.command, settings.lock_timeout):
+            state, _ = store.recover()
+            configs = workspace.load_configs()
+            if request.planfile is not None:
+                the_plan = load_plan(request.planfile)
+                check_fresh(the_plan, settings.env, state, configs)
+            elif request.refresh:
+                api = api_factory()
+                the_plan = workspace.plan(state, configs, refresh_with=api)
+            else:
+                the_plan = workspace.plan(state, configs)
+            check_safety(the_plan, workspace.safety, force=request.force)
+            sendable = {Action.CREATE, Action.UPDATE}
+            if request.retry_uncertain:
+                sendable.add(Action.UNCERTAIN)
+            if not the_plan.of(*sendable) or not confirm(the_plan):
+                return the_plan, None
+            api = api or api_factory()
             if not state.exists:
                 state = store.write(state)  # fixes the lineage the journal is tied to
             executor = Executor(
@@ -356,5 +363,6 @@ def run_apply(
             threads = executor.start(the_plan, retry_uncertain=request.retry_uncertain)
             wait(executor, threads, on_tick)
             return the_plan, executor.finish()
-        finally:
+    finally:
+        if api is not None:
             api.close()

@@ -257,8 +257,18 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
     help="Exit 0 for no changes, 2 for changes, 1 for errors.",
 )
 @click.option("--force", is_flag=True, help="Do not refuse a plan over the update threshold.")
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Read every managed config from the API first and show drift (needs credentials).",
+)
 def plan_command(
-    fmt: str, out: Path | None, detailed_exitcode: bool, force: bool, **options: Any
+    fmt: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+    force: bool,
+    refresh: bool,
+    **options: Any,
 ) -> int:
     """Show what apply would do. Changes nothing and makes no network call.
 
@@ -271,9 +281,14 @@ def plan_command(
       coins-sync plan
       coins-sync plan --env prod --out plan.json
       coins-sync plan --format markdown --detailed-exitcode > plan.md
+      coins-sync plan --refresh      # also GET every managed config to find drift
     """
     workspace = workspace_from(options)
-    the_plan = workspace.plan()
+    if refresh:
+        with make_client(workspace.settings) as client:
+            the_plan = workspace.plan(refresh_with=client)
+    else:
+        the_plan = workspace.plan()
     click.echo(render(the_plan, fmt, colour=use_colour() and fmt == "text"), nl=False)
     if out is not None:
         save_plan(the_plan, out)
@@ -452,12 +467,14 @@ def print_report(report: ApplyReport) -> None:
     help="Send again creates whose earlier outcome is unknown (may duplicate them).",
 )
 @click.option("--force", is_flag=True, help="Do not refuse a plan over the update threshold.")
+@click.option("--refresh", is_flag=True, help="Read managed configs back first and correct drift.")
 def apply_command(
     planfile: Path | None,
     yes: bool,
     parallelism: int | None,
     retry_uncertain: bool,
     force: bool,
+    refresh: bool,
     **options: Any,
 ) -> int:
     """Create and update configs on EnKash so they match the rule files.
@@ -476,6 +493,8 @@ def apply_command(
     workspace = workspace_from(options)
     settings = workspace.settings
     settings.require_api_url()
+    if planfile is not None and refresh:
+        raise click.UsageError("--refresh cannot be combined with PLANFILE")
 
     def confirm(the_plan: Plan) -> bool:
         click.echo(render(the_plan, "text", colour=use_colour()), nl=False)
@@ -491,6 +510,7 @@ def apply_command(
         planfile=planfile,
         force=force,
         retry_uncertain=retry_uncertain,
+        refresh=refresh,
         parallelism=parallelism,
         command=f"apply (env {settings.env})",
     )
@@ -610,6 +630,44 @@ def sandbox(host: str, port: int, data_file: Path | None, **faults: Any) -> int:
         pass
     finally:
         server.stop()
+    return EXIT_OK
+
+
+@cli.command()
+@env_options
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["markdown", "csv", "json"]),
+    default="markdown",
+    show_default=True,
+)
+def report(fmt: str, **options: Any) -> int:
+    """The auditor's view: every rule per company, its status and last change.
+
+    Status is live (with its coinConfigId), pending, uncertain or orphan; the last
+    change comes from the audit log beside the state. No network.
+
+    \b
+    Examples:
+      coins-sync report > report.md
+      coins-sync report --env prod --format csv > rules.csv
+    """
+    from coins_sync import report as reports
+    from coins_sync.audit import audit_path_for, read_audit
+
+    workspace = workspace_from(options)
+    configs = workspace.load_configs()
+    rows = reports.build_report(
+        configs, workspace.read_state(), read_audit(audit_path_for(workspace.settings.state))
+    )
+    env = workspace.settings.env
+    if fmt == "csv":
+        click.echo(reports.render_csv(rows), nl=False)
+    elif fmt == "json":
+        click.echo(reports.render_json(rows, env), nl=False)
+    else:
+        click.echo(reports.render_markdown(rows, env))
     return EXIT_OK
 
 

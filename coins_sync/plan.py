@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from coins_sync.errors import UnsafePlanError
+from coins_sync.refresh import Drift
 from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state import State
 
@@ -67,11 +68,15 @@ class PlanContext:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every key's change, sorted by action then key, plus what it was made against."""
+    """Every key's change, sorted by action then key, plus what it was made against.
+
+    ``drift`` holds what ``--refresh`` found on the server (empty for an offline plan).
+    """
 
     changes: tuple[Change, ...]
     managed: int
     context: PlanContext = field(default_factory=PlanContext)
+    drift: tuple[Drift, ...] = ()
 
     def summary(self) -> dict[str, int]:
         counts = Counter(change.action for change in self.changes)

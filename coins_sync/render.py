@@ -65,6 +65,10 @@ def render_text(plan: Plan, colour: bool = False) -> str:
     import click  # only for styling; the renderer stays free of CLI state
 
     lines: list[str] = []
+    if plan.drift:
+        lines.append(f"Drift: {len(plan.drift)} difference(s) between the server and state:")
+        lines.extend(f"  ≠ {d.describe()}" for d in plan.drift)
+        lines.append("")
     shown = [c for c in plan.changes if c.action is not Action.UNCHANGED]
     width = max((len(str(c.key)) for c in shown), default=0)
     details = [_detail(change) for change in shown]
@@ -113,6 +117,16 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             for change in plan.changes
             if change.action is not Action.UNCHANGED
         ],
+        "drift": [
+            {
+                "key": d.key.as_dict(),
+                "coinConfigId": d.coin_config_id,
+                "field": d.field,
+                "state": d.in_state,
+                "server": d.on_server,
+            }
+            for d in plan.drift
+        ],
     }
 
 
@@ -153,6 +167,12 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         f"**{summary_line(plan)}**",
         "",
     ]
+    if plan.drift:
+        head += [f"**Drift:** {len(plan.drift)} difference(s) between the server and state.", ""]
+        head += [f"- {_md_cell(d.describe())}" for d in plan.drift[:50]]
+        if len(plan.drift) > 50:
+            head.append(f"- … and {len(plan.drift) - 50} more")
+        head.append("")
     rows = [_md_row(c) for c in plan.changes if c.action is not Action.UNCHANGED]
     if not rows:
         return "\n".join(head) + "\n"

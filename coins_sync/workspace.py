@@ -6,13 +6,14 @@ It is what the CLI builds from options, and what each command makes one call on.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from coins_sync.api import RemoteConfig
 from coins_sync.errors import StateError
 from coins_sync.loader import ConfigSet, RuleLoader
 from coins_sync.plan import Plan, PlanContext, SafetyRules, plan
+from coins_sync.refresh import Reader, refresh
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
 from coins_sync.state import FileStateStore, State, StateEntry, open_store
@@ -55,11 +56,21 @@ class Workspace:
             configs_digest=configs.digest,
         )
 
-    def plan(self, state: State | None = None, configs: ConfigSet | None = None) -> Plan:
-        """The offline plan: configs against state. No network, no writes."""
+    def plan(
+        self,
+        state: State | None = None,
+        configs: ConfigSet | None = None,
+        refresh_with: Reader | None = None,
+    ) -> Plan:
+        """Configs against state; never writes. Offline unless ``refresh_with`` is given,
+        in which case every managed config is read back first and drift is planned."""
         configs = configs or self.load_configs()
         state = state or self.read_state()
-        return plan(configs.rules, state, self.context(state, configs))
+        context = self.context(state, configs)
+        if refresh_with is None:
+            return plan(configs.rules, state, context)
+        refreshed, drift = refresh(state, refresh_with, self.settings.parallelism)
+        return replace(plan(configs.rules, refreshed, context), drift=tuple(drift))
 
     def forget(self, key: RuleKey, command: str) -> tuple[State, StateEntry]:
         """Remove ``key`` from state (it stays on the server). Takes the lock.

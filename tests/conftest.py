@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 
 from coins_sync.cli import cli
+from coins_sync.sandbox import SandboxOptions, SandboxServer
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus" / "yaml-test-suite"
@@ -54,3 +56,17 @@ def write(path: Path, text: str | bytes) -> Path:
     else:
         path.write_text(text, encoding="utf-8")
     return path
+
+
+SANDBOX_TOKEN = "sandbox-token-7f3a9c"
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxServer]:
+    """A real sandbox API on 127.0.0.1 (a free port) that accepts SANDBOX_TOKEN."""
+    with SandboxServer(SandboxOptions(port=0, token=SANDBOX_TOKEN)) as server:
+        yield server
+
+
+def server_configs(server: SandboxServer) -> list[dict[str, Any]]:
+    return server.configs()

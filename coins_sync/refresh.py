@@ -1,0 +1,92 @@
+"""Drift detection: read every managed config back from the server.
+
+``plan --refresh`` uses it to show what changed behind the tool's back. The result is
+an in-memory state (the stored one is never written by a plan): an amount changed on
+the server becomes the entry's amount, so a rule that still wants the old amount is
+planned as an update; a config the server no longer has (404) is dropped, so its rule
+is planned as a create again.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from coins_sync.api import RemoteConfig
+from coins_sync.errors import ApiError
+from coins_sync.rules import RuleKey
+from coins_sync.state import State, StateEntry
+
+log = logging.getLogger(__name__)
+
+
+class Reader(Protocol):
+    def get(self, coin_config_id: str) -> RemoteConfig: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """One difference between the state and the server for a managed config."""
+
+    key: RuleKey
+    coin_config_id: str
+    field: str  # "amount", "companyId", "configuration", "event" or "missing"
+    in_state: str
+    on_server: str
+
+    def describe(self) -> str:
+        if self.field == "missing":
+            return f"{self.key}: {self.coin_config_id} no longer exists on the server (404)"
+        return (
+            f"{self.key}: {self.field} is {self.on_server} on the server, "
+            f"{self.in_state} in state ({self.coin_config_id})"
+        )
+
+
+def _fetch(reader: Reader, entry: StateEntry) -> RemoteConfig | None:
+    try:
+        return reader.get(entry.coin_config_id)
+    except ApiError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, list[Drift]]:
+    """GET every entry (``parallelism`` at a time); return the refreshed state and drift.
+
+    Any error other than a 404 aborts the refresh: a plan on half-known data is worse
+    than no plan.
+    """
+    entries = sorted(state.entries.values(), key=lambda e: e.key)
+    with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
+        remotes = list(pool.map(lambda entry: _fetch(reader, entry), entries))
+    drift: list[Drift] = []
+    refreshed = dict(state.entries)
+    for entry, remote in zip(entries, remotes, strict=True):
+        if remote is None:
+            drift.append(Drift(entry.key, entry.coin_config_id, "missing", "present", "absent"))
+            del refreshed[entry.key]
+            continue
+        for name, ours, theirs in (
+            ("companyId", entry.key.company_id, remote.key.company_id),
+            ("configuration", entry.key.configuration, remote.key.configuration),
+            ("event", entry.key.event, remote.key.event),
+        ):
+            if ours != theirs:
+                drift.append(Drift(entry.key, entry.coin_config_id, name, ours, theirs))
+        if remote.amount != entry.amount:
+            drift.append(
+                Drift(
+                    entry.key,
+                    entry.coin_config_id,
+                    "amount",
+                    str(entry.amount),
+                    str(remote.amount),
+                )
+            )
+            refreshed[entry.key] = StateEntry(entry.key, remote.amount, entry.coin_config_id)
+    log.info("refreshed %d configs, %d drifted", len(entries), len(drift))
+    return replace(state, entries=refreshed), drift

@@ -1,0 +1,202 @@
+"""The auditor's view: every rule per company, where it is written, whether it is live,
+and its last recorded change. Reads configs, state and the audit log; no network."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
+
+from coins_sync.loader import ConfigSet
+from coins_sync.rules import RuleKey
+from coins_sync.state import State
+
+STATUSES = ("live", "pending", "uncertain", "orphan")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportRow:
+    """One rule's line in the report.
+
+    ``status``: live (the server has it at this amount), pending (a create or an update
+    is still to be applied), uncertain (a create's outcome is unknown) or orphan (in
+    state, no longer in the configs).
+    """
+
+    key: RuleKey
+    amount: int
+    source: str
+    status: str
+    coin_config_id: str
+    live_amount: int | None
+    last_change: Mapping[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        last = self.last_change
+        return {
+            "companyId": self.key.company_id,
+            "configuration": self.key.configuration,
+            "event": self.key.event,
+            "amount": self.amount,
+            "source": self.source,
+            "status": self.status,
+            "coinConfigId": self.coin_config_id or None,
+            "liveAmount": self.live_amount,
+            "lastChange": dict(last) if last else None,
+        }
+
+
+def _key_of(record: Mapping[str, Any]) -> RuleKey | None:
+    key = record.get("key")
+    if not isinstance(key, dict):
+        return None
+    try:
+        return RuleKey(str(key["companyId"]), str(key["configuration"]), str(key["event"]))
+    except KeyError:
+        return None
+
+
+def last_changes(records: Iterable[Mapping[str, Any]]) -> dict[RuleKey, dict[str, Any]]:
+    """The newest audit record per key (the log is in time order)."""
+    latest: dict[RuleKey, dict[str, Any]] = {}
+    for record in records:
+        key = _key_of(record)
+        if key is None:
+            continue
+        latest[key] = {
+            name: record.get(name)
+            for name in ("at", "action", "outcome", "before", "after", "actor", "commit")
+        }
+    return latest
+
+
+def build_report(
+    configs: ConfigSet, state: State, audit: Iterable[Mapping[str, Any]]
+) -> list[ReportRow]:
+    latest = last_changes(audit)
+    rows: list[ReportRow] = []
+    desired = configs.by_key()
+    for key, rule in desired.items():
+        entry = state.entries.get(key)
+        if entry is not None:
+            status = "live" if entry.amount == rule.amount else "pending"
+            config_id, live = entry.coin_config_id, entry.amount
+        else:
+            status = "uncertain" if key in state.uncertain else "pending"
+            config_id, live = "", None
+        rows.append(
+            ReportRow(key, rule.amount, str(rule.source), status, config_id, live, latest.get(key))
+        )
+    for key, entry in state.entries.items():
+        if key not in desired:
+            rows.append(
+                ReportRow(
+                    key,
+                    entry.amount,
+                    "",
+                    "orphan",
+                    entry.coin_config_id,
+                    entry.amount,
+                    latest.get(key),
+                )
+            )
+    for key, pending in state.uncertain.items():
+        if key not in desired and key not in state.entries:
+            rows.append(ReportRow(key, pending.amount, "", "uncertain", "", None, latest.get(key)))
+    rows.sort(key=lambda row: row.key)
+    return rows
+
+
+def _last(row: ReportRow) -> str:
+    last = row.last_change
+    if not last:
+        return ""
+    who = f" by {last.get('actor')}" if last.get("actor") else ""
+    commit = f" @ {str(last.get('commit'))[:12]}" if last.get("commit") else ""
+    return f"{last.get('outcome')} {last.get('at')}{who}{commit}"
+
+
+def _status(row: ReportRow) -> str:
+    if row.status == "live":
+        return f"live ({row.coin_config_id})"
+    if row.status == "pending" and row.live_amount is not None:
+        return f"pending (live amount {row.live_amount})"
+    return row.status
+
+
+def render_markdown(rows: list[ReportRow], env: str) -> str:
+    counts = {status: sum(1 for r in rows if r.status == status) for status in STATUSES}
+    lines = [
+        f"# coins-sync report for `{env}`",
+        "",
+        ", ".join(f"{counts[s]} {s}" for s in STATUSES) + f" — {len(rows)} rules in all.",
+        "",
+    ]
+    for company, group in groupby(rows, key=lambda r: r.key.company_id):
+        lines += [
+            f"## {company}",
+            "",
+            "| configuration | event | amount | status | source | last change |",
+            "| --- | --- | ---: | --- | --- | --- |",
+        ]
+        for row in group:
+            source = f"`{row.source}`" if row.source else ""
+            lines.append(
+                f"| {row.key.configuration} | {row.key.event} | {row.amount} | "
+                f"{_status(row)} | {source} | {_last(row)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_csv(rows: list[ReportRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(
+        [
+            "companyId",
+            "configuration",
+            "event",
+            "amount",
+            "status",
+            "coinConfigId",
+            "liveAmount",
+            "source",
+            "lastChangeAt",
+            "lastChangeOutcome",
+            "lastChangeActor",
+            "lastChangeCommit",
+        ]
+    )
+    for row in rows:
+        last = row.last_change or {}
+        writer.writerow(
+            [
+                row.key.company_id,
+                row.key.configuration,
+                row.key.event,
+                row.amount,
+                row.status,
+                row.coin_config_id,
+                "" if row.live_amount is None else row.live_amount,
+                row.source,
+                last.get("at") or "",
+                last.get("outcome") or "",
+                last.get("actor") or "",
+                last.get("commit") or "",
+            ]
+        )
+    return out.getvalue()
+
+
+def render_json(rows: list[ReportRow], env: str) -> str:
+    data = {
+        "environment": env,
+        "summary": {s: sum(1 for r in rows if r.status == s) for s in STATUSES},
+        "rules": [row.to_json() for row in rows],
+    }
+    return json.dumps(data, indent=2) + "\n"
