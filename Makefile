@@ -7,7 +7,7 @@ CS := $(BIN)/coins-sync
 SANDBOX_PORT ?= 8765
 export COINS_SYNC_TOKEN ?= demo-token-not-a-secret
 
-.PHONY: install test lint validate demo plan apply bench chaos clean
+.PHONY: install test lint validate demo plan apply bench chaos audit clean
 
 install: $(STAMP)
 
@@ -51,6 +51,13 @@ plan: $(STAMP)
 
 apply: $(STAMP)
 	$(CS) apply
+
+# Dependency audit. Not part of `make lint`: pip-audit needs PyPI's JSON API or OSV,
+# which this project's CI machines cannot reach (only the package index is served), so
+# there it would audit nothing. Run it where those services are reachable.
+audit: $(STAMP)
+	$(BIN)/python -m pip install --quiet pip-audit
+	$(BIN)/pip-audit --skip-editable
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
