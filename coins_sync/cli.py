@@ -149,6 +149,9 @@ def parse_key(text: str) -> RuleKey:
         raise click.BadParameter(str(e), param_hint="KEY") from e
 
 
+force_option = click.option(
+    "--force", is_flag=True, help="Do not refuse a plan over the update threshold."
+)
 lock_timeout_option = click.option(
     "--lock-timeout",
     type=click.FloatRange(min=0),
@@ -256,7 +259,7 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
     is_flag=True,
     help="Exit 0 for no changes, 2 for changes, 1 for errors.",
 )
-@click.option("--force", is_flag=True, help="Do not refuse a plan over the update threshold.")
+@force_option
 @click.option(
     "--refresh",
     is_flag=True,
@@ -466,7 +469,7 @@ def print_report(report: ApplyReport) -> None:
     is_flag=True,
     help="Send again creates whose earlier outcome is unknown (may duplicate them).",
 )
-@click.option("--force", is_flag=True, help="Do not refuse a plan over the update threshold.")
+@force_option
 @click.option("--refresh", is_flag=True, help="Read managed configs back first and correct drift.")
 def apply_command(
     planfile: Path | None,
