@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -627,6 +629,12 @@ def sandbox(host: str, port: int, data_file: Path | None, **faults: Any) -> int:
     )
     server = SandboxServer(options)
     click.echo(f"coins-sync sandbox listening on {server.url} (Ctrl-C to stop)", err=True)
+
+    def on_term(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # stop cleanly on SIGTERM too (make demo, benchmarks)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, on_term)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
