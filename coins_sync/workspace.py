@@ -16,7 +16,7 @@ from coins_sync.plan import Plan, PlanContext, SafetyRules, plan
 from coins_sync.refresh import Reader, refresh
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
-from coins_sync.state import FileStateStore, State, StateEntry, open_store
+from coins_sync.state import State, StateEntry, StateStore, open_store
 
 
 @dataclass
@@ -24,7 +24,7 @@ class Workspace:
     """One environment: where its rules are, where its state is, and its guards."""
 
     settings: Settings
-    store: FileStateStore = field(init=False)
+    store: StateStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.store = open_store(self.settings.state)
