@@ -52,6 +52,11 @@ plan: $(STAMP)
 apply: $(STAMP)
 	$(CS) apply
 
+# Fault campaigns against the sandbox (faults, kill -9, SIGINT); prints figures and
+# fails unless duplicates and lost records are both 0. A reduced run is in `make test`.
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos.py
+
 # Dependency audit. Not part of `make lint`: pip-audit needs PyPI's JSON API or OSV,
 # which this project's CI machines cannot reach (only the package index is served), so
 # there it would audit nothing. Run it where those services are reachable.

@@ -16,7 +16,9 @@ memory of what exists. Every path here may be cut off at any instant; what is pr
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -107,6 +109,8 @@ class Executor:
         self.done = 0
         self.total = 0
         self._interrupted = False
+        self._live = 0  # workers not yet returned; guarded by _queue_lock
+        self._all_done = threading.Event()
         self._errors: list[BaseException] = []
 
     # bookkeeping (always called under the journal's mutex) ----------------------
@@ -213,6 +217,15 @@ class Executor:
     # the run ---------------------------------------------------------------------
 
     def _work(self, queue: Iterator[Change], errors: list[BaseException]) -> None:
+        try:
+            self._work_on(queue, errors)
+        finally:
+            with self._queue_lock:
+                self._live -= 1
+                if self._live <= 0:
+                    self._all_done.set()
+
+    def _work_on(self, queue: Iterator[Change], errors: list[BaseException]) -> None:
         while not self.stop.is_set():
             with self._queue_lock:
                 change = next(queue, None)
@@ -233,9 +246,20 @@ class Executor:
             self._maybe_fold()
 
     def interrupt(self) -> None:
-        """Stop sending: requests in flight finish and are recorded."""
+        """Stop sending: requests in flight finish and are recorded. Safe in a signal
+        handler: a second call returns at once instead of re-entering ``stop.set()``."""
+        if self._interrupted:
+            return
         self._interrupted = True
         self.stop.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._interrupted
+
+    def wait_done(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every worker to return; True once they have."""
+        return self._all_done.wait(timeout)
 
     def start(self, plan: Plan, retry_uncertain: bool = False) -> list[threading.Thread]:
         """Start the workers; the caller joins them (and may set ``stop``)."""
@@ -250,11 +274,12 @@ class Executor:
                     self.report.skipped_uncertain.append(change.key)
         self.total = len(todo)
         queue = iter(todo)
+        self._live = min(self.parallelism, max(1, len(todo)))
         threads = [
             threading.Thread(
                 target=self._work, args=(queue, self._errors), name=f"apply-{i}", daemon=True
             )
-            for i in range(min(self.parallelism, max(1, len(todo))))
+            for i in range(self._live)
         ]
         for thread in threads:
             thread.start()
@@ -280,21 +305,55 @@ def wait(
     on_tick: Callable[[int, int], None] | None = None,
     tick: float = 0.2,
 ) -> None:
-    """Join the workers; on Ctrl-C stop new sends and let requests in flight finish."""
-    interrupted = False
-    while any(thread.is_alive() for thread in threads):
+    """Wait for the workers; on Ctrl-C stop new sends and let requests in flight finish.
+
+    Completion is the executor's own count of returned workers, never
+    ``Thread.is_alive()``: before Python 3.13 a KeyboardInterrupt inside ``Thread.join()``
+    can mark a thread that is still running as stopped (CPython gh-90882), and the state
+    would then be folded and the client closed under a live request.
+    """
+    announced = False
+    while True:
         try:
-            for thread in threads:
-                thread.join(tick)
-                if on_tick is not None and not interrupted:
-                    on_tick(executor.done, executor.total)
+            done = executor.wait_done(tick)
         except KeyboardInterrupt:
-            if not interrupted:
-                log.warning("interrupted: finishing requests in flight, sending nothing new")
-            interrupted = True
             executor.interrupt()
-    if on_tick is not None and not interrupted:
-        on_tick(executor.done, executor.total)
+            done = False
+        if executor.interrupted:
+            if not announced:
+                log.warning("interrupted: finishing requests in flight, sending nothing new")
+                announced = True
+        elif on_tick is not None:
+            on_tick(executor.done, executor.total)
+        if done:
+            break
+    for thread in threads:
+        thread.join()  # every worker has returned; this only reaps it
+
+
+@contextlib.contextmanager
+def sigint_stops(executor: Executor) -> Iterator[None]:
+    """While an apply runs, SIGINT (Ctrl-C) calls ``executor.interrupt()`` instead of
+    raising KeyboardInterrupt at an arbitrary point, so the results are always folded
+    and no new send starts. Only the main thread can own signal handlers; elsewhere (or
+    when SIGINT is ignored) this does nothing, and :func:`wait` still turns a
+    KeyboardInterrupt into an interrupt.
+    """
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. under nohup: keep it so
+    ):
+        yield
+        return
+
+    def on_sigint(signum: int, frame: object) -> None:
+        executor.interrupt()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class ClosableApi(CoinsApi, Protocol):
@@ -360,9 +419,11 @@ def run_apply(
                 fold_every=settings.fold_every,
                 audit=audit,
             )
-            threads = executor.start(the_plan, retry_uncertain=request.retry_uncertain)
-            wait(executor, threads, on_tick)
-            return the_plan, executor.finish()
+            with sigint_stops(executor):
+                threads = executor.start(the_plan, retry_uncertain=request.retry_uncertain)
+                wait(executor, threads, on_tick)
+                report = executor.finish()
+            return the_plan, report
     finally:
         if api is not None:
             api.close()
