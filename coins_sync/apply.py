@@ -62,7 +62,8 @@ class ApplyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.uncertain and not self.interrupted
+        # an uncertain create left unresolved needs a person, so it is not "ok" either
+        return not (self.failed or self.uncertain or self.skipped_uncertain or self.interrupted)
 
     def summary(self) -> str:
         parts = [
@@ -76,6 +77,17 @@ class ApplyReport:
         if self.not_started:
             parts.append(f"{self.not_started} not started")
         return "Apply: " + ", ".join(parts) + "."
+
+
+def to_send(plan: Plan, retry_uncertain: bool = False) -> list[Change]:
+    """The changes apply sends: creates and updates, and with ``retry_uncertain`` the
+    uncertain creates whose rule is still in the configs (never one that was removed)."""
+    return [
+        change
+        for change in plan.changes
+        if change.action in (Action.CREATE, Action.UPDATE)
+        or (retry_uncertain and change.action is Action.UNCERTAIN and change.source is not None)
+    ]
 
 
 class Executor:
@@ -263,15 +275,11 @@ class Executor:
 
     def start(self, plan: Plan, retry_uncertain: bool = False) -> list[threading.Thread]:
         """Start the workers; the caller joins them (and may set ``stop``)."""
-        todo: list[Change] = []
-        for change in plan.changes:
-            if change.action in (Action.CREATE, Action.UPDATE):
-                todo.append(change)
-            elif change.action is Action.UNCERTAIN:
-                if retry_uncertain:
-                    todo.append(change)
-                else:
-                    self.report.skipped_uncertain.append(change.key)
+        todo = to_send(plan, retry_uncertain)
+        sent = {change.key for change in todo}
+        self.report.skipped_uncertain.extend(
+            change.key for change in plan.of(Action.UNCERTAIN) if change.key not in sent
+        )
         self.total = len(todo)
         queue = iter(todo)
         self._live = min(self.parallelism, max(1, len(todo)))
@@ -403,10 +411,7 @@ def run_apply(
             else:
                 the_plan = workspace.plan(state, configs)
             check_safety(the_plan, workspace.safety, force=request.force)
-            sendable = {Action.CREATE, Action.UPDATE}
-            if request.retry_uncertain:
-                sendable.add(Action.UNCERTAIN)
-            if not the_plan.of(*sendable) or not confirm(the_plan):
+            if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
                 return the_plan, None
             api = api or api_factory()
             if not state.exists:

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import click
 
 from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
-from coins_sync.apply import ApplyReport, ApplyRequest, run_apply
+from coins_sync.apply import ApplyReport, ApplyRequest, run_apply, to_send
 from coins_sync.audit import AuditLog, AuditRecord
 from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
 from coins_sync.plan import Action, Plan, check_safety
@@ -532,11 +532,19 @@ def apply_command(
     finally:
         progress.close()
     if report is None:
-        if the_plan.of(*_SENDABLE):
+        if to_send(the_plan, retry_uncertain):
             click.echo("Apply cancelled; nothing was sent.")
             return EXIT_ERROR
         click.echo(render(the_plan, "text", colour=use_colour()), nl=False)
         click.echo("Nothing to apply.")
+        if the_plan.of(Action.UNCERTAIN):
+            click.echo(
+                "Error: uncertain creates remain unresolved. Check the server, then run "
+                "`coins-sync state import KEY COIN_CONFIG_ID` for each that exists, or "
+                "`coins-sync apply --retry-uncertain` to send them again.",
+                err=True,
+            )
+            return EXIT_ERROR
         return EXIT_OK
     print_report(report)
     if report.interrupted:
@@ -680,9 +688,6 @@ def report(fmt: str, **options: Any) -> int:
     else:
         click.echo(reports.render_markdown(rows, env))
     return EXIT_OK
-
-
-_SENDABLE = (Action.CREATE, Action.UPDATE)
 
 
 class _ScrubFilter(logging.Filter):

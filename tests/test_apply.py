@@ -443,3 +443,36 @@ def test_no_secret_in_any_output_or_project_file(
     assert (project / "state/default.audit.jsonl").exists()
     assert (project / "p.json").exists()
     assert_no_secret(project, [r.output for r in results], [*SECRETS, PASSWORD + "-wrong"])
+
+
+def test_unresolved_uncertain_creates_fail_the_apply_and_removed_rules_are_never_resent(
+    project: Path, invoke: Invoke, sandbox: Sandbox
+) -> None:
+    srv = sandbox()
+    write(
+        project / "configs/acme.yaml", "companyId: ACME\nrules:\n  - event: KEPT\n    amount: 3\n"
+    )
+    write(
+        project / "state/default.json",
+        json.dumps(
+            {
+                "version": 1,
+                "lineage": "L",
+                "serial": 2,
+                "entries": [],
+                "uncertain": [
+                    {"companyId": "ACME", "configuration": "DEFAULT", "event": "KEPT", "amount": 3},
+                    {"companyId": "ACME", "configuration": "DEFAULT", "event": "GONE", "amount": 1},
+                ],
+            }
+        ),
+    )
+    env = TOKEN_ENV
+    first = invoke("apply", "--yes", "--api-url", srv.url, env=env)
+    assert first.exit_code == 1
+    assert "uncertain creates remain unresolved" in first.output
+    assert srv.configs() == []
+    retried = invoke("apply", "--yes", "--retry-uncertain", "--api-url", srv.url, env=env)
+    assert [c["event"] for c in srv.configs()] == ["KEPT"]  # GONE is not in the configs
+    assert "1 created" in retried.output and "1 uncertain skipped" in retried.output
+    assert retried.exit_code == 1
