@@ -52,6 +52,11 @@ plan: $(STAMP)
 apply: $(STAMP)
 	$(CS) apply
 
+# Speed and memory targets (plan/floor, peak RSS, apply efficiency, bookkeeping growth);
+# prints a table and fails when a target is missed. Never part of `make test`.
+bench: $(STAMP)
+	$(BIN)/python tests/benchmarks/bench.py
+
 # Fault campaigns against the sandbox (faults, kill -9, SIGINT); prints figures and
 # fails unless duplicates and lost records are both 0. A reduced run is in `make test`.
 chaos: $(STAMP)

@@ -1,0 +1,397 @@
+"""`make bench`: the speed targets of issue #6, measured in one run.
+
+Run it as ``.venv/bin/python tests/benchmarks/bench.py``. It is not a test: pytest does
+not collect it, and ``make test`` asserts no timing. It writes synthetic configs and a
+matching state into a temporary folder, runs the real command line in subprocesses
+against a sandbox on 127.0.0.1, prints a table and exits 1 when a target is missed.
+
+Figures:
+
+* **plan / floor**: the median wall time of 3 ``coins_sync plan`` processes over
+  100 files x 1000 rules that are all in sync with the state, against the median of 3
+  processes that do only the unavoidable work: ``yaml.load(CSafeLoader)`` of the same
+  files and ``json.loads`` of the same state. Both include interpreter start-up.
+* **peak RSS** of those plan processes (``wait4`` rusage of each child).
+* **apply efficiency**: 2000 creates at 50 ms sandbox latency with ``--parallelism 16``,
+  ideal time / wall time of the whole process, where ideal = 2000 x 0.05 / 16 s.
+* **bookkeeping growth**: per-create time of 20k creates over that of 2k creates, at
+  0 ms latency. A create's time is the apply's wall time less that of the same apply
+  run again with nothing to do (start-up, loading, planning), over the creates.
+  Linear bookkeeping keeps it near 1; per-result state rewrites do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+TOKEN = "bench-token-not-a-secret"
+TIMEOUT = 300.0  # seconds; no single process may take longer
+
+FILES, RULES_PER_FILE = 100, 1000
+APPLY_CREATES, APPLY_LATENCY_MS, APPLY_PARALLELISM = 2000, 50, 16
+GROWTH_SMALL, GROWTH_LARGE = 2_000, 20_000
+
+TARGET_PLAN_RATIO = 2.0
+TARGET_RSS_MB = 300.0
+TARGET_APPLY_EFFICIENCY = 0.80
+TARGET_GROWTH = 1.3
+
+FLOOR_CODE = """\
+import json, sys, yaml
+for name in sys.argv[2:]:
+    with open(name, "rb") as handle:
+        yaml.load(handle, Loader=yaml.CSafeLoader)
+with open(sys.argv[1], "rb") as handle:
+    json.loads(handle.read())
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    seconds: float
+    max_rss_mb: float
+    stdout: str
+    stderr: str
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    measured: str
+    target: str = ""
+    ok: bool | None = None
+
+    @property
+    def verdict(self) -> str:
+        return "" if self.ok is None else "PASS" if self.ok else "FAIL"
+
+
+class BenchError(Exception):
+    """A run did not do what it was asked; its figures would mean nothing."""
+
+
+# --- inputs -----------------------------------------------------------------------
+
+
+def write_configs(
+    folder: Path, files: int, rules_per_file: int, prefix: str
+) -> list[dict[str, object]]:
+    """Write ``files`` rule files; return the state entries that match them exactly."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries: list[dict[str, object]] = []
+    for f in range(files):
+        company = f"{prefix}{f:04d}"
+        lines = [
+            "# yaml-language-server: $schema=../schemas/rules.schema.json",
+            f"companyId: {company}",
+            "rules:",
+        ]
+        for r in range(rules_per_file):
+            event = f"EVENT_{r:05d}_PAYMENT"
+            amount = (f * 7919 + r * 104729) % 10_001
+            lines.append(f"  - event: {event}")
+            lines.append(f"    amount: {amount}")
+            configuration = "DEFAULT"
+            if r % 10 == 0:  # some per-rule overrides, as real files have
+                configuration = "CUSTOM"
+                lines.append(f"    configuration: {configuration}")
+            entries.append(
+                {
+                    "companyId": company,
+                    "configuration": configuration,
+                    "event": event,
+                    "amount": amount,
+                    "coinConfigId": f"WCC{len(entries) + 100001:07d}",
+                }
+            )
+        (folder / f"{company.lower()}.yaml").write_text("\n".join(lines) + "\n", "utf-8")
+    return entries
+
+
+def write_state(path: Path, entries: list[dict[str, object]]) -> None:
+    """A state file as coins-sync writes it (version 1, sorted entries, indent 2)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ordered = sorted(entries, key=lambda e: (e["companyId"], e["configuration"], e["event"]))
+    data = {
+        "version": 1,
+        "lineage": "00000000-0000-4000-8000-000000000bec",
+        "serial": 1,
+        "entries": ordered,
+    }
+    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    path.write_text(text, "utf-8")
+
+
+def write_project(workdir: Path) -> None:
+    """A pyproject.toml with a ``bench`` environment; paths are passed on the command line."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "pyproject.toml").write_text(
+        "[tool.coins-sync]\n"
+        'configs = "configs"\n'
+        'default_environment = "bench"\n\n'
+        "[tool.coins-sync.environments.bench]\n"
+        'api_url = "http://127.0.0.1:9"\n'
+        'state = "state/bench.json"\n',
+        "utf-8",
+    )
+
+
+# --- processes --------------------------------------------------------------------
+
+
+def child_env(root: Path) -> dict[str, str]:
+    """The environment of every process the bench starts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINS_SYNC_")}
+    env["COINS_SYNC_TOKEN"] = TOKEN
+    env["NO_COLOR"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    # Bytecode is cached as for any installed tool (the untimed first runs fill the
+    # cache), outside the repository.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = str(root / "pycache")
+    for name in ("NO_PROXY", "no_proxy"):  # the sandbox is on loopback, never via a proxy
+        env[name] = ",".join(filter(None, [env.get(name), "127.0.0.1", "localhost"]))
+    return env
+
+
+def run_timed(args: Sequence[str], cwd: Path, env: dict[str, str]) -> Run:
+    """Run one process to completion; wall time and its own peak RSS (from wait4)."""
+    out_path, err_path = cwd / ".bench.out", cwd / ".bench.err"
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=out, stderr=err)
+        deadline = started + TIMEOUT
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise BenchError(f"{' '.join(args[:5])}... took over {TIMEOUT:.0f}s")
+            time.sleep(0.002)
+        seconds = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = out_path.read_text("utf-8", "replace"), err_path.read_text("utf-8", "replace")
+    if proc.returncode != 0:
+        tail = (stderr or stdout)[-2000:]
+        raise BenchError(f"{' '.join(args[2:5])} exited {proc.returncode}:\n{tail}")
+    return Run(seconds, usage.ru_maxrss / 1024, stdout, stderr)  # ru_maxrss is in KiB
+
+
+class Sandbox:
+    """``coins_sync sandbox`` in a subprocess on 127.0.0.1, on a port the OS picks."""
+
+    def __init__(self, workdir: Path, latency_ms: int, env: dict[str, str]) -> None:
+        self.workdir = workdir
+        self.log = workdir / f"sandbox-{latency_ms}ms.log"
+        args = [PYTHON, "-m", "coins_sync", "sandbox", "--host", "127.0.0.1", "--port", "0"]
+        args += ["--latency-ms", str(latency_ms)]
+        self._log_handle = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args, cwd=workdir, env=env, stdout=self._log_handle, stderr=self._log_handle
+        )
+        self.url = self._wait_for_url()
+
+    def _wait_for_url(self) -> str:
+        for _ in range(200):  # 10 s
+            text = self.log.read_text("utf-8", "replace")
+            marker = "listening on "
+            if marker in text:
+                return text.split(marker, 1)[1].split()[0]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise BenchError(f"the sandbox did not start:\n{self.log.read_text('utf-8', 'replace')}")
+
+    def creates(self) -> int:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with direct.open(self.url + "/_sandbox/stats", timeout=10) as answer:
+            return int(json.loads(answer.read())["creates"])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log_handle.close()
+
+
+# --- figures ----------------------------------------------------------------------
+
+
+def measure_plan(root: Path, env: dict[str, str], runs: int) -> tuple[float, float, float]:
+    """Median plan seconds, median floor seconds, peak RSS (MB) of the plan runs."""
+    work = root / "plan"
+    write_project(work)
+    entries = write_configs(work / "configs", FILES, RULES_PER_FILE, "CO")
+    state = work / "state" / "bench.json"
+    write_state(state, entries)
+    files = sorted(str(p) for p in (work / "configs").glob("*.yaml"))
+    plan_args = [PYTHON, "-m", "coins_sync", "plan", "--configs", "configs"]
+    plan_args += ["--state", str(state.relative_to(work)), "--env", "bench"]
+    floor_args = [PYTHON, "-c", FLOOR_CODE, str(state), *files]
+    expected = f"{len(entries)} unchanged (no changes)"
+    # One untimed run each: compiles bytecode and warms the page cache.
+    run_timed(floor_args, work, env)
+    first = run_timed(plan_args, work, env)
+    if expected not in first.stdout:
+        raise BenchError(f"plan is not all in sync:\n{first.stdout[-1000:]}")
+    plans: list[Run] = []
+    floors: list[float] = []
+    for _ in range(runs):  # interleaved, so drift hits both alike
+        plans.append(run_timed(plan_args, work, env))
+        floors.append(run_timed(floor_args, work, env).seconds)
+    return (
+        statistics.median(r.seconds for r in plans),
+        statistics.median(floors),
+        max(r.max_rss_mb for r in plans),
+    )
+
+
+def timed_apply(
+    root: Path, env: dict[str, str], name: str, creates: int, latency_ms: int, parallelism: int
+) -> tuple[float, float]:
+    """Seconds for one ``apply --yes`` process that makes ``creates`` new configs, and
+    for the same command run again, when it has nothing left to do.
+
+    The second run costs what the first did besides creating: start-up, loading and
+    planning the same rules. The difference is the cost of the creates themselves.
+    """
+    work = root / name
+    write_project(work)
+    files = max(1, creates // RULES_PER_FILE)
+    write_configs(work / "configs", files, creates // files, name.upper().replace("-", ""))
+    sandbox = Sandbox(work, latency_ms, env)
+    try:
+        args = [PYTHON, "-m", "coins_sync", "apply", "--configs", "configs"]
+        args += ["--state", "state/bench.json", "--env", "bench", "--api-url", sandbox.url]
+        args += ["--yes", "--parallelism", str(parallelism)]
+        result = run_timed(args, work, env)
+        if f"Apply: {creates} created, 0 updated, 0 failed" not in result.stdout:
+            raise BenchError(f"apply did not create {creates}:\n{result.stdout[-1000:]}")
+        if sandbox.creates() != creates:
+            raise BenchError(f"the sandbox saw {sandbox.creates()} creates, not {creates}")
+        again = run_timed(args, work, env)
+        if "Nothing to apply." not in again.stdout or sandbox.creates() != creates:
+            raise BenchError(f"a second apply was not a no-op:\n{again.stdout[-1000:]}")
+    finally:
+        sandbox.stop()
+    return result.seconds, again.seconds
+
+
+# --- report -----------------------------------------------------------------------
+
+
+def render(rows: list[Row], header: str) -> str:
+    widths = [max(len(getattr(r, f)) for r in rows) for f in ("name", "measured", "target")]
+    titles = ("figure", "measured", "target")
+    lines = [header, ""]
+    head = "  ".join(t.ljust(w) for t, w in zip(titles, widths, strict=True)) + "  result"
+    lines += [head, "-" * len(head)]
+    for r in rows:
+        cells = (r.name.ljust(widths[0]), r.measured.rjust(widths[1]), r.target.ljust(widths[2]))
+        lines.append("  ".join(cells) + "  " + r.verdict)
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--runs", type=int, default=3, help="timed plan runs (median)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    options = parser.parse_args(argv)
+    runs = max(1, min(options.runs, 15))
+
+    root = Path(tempfile.mkdtemp(prefix="coins-sync-bench-"))
+    started = time.perf_counter()
+    try:
+        env = child_env(root)
+        plan_s, floor_s, rss_mb = measure_plan(root, env, runs)
+        p = APPLY_PARALLELISM
+        apply_s, _ = timed_apply(root, env, "apply", APPLY_CREATES, APPLY_LATENCY_MS, p)
+        small_s, small_noop_s = timed_apply(root, env, "grow-small", GROWTH_SMALL, 0, p)
+        large_s, large_noop_s = timed_apply(root, env, "grow-large", GROWTH_LARGE, 0, p)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if options.keep:
+            print(f"bench: inputs kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+    ideal = APPLY_CREATES * APPLY_LATENCY_MS / 1000 / APPLY_PARALLELISM
+    efficiency = ideal / apply_s
+    per_small = (small_s - small_noop_s) / GROWTH_SMALL
+    per_large = (large_s - large_noop_s) / GROWTH_LARGE
+    if per_small <= 0 or per_large <= 0:
+        print("bench: a no-op apply took longer than the creates; rerun", file=sys.stderr)
+        return 1
+    growth = per_large / per_small
+    ratio = plan_s / floor_s
+    rules = FILES * RULES_PER_FILE
+    rows = [
+        Row(f"plan, {rules // 1000}k in-sync rules (median of {runs})", f"{plan_s:.2f} s"),
+        Row(f"floor: CSafeLoader + json.loads (median of {runs})", f"{floor_s:.2f} s"),
+        Row(
+            "plan / floor",
+            f"{ratio:.2f}x",
+            f"<= {TARGET_PLAN_RATIO:.1f}x",
+            ratio <= TARGET_PLAN_RATIO,
+        ),
+        Row(
+            "peak RSS of plan",
+            f"{rss_mb:.0f} MB",
+            f"<= {TARGET_RSS_MB:.0f} MB",
+            rss_mb <= TARGET_RSS_MB,
+        ),
+        Row(
+            f"apply {APPLY_CREATES} creates, {APPLY_LATENCY_MS} ms, -p {APPLY_PARALLELISM}",
+            f"{apply_s:.2f} s",
+            f"ideal {ideal:.2f} s",
+        ),
+        Row(
+            "apply: ideal / actual",
+            f"{efficiency:.0%}",
+            f">= {TARGET_APPLY_EFFICIENCY:.0%}",
+            efficiency >= TARGET_APPLY_EFFICIENCY,
+        ),
+        Row(f"per create, {GROWTH_SMALL // 1000}k creates at 0 ms", f"{per_small * 1e3:.2f} ms"),
+        Row(f"per create, {GROWTH_LARGE // 1000}k creates at 0 ms", f"{per_large * 1e3:.2f} ms"),
+        Row(
+            "bookkeeping growth (20k / 2k)",
+            f"{growth:.2f}x",
+            f"<= {TARGET_GROWTH:.1f}x",
+            growth <= TARGET_GROWTH,
+        ),
+    ]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    header = (
+        f"coins-sync bench, {now}: {os.cpu_count()} CPUs, Python "
+        f"{sys.version.split()[0]}, {time.perf_counter() - started:.0f} s in all"
+    )
+    print(render(rows, header))
+    return 0 if all(r.ok is not False for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
