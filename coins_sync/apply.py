@@ -27,9 +27,9 @@ from typing import Protocol
 
 from coins_sync.api import RemoteConfig
 from coins_sync.audit import AuditLog, AuditRecord
-from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError
+from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, StateError
 from coins_sync.plan import Action, Change, Plan, check_safety
-from coins_sync.planfile import check_fresh, load_plan
+from coins_sync.planfile import check_consistent, check_fresh, load_plan
 from coins_sync.rules import RuleKey
 from coins_sync.state import Journal, JournalRecord, State, StateEntry, Uncertain, utc_now
 from coins_sync.workspace import Workspace
@@ -124,6 +124,7 @@ class Executor:
         self._live = 0  # workers not yet returned; guarded by _queue_lock
         self._all_done = threading.Event()
         self._errors: list[BaseException] = []
+        self._audit_failures: list[StateError] = []
 
     # bookkeeping (always called under the journal's mutex) ----------------------
 
@@ -151,7 +152,7 @@ class Executor:
             book()
             self._since_fold += 1
 
-        self.journal.append(record, booked)
+        self.journal.append(record, booked, book_on_failure=True)
 
     # one change -----------------------------------------------------------------
 
@@ -169,8 +170,8 @@ class Executor:
                 self._uncertain[key] = Uncertain(key, amount, intent.at)
                 self.report.uncertain.append((key, reason))
 
-            self._record(JournalRecord("result", key, amount, "unknown", at=utc_now()), unknown)
             self._audit(AuditRecord("create", key, "uncertain", None, amount, message=reason))
+            self._record(JournalRecord("result", key, amount, "unknown", at=utc_now()), unknown)
             return
         except ApiError as e:
             reason = str(e)
@@ -179,8 +180,8 @@ class Executor:
                 self._inflight.pop(key, None)
                 self.report.failed.append((key, reason))
 
-            self._record(JournalRecord("result", key, amount, "failed", at=utc_now()), failed)
             self._audit(AuditRecord("create", key, "failed", None, amount, message=reason))
+            self._record(JournalRecord("result", key, amount, "failed", at=utc_now()), failed)
             if isinstance(e, AuthError):
                 self.stop.set()
             return
@@ -192,8 +193,10 @@ class Executor:
             self.report.created.append(key)
 
         record = JournalRecord("result", key, amount, "created", remote.coin_config_id, utc_now())
-        self._record(record, created)
+        # the audit line goes first: if we die between the two, the audit log still
+        # says what the server created, and the journal's open intent makes it uncertain
         self._audit(AuditRecord("create", key, "created", None, amount, remote.coin_config_id))
+        self._record(record, created)
 
     def _update(self, change: Change) -> None:
         key, amount, config_id = change.key, change.amount, change.coin_config_id
@@ -217,14 +220,21 @@ class Executor:
             self.report.updated.append(key)
 
         record = JournalRecord("result", key, amount, "updated", remote.coin_config_id, utc_now())
-        self._record(record, updated)
         self._audit(
             AuditRecord("update", key, "updated", change.before, amount, remote.coin_config_id)
         )
+        self._record(record, updated)
 
     def _audit(self, item: AuditRecord) -> None:
-        if self.audit is not None:
+        """Write an audit line; a failure is reported at the end, never allowed to stop
+        the journal from recording what the server did."""
+        if self.audit is None:
+            return
+        try:
             self.audit.record(item)
+        except StateError as e:
+            log.error("%s", e)
+            self._audit_failures.append(e)
 
     # the run ---------------------------------------------------------------------
 
@@ -304,6 +314,11 @@ class Executor:
         self.report.state = self._base
         if self._errors:
             raise self._errors[0]
+        if self._audit_failures:
+            raise StateError(
+                f"{len(self._audit_failures)} audit record(s) could not be written "
+                f"({self._audit_failures[0]}); the state is complete"
+            )
         return self.report
 
 
@@ -405,6 +420,7 @@ def run_apply(
             if request.planfile is not None:
                 the_plan = load_plan(request.planfile)
                 check_fresh(the_plan, settings.env, state, configs)
+                check_consistent(the_plan, state, configs)
             elif request.refresh:
                 api = api_factory()
                 the_plan = workspace.plan(state, configs, refresh_with=api)

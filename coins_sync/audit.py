@@ -129,11 +129,15 @@ def read_audit(path: Path) -> Iterator[dict[str, Any]]:
     """Every complete record of an audit log, oldest first; unreadable lines are skipped."""
     if not path.exists():
         return
-    with open(path, "rb") as handle:
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise StateError(f"{path}: cannot read the audit log: {e.strerror or e}") from e
+    with handle:
         for line in handle:
             try:
                 data = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(data, dict):
                 yield data

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from coins_sync import __version__
 from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.apply import ApplyReport, ApplyRequest, run_apply, to_send
 from coins_sync.audit import AuditLog, AuditRecord
@@ -79,6 +80,10 @@ class CoinsGroup(click.Group):
             code = EXIT_ERROR
         except click.ClickException as e:
             e.show()
+            code = EXIT_ERROR
+        except OSError as e:  # the machine said no: permissions, full disk, bad path
+            where = f": {e.filename}" if e.filename else ""
+            click.echo(scrub(f"Error: {e.strerror or e}{where}"), err=True)
             code = EXIT_ERROR
         except click.exceptions.Abort:
             click.echo("Aborted.", err=True)
@@ -164,7 +169,7 @@ lock_timeout_option = click.option(
 
 
 @click.group(cls=CoinsGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="coins-sync")
+@click.version_option(version=__version__, prog_name="coins-sync")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 def cli(verbose: int) -> None:
     """Keep EnKash coin reward rules as code: validate, plan and apply.
@@ -295,10 +300,10 @@ def plan_command(
     else:
         the_plan = workspace.plan()
     click.echo(render(the_plan, fmt, colour=use_colour() and fmt == "text"), nl=False)
+    check_safety(the_plan, workspace.safety, force=force)
     if out is not None:
         save_plan(the_plan, out)
         click.echo(f"Saved the plan to {out}; apply it with `coins-sync apply {out}`.", err=True)
-    check_safety(the_plan, workspace.safety, force=force)
     if detailed_exitcode and the_plan.has_changes:
         return EXIT_CHANGES
     return EXIT_OK

@@ -24,7 +24,10 @@ class PlanFileError(CoinsSyncError):
 def save_plan(plan: Plan, path: Path) -> None:
     """Write the JSON plan atomically, so a half-written plan never exists."""
     text = json.dumps(plan_to_json(plan), indent=2) + "\n"
-    atomic_write(path, text.encode("utf-8"))
+    try:
+        atomic_write(path, text.encode("utf-8"))
+    except OSError as e:
+        raise PlanFileError(f"{path}: cannot write the plan: {e.strerror or e}") from e
 
 
 def _source(text: str | None) -> Source | None:
@@ -40,7 +43,7 @@ def load_plan(path: Path) -> Plan:
         data: Any = json.loads(path.read_text("utf-8"))
     except FileNotFoundError as e:
         raise PlanFileError(f"{path}: no such plan file") from e
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise PlanFileError(f"{path}: not a readable JSON plan ({e})") from e
     validator = jsonschema.Draft202012Validator(load_schema(PLAN_SCHEMA))
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
@@ -87,3 +90,34 @@ def check_fresh(saved: Plan, env: str, state: State, configs: ConfigSet) -> None
         raise StalePlanError(
             "stale plan: the configs changed since it was made. Run `coins-sync plan` again"
         )
+
+
+def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
+    """Refuse a saved plan whose changes the current state and configs do not justify.
+
+    Lineage, serial and digest already match when this runs, so only a hand-edited
+    plan can fail here, and it must never send a create for a key already recorded.
+    """
+    desired = configs.by_key()
+    for change in saved.changes:
+        rule = desired.get(change.key)
+        entry = state.entries.get(change.key)
+        if change.action is Action.CREATE:
+            ok = rule is not None and entry is None and rule.amount == change.amount
+            ok = ok and change.key not in state.uncertain
+        elif change.action is Action.UPDATE:
+            ok = (
+                rule is not None
+                and entry is not None
+                and rule.amount == change.amount
+                and entry.coin_config_id == change.coin_config_id
+            )
+        elif change.action is Action.UNCERTAIN:
+            ok = change.key in state.uncertain
+        else:  # orphans are never acted on
+            ok = True
+        if not ok:
+            raise StalePlanError(
+                f"the saved plan's {change.action.value} of {change.key} does not match the "
+                "current state and configs; it was edited by hand. Run `coins-sync plan` again"
+            )

@@ -3,8 +3,14 @@
 ``plan --refresh`` uses it to show what changed behind the tool's back. The result is
 an in-memory state (the stored one is never written by a plan): an amount changed on
 the server becomes the entry's amount, so a rule that still wants the old amount is
-planned as an update; a config the server no longer has (404) is dropped, so its rule
-is planned as a create again.
+planned as an update.
+
+Drift that coins-sync cannot safely fix is shown and left alone, never acted on: a
+config the server no longer finds (404) is not re-created, because a 404 may as well
+come from a wrong path, a proxy or missing read rights, and a create cannot be taken
+back; and a config whose companyId, configuration or event changed now belongs to
+another rule, so it is not PATCHed. The user decides (``state rm KEY`` to create the
+rule afresh).
 """
 
 from __future__ import annotations
@@ -38,7 +44,11 @@ class Drift:
 
     def describe(self) -> str:
         if self.field == "missing":
-            return f"{self.key}: {self.coin_config_id} no longer exists on the server (404)"
+            return (
+                f"{self.key}: {self.coin_config_id} was not found on the server (404); "
+                f"left alone. If it is really gone, `coins-sync state rm {self.key}` lets "
+                "the next apply create it again"
+            )
         return (
             f"{self.key}: {self.field} is {self.on_server} on the server, "
             f"{self.in_state} in state ({self.coin_config_id})"
@@ -68,16 +78,18 @@ def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, 
     for entry, remote in zip(entries, remotes, strict=True):
         if remote is None:
             drift.append(Drift(entry.key, entry.coin_config_id, "missing", "present", "absent"))
-            del refreshed[entry.key]
             continue
-        for name, ours, theirs in (
-            ("companyId", entry.key.company_id, remote.key.company_id),
-            ("configuration", entry.key.configuration, remote.key.configuration),
-            ("event", entry.key.event, remote.key.event),
-        ):
-            if ours != theirs:
-                drift.append(Drift(entry.key, entry.coin_config_id, name, ours, theirs))
-        if remote.amount != entry.amount:
+        moved = [
+            Drift(entry.key, entry.coin_config_id, name, ours, theirs)
+            for name, ours, theirs in (
+                ("companyId", entry.key.company_id, remote.key.company_id),
+                ("configuration", entry.key.configuration, remote.key.configuration),
+                ("event", entry.key.event, remote.key.event),
+            )
+            if ours != theirs
+        ]
+        drift.extend(moved)
+        if remote.amount != entry.amount and not moved:
             drift.append(
                 Drift(
                     entry.key,
@@ -90,3 +102,8 @@ def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, 
             refreshed[entry.key] = StateEntry(entry.key, remote.amount, entry.coin_config_id)
     log.info("refreshed %d configs, %d drifted", len(entries), len(drift))
     return replace(state, entries=refreshed), drift
+
+
+def untouchable(drift: list[Drift]) -> set[RuleKey]:
+    """Keys whose drift coins-sync must not act on: missing or moved to another key."""
+    return {d.key for d in drift if d.field != "amount"}

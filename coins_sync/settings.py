@@ -21,6 +21,7 @@ ever read from this file; secrets come from environment variables only.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -32,7 +33,6 @@ from coins_sync.errors import SettingsError
 
 DEFAULT_ENVIRONMENT = "default"
 ENCRYPTIONS = ("none", "aes-128-ecb")
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class Settings:
         if configs is not None:
             changed = replace(changed, configs=configs)
         if state is not None:
+            if not state.name or state.suffix != ".json":
+                raise SettingsError(f"--state must name a .json file, got {str(state)!r}")
             changed = replace(changed, state=state)
         if api_url is not None:
             changed = replace(changed, api_url=api_url)
@@ -82,20 +84,30 @@ class Settings:
                 f"no api_url for environment {self.env!r}: set "
                 f"[tool.coins-sync.environments.{self.env}] api_url or pass --api-url"
             )
-        parts = urlsplit(self.api_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        try:
+            parts = urlsplit(self.api_url)
+            hostname = parts.hostname
+        except ValueError as e:
+            raise SettingsError(f"api_url {self.api_url!r} is not a valid URL ({e})") from e
+        if parts.scheme not in ("http", "https") or not hostname:
             raise SettingsError(f"api_url {self.api_url!r} is not an http(s) URL")
-        if (
-            parts.scheme == "http"
-            and parts.hostname not in LOOPBACK_HOSTS
-            and not parts.hostname.startswith("127.")
-            and not self.allow_insecure_http
-        ):
+        if parts.scheme == "http" and not is_loopback(hostname) and not self.allow_insecure_http:
             raise SettingsError(
                 f"api_url {self.api_url!r} is plain http to a non-loopback host; use https, "
                 "or set allow_insecure_http = true for this environment"
             )
         return self.api_url.rstrip("/")
+
+
+def is_loopback(hostname: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1), never for names
+    that merely start like one (``127.evil.example``)."""
+    if hostname.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        return False
 
 
 _TOP_KEYS: dict[str, tuple[type, ...]] = {
@@ -147,7 +159,8 @@ def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
             data = tomllib.loads(path.read_text("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SettingsError(f"pyproject.toml: {e}") from e
-        table = data.get("tool", {}).get("coins-sync", {})
+        tool = data.get("tool", {})
+        table = tool.get("coins-sync", {}) if isinstance(tool, dict) else {}
         if not isinstance(table, dict):
             raise SettingsError("pyproject.toml: [tool.coins-sync] must be a table")
     _check_keys(table, _TOP_KEYS, "tool.coins-sync")
@@ -197,6 +210,8 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
 
 def _check_ranges(s: Settings) -> None:
     where = f"environments.{s.env}"
+    if not s.state.name or s.state.suffix != ".json":
+        raise SettingsError(f"{where}.state must name a .json file, got {str(s.state)!r}")
     if s.max_amount < 0:
         raise SettingsError(f"{where}.max_amount must be 0 or more")
     if not 0 < s.update_threshold <= 1:

@@ -168,6 +168,8 @@ def _parse_state(raw: bytes, where: str) -> State:
         raise StateError(
             f"{where}:{e.lineno}:{e.colno}: corrupt or truncated state ({e.msg}); {hint}"
         ) from e
+    except (ValueError, RecursionError) as e:  # absurd numbers or nesting
+        raise StateError(f"{where}: not a usable state file ({e}); {hint}") from e
     if not isinstance(data, dict):
         raise StateError(f"{where}: state must be a JSON object; {hint}")
     version = data.get("version")
@@ -287,8 +289,8 @@ def parse_journal(raw: bytes, lineage: str, where: str) -> JournalReplay:
         try:
             data = json.loads(line.decode("utf-8"))
             record = _record_from(data)
-        except (UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as e:
-            what = "torn last record (interrupted write)" if torn else f"garbled record ({e})"
+        except (ValueError, TypeError, KeyError, RecursionError) as e:
+            what = "torn last record (interrupted write)" if torn else f"garbled record ({e!r})"
             damaged.append(f"{where}:{number}: {what}; skipped")
             continue
         if data.get("lineage") != lineage:
@@ -396,7 +398,13 @@ Snapshot = Callable[[], tuple["State", Iterable["JournalRecord"]]]
 
 
 class Journal(Protocol):
-    def append(self, record: JournalRecord, book: Callable[[], None] | None = None) -> None: ...
+    def append(
+        self,
+        record: JournalRecord,
+        book: Callable[[], None] | None = None,
+        *,
+        book_on_failure: bool = False,
+    ) -> None: ...
 
     def checkpoint(self, snapshot: Snapshot) -> State: ...
 
@@ -625,16 +633,34 @@ class FileJournal:
             _fsync_dir(self._store.journal_path.parent)
         return self._fd
 
-    def append(self, record: JournalRecord, book: Callable[[], None] | None = None) -> None:
+    def append(
+        self,
+        record: JournalRecord,
+        book: Callable[[], None] | None = None,
+        *,
+        book_on_failure: bool = False,
+    ) -> None:
         """Append and fsync ``record``; ``book`` runs under the same mutex, so that a
-        concurrent checkpoint sees the record and its bookkeeping together or neither."""
+        concurrent checkpoint sees the record and its bookkeeping together or neither.
+
+        When the write fails, a StateError is raised; ``book`` still runs if
+        ``book_on_failure`` is set, so a result the server confirmed is kept in memory
+        for the final fold rather than lost with the failed line.
+        """
         line = record.to_line(self._lineage)
         with self._mutex:
-            fd = self._open()
-            written = os.write(fd, line)
-            if written != len(line):  # pragma: no cover - only on a full disk
-                raise StateError(f"{self._store.journal_path}: short write")
-            os.fsync(fd)
+            try:
+                fd = self._open()
+                written = os.write(fd, line)
+                if written != len(line):  # pragma: no cover - only on a full disk
+                    raise OSError(f"short write ({written} of {len(line)} bytes)")
+                os.fsync(fd)
+            except OSError as e:
+                if book is not None and book_on_failure:
+                    book()
+                raise StateError(
+                    f"{self._store.journal_path}: cannot append to the journal: {e}"
+                ) from e
             if book is not None:
                 book()
 

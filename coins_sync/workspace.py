@@ -12,8 +12,8 @@ from pathlib import Path
 from coins_sync.api import RemoteConfig
 from coins_sync.errors import StateError
 from coins_sync.loader import ConfigSet, RuleLoader
-from coins_sync.plan import Plan, PlanContext, SafetyRules, plan
-from coins_sync.refresh import Reader, refresh
+from coins_sync.plan import Action, Plan, PlanContext, SafetyRules, plan
+from coins_sync.refresh import Reader, refresh, untouchable
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
 from coins_sync.state import State, StateEntry, StateStore, open_store
@@ -70,7 +70,14 @@ class Workspace:
         if refresh_with is None:
             return plan(configs.rules, state, context)
         refreshed, drift = refresh(state, refresh_with, self.settings.parallelism)
-        return replace(plan(configs.rules, refreshed, context), drift=tuple(drift))
+        fresh = plan(configs.rules, refreshed, context)
+        blocked = untouchable(drift)
+        kept = tuple(
+            change
+            for change in fresh.changes
+            if not (change.action is Action.UPDATE and change.key in blocked)
+        )
+        return replace(fresh, changes=kept, drift=tuple(drift))
 
     def forget(self, key: RuleKey, command: str) -> tuple[State, StateEntry]:
         """Remove ``key`` from state (it stays on the server). Takes the lock.

@@ -1,0 +1,171 @@
+"""Edge cases found in review: each gets a clear error, never a traceback or a duplicate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from coins_sync.sandbox import SandboxServer
+from tests.conftest import SANDBOX_TOKEN, Invoke, write
+
+RULES = "companyId: ACME\nrules:\n  - event: MEAL\n    amount: 6\n"
+ENTRY = {
+    "companyId": "ACME",
+    "configuration": "DEFAULT",
+    "event": "MEAL",
+    "amount": 6,
+    "coinConfigId": "WCC404404",
+}
+
+
+def state_with(project: Path, *entries: dict[str, object]) -> Path:
+    return write(
+        project / "state/default.json",
+        json.dumps({"version": 1, "lineage": "L", "serial": 1, "entries": list(entries)}),
+    )
+
+
+@pytest.mark.parametrize("value", ['"ACME\\n"', "|\n    ACME"])
+def test_identifier_with_trailing_newline_is_invalid(
+    project: Path, invoke: Invoke, value: str
+) -> None:
+    write(project / "configs/a.yaml", f"companyId: {value}\nrules: []\n")
+    result = invoke("validate")
+    assert result.exit_code == 1
+    assert "is not a valid identifier" in result.output
+
+
+def test_lookalike_loopback_host_needs_https(project: Path, invoke: Invoke) -> None:
+    write(project / "configs/a.yaml", RULES)
+    result = invoke(
+        "apply", "--yes", "--api-url", "http://127.evil.example/", env={"COINS_SYNC_TOKEN": "t" * 9}
+    )
+    assert result.exit_code == 1
+    assert "use https" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("apply", "--yes", "--api-url", "http://[::1"),
+        ("plan", "--state", ""),
+        ("plan", "--state", "state/"),
+        ("plan", "--out", "/proc/no/such/plan.json"),
+    ],
+)
+def test_bad_options_are_clear_errors(project: Path, invoke: Invoke, args: tuple[str, ...]) -> None:
+    write(project / "configs/a.yaml", RULES)
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert "Error:" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "toml",
+    ["tool = 1\n", '[tool]\n"coins-sync" = 3\n', "[tool.coins-sync]\nenvironments = 5\n"],
+)
+def test_odd_pyproject_is_a_clear_error(project: Path, invoke: Invoke, toml: str) -> None:
+    write(project / "configs/a.yaml", RULES)
+    write(project / "pyproject.toml", toml)
+    result = invoke("plan")
+    assert result.exit_code in (0, 1)
+    assert "Traceback" not in result.output
+
+
+def test_huge_number_in_state_is_a_clear_error(project: Path, invoke: Invoke) -> None:
+    write(project / "configs/a.yaml", RULES)
+    path = write(
+        project / "state/default.json",
+        '{"version": 1, "lineage": "L", "serial": ' + "9" * 5000 + ', "entries": []}',
+    )
+    before = path.read_bytes()
+    result = invoke("plan")
+    assert result.exit_code == 1
+    assert "not a usable state file" in result.output
+    assert path.read_bytes() == before
+
+
+def test_journal_record_missing_fields_is_skipped_and_reported(
+    project: Path, invoke: Invoke
+) -> None:
+    state_with(project, ENTRY)
+    write(
+        project / "state/default.journal.jsonl",
+        '{"kind":"result","lineage":"L","amount":1}\n',
+    )
+    result = invoke("state", "list")
+    assert result.exit_code == 0, result.output
+    assert "garbled record" in result.output
+
+
+def test_refresh_never_recreates_a_config_the_server_cannot_find(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    write(project / "configs/a.yaml", RULES.replace("amount: 6", "amount: 7"))
+    state_with(project, ENTRY)
+    result = invoke(
+        "plan",
+        "--refresh",
+        "--format",
+        "json",
+        "--api-url",
+        sandbox.url,
+        env={"COINS_SYNC_TOKEN": SANDBOX_TOKEN},
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert [d["field"] for d in data["drift"]] == ["missing"]
+    assert data["summary"]["create"] == 0 and data["summary"]["update"] == 0
+    applied = invoke(
+        "apply",
+        "--yes",
+        "--refresh",
+        "--api-url",
+        sandbox.url,
+        env={"COINS_SYNC_TOKEN": SANDBOX_TOKEN},
+    )
+    assert applied.exit_code == 0, applied.output
+    assert "state rm ACME/DEFAULT/MEAL" in applied.output
+    assert sandbox.configs() == []
+
+
+def test_hand_edited_saved_plan_cannot_create_a_recorded_key(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    write(project / "configs/a.yaml", RULES + "  - event: NEW\n    amount: 1\n")
+    state_with(project, ENTRY)
+    assert invoke("plan", "--out", "plan.json").exit_code == 0
+    plan = json.loads((project / "plan.json").read_text())
+    forged = dict(plan["changes"][0])
+    forged["key"] = {"companyId": "ACME", "configuration": "DEFAULT", "event": "MEAL"}
+    forged["amount"] = 6
+    plan["changes"].append(forged)
+    write(project / "plan.json", json.dumps(plan))
+    result = invoke(
+        "apply",
+        "plan.json",
+        "--yes",
+        "--api-url",
+        sandbox.url,
+        env={"COINS_SYNC_TOKEN": SANDBOX_TOKEN},
+    )
+    assert result.exit_code == 1
+    assert "edited by hand" in result.output
+    assert sandbox.configs() == []
+
+
+def test_unsafe_plan_is_not_saved(project: Path, invoke: Invoke) -> None:
+    rules = "".join(f"  - event: E{i}\n    amount: 2\n" for i in range(10))
+    write(project / "configs/a.yaml", f"companyId: ACME\nrules:\n{rules}")
+    state_with(
+        project,
+        *({**ENTRY, "event": f"E{i}", "amount": 1, "coinConfigId": f"W{i}"} for i in range(10)),
+    )
+    result = invoke("plan", "--out", "plan.json")
+    assert result.exit_code == 1
+    assert not (project / "plan.json").exists()
+    assert invoke("plan", "--out", "plan.json", "--force").exit_code == 0
+    assert (project / "plan.json").exists()
