@@ -8,23 +8,40 @@ What the rest of coins-sync may rely on:
   server) or HTTP 429 (the server refused to look at it). After anything else that
   happens once the request was sent (5xx, timeout while reading, dropped connection,
   an unusable 2xx answer) :class:`~coins_sync.errors.OutcomeUnknownError` is raised at
-  once. A 4xx other than 401/429 is an :class:`~coins_sync.errors.ApiError`: nothing was
-  created.
+  once; its message names the ``coinConfigId`` the answer carried, if any, so that the
+  operator can ``state import`` it. A 4xx other than 401/429 is an
+  :class:`~coins_sync.errors.ApiError`: nothing was created.
+* **A create and a token request always go out on a fresh connection** (the
+  ``create_http`` client, which keeps no idle connections). On a reused keep-alive
+  connection the server may already be closing it, and "disconnected without a
+  response" would then make a create uncertain, or a token request a failed grant,
+  although nothing reached the server.
 * **GET and PATCH are idempotent** (PATCH sets an absolute amount) and are retried on
   connection problems, timeouts, 408, 429 and 5xx, up to ``max_retries`` times, with
   exponential backoff and full jitter, honouring ``Retry-After`` on 429/503.
-* **A token request is never retried.** Three failed attempts lock the EnKash account, so
-  the first failure is remembered and every later call fails with
-  :class:`~coins_sync.errors.AuthError` without asking again. After a 401 on an API
+* **Retry-After is honoured up to ``retry_after_max``** (60 s by default), not only up
+  to ``backoff_max``. A server that asks for a longer wait gets no retry: the call fails
+  at once with an :class:`~coins_sync.errors.ApiError` saying so.
+* **A refused token request is never retried.** Three failed attempts lock the EnKash
+  account, so a token request that got an answer other than a token (any 4xx or 5xx,
+  an unusable body) or that was lost after it was sent is remembered, and every later
+  call fails with :class:`~coins_sync.errors.AuthError` without asking again. Only
+  failures before anything was sent (``ConnectError``, ``ConnectTimeout``,
+  ``PoolTimeout``) and 429 (honouring ``Retry-After``) are retried, with the same bound
+  and backoff as other calls; connection failures that outlast the retries raise
+  AuthError but are not remembered, since no login was attempted. After a 401 on an API
   call the token is refreshed once and the call repeated once.
 * **Every 2xx answer is checked**: the envelope, the payload fields and that the payload
   echoes what was sent. A server that answers with something else is an error, not data.
+  Harmless variations are accepted: an integer ``coinConfigId`` (used as its decimal
+  text), a whole-number float ``amount`` (``6.0``) and a numeric-string
+  ``response_code`` (``"0"``). Booleans are never numbers.
 * **No secret leaves this module**: not in messages, log lines or any ``repr``.
   Messages name the method, path, HTTP status and the server's message, and every
   message is scrubbed of the secret values as a second line of defence.
 
-The ``httpx.Client`` is handed in (see :func:`make_http_client`), so tests can use
-``httpx.MockTransport`` and the sandbox a loopback server. One :class:`CoinsClient` may
+The ``httpx.Client`` objects are handed in (see :func:`make_http_client`), so tests can
+use ``httpx.MockTransport`` and the sandbox a loopback server. One :class:`CoinsClient` may
 be shared by many threads.
 """
 
@@ -90,6 +107,7 @@ _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # Printable ASCII without spaces: what may follow "Bearer " in a header.
 _TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")
 _COOKIE_RE: Final = re.compile(r"[\x20-\x7e]+")
+_CODE_RE: Final = re.compile(r"[+-]?[0-9]{1,18}")
 _MESSAGE_LIMIT: Final = 200
 _REFRESH_MARGIN: Final = 30.0
 _ENCRYPTIONS: Final = (None, ENCRYPTION_AES_128_ECB)
@@ -175,6 +193,8 @@ class ClientOptions:
     """Per-environment client settings; none of them is secret.
 
     ``max_retries`` counts attempts after the first, for the retryable cases only.
+    ``backoff_*`` bound the jittered waits between them; a server's ``Retry-After`` is
+    honoured as given up to ``retry_after_max``, and a longer one ends the call.
     Invalid values raise :class:`~coins_sync.errors.SettingsError`.
     """
 
@@ -185,6 +205,7 @@ class ClientOptions:
     max_retries: int = 5
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
+    retry_after_max: float = 60.0
     max_response_bytes: int = 1_000_000
     max_connections: int = 32
 
@@ -218,16 +239,26 @@ class ClientOptions:
             raise SettingsError(f"max_retries must be 0 or more, not {self.max_retries!r}")
         if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
             raise SettingsError("backoff needs 0 <= backoff_initial <= backoff_max")
+        if not 0 <= self.retry_after_max < math.inf:
+            raise SettingsError(
+                f"retry_after_max must be 0 or more and finite, not {self.retry_after_max!r}"
+            )
 
 
 def make_http_client(
-    options: ClientOptions, transport: httpx.BaseTransport | None = None
+    options: ClientOptions,
+    transport: httpx.BaseTransport | None = None,
+    *,
+    keepalive: bool = True,
 ) -> httpx.Client:
     """An ``httpx.Client`` fit for :class:`CoinsClient`.
 
-    Bounded timeouts, a keep-alive pool sized for ``max_connections`` parallel calls, no
-    redirects (a redirected POST could be replayed elsewhere), and a cookie jar that
-    stores nothing, so the only cookie ever sent is the configured one.
+    Bounded timeouts, a pool sized for ``max_connections`` parallel calls, no redirects
+    (a redirected POST could be replayed elsewhere), and a cookie jar that stores
+    nothing, so the only cookie ever sent is the configured one.
+
+    With ``keepalive=False`` no idle connection is kept, so every request opens a fresh
+    one: this is the ``create_http`` client of :class:`CoinsClient`.
     """
     timeout = httpx.Timeout(
         connect=options.connect_timeout,
@@ -237,7 +268,7 @@ def make_http_client(
     )
     limits = httpx.Limits(
         max_connections=options.max_connections,
-        max_keepalive_connections=options.max_connections,
+        max_keepalive_connections=options.max_connections if keepalive else 0,
     )
     no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     return httpx.Client(
@@ -280,9 +311,14 @@ class _CallState:
 class CoinsClient:
     """Create, read and update coin configs, safely under retries and many threads.
 
-    Takes ownership of ``http``: :meth:`close` closes it. The constructor checks the
-    credentials (and the encryption key) and raises :class:`AuthError` before anything
-    is sent when they cannot work. ``sleep`` and ``clock`` are injectable for tests.
+    ``http`` (a keep-alive pool) carries GET and PATCH. ``create_http`` carries the
+    create POSTs and token requests, which must go out on a fresh connection: build it
+    with ``make_http_client(options, keepalive=False)``. It defaults to ``http``, which
+    suits a fake transport that has no connections. Takes ownership of both:
+    :meth:`close` closes them. The constructor checks the credentials (and the
+    encryption key) and raises :class:`AuthError` before anything is sent when they
+    cannot work; it closes neither client then. ``sleep`` and ``clock`` are injectable
+    for tests.
     """
 
     def __init__(
@@ -291,6 +327,7 @@ class CoinsClient:
         credentials: Credentials,
         options: ClientOptions,
         *,
+        create_http: httpx.Client | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -306,6 +343,7 @@ class CoinsClient:
         if credentials.cookie is not None and not _COOKIE_RE.fullmatch(credentials.cookie):
             raise AuthError(f"{ENV_COOKIE} holds characters not allowed in an HTTP header")
         self._http = http
+        self._fresh_http = http if create_http is None else create_http
         self._credentials = credentials
         self._options = options
         self._sleep = sleep
@@ -340,11 +378,15 @@ class CoinsClient:
         self.close()
 
     def close(self) -> None:
-        """Close the HTTP client and forget the token."""
+        """Close the HTTP clients and forget the token."""
         with self._lock:
             self._closed = True
             self._token = None
-        self._http.close()
+        try:
+            self._http.close()
+        finally:
+            if self._fresh_http is not self._http:
+                self._fresh_http.close()
 
     # -- the three calls -------------------------------------------------------------
 
@@ -470,7 +512,8 @@ class CoinsClient:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome is not None else None
         if isinstance(exc, _Retry) and exc.retry_after is not None:
-            return min(exc.retry_after, self._options.backoff_max)
+            # _too_long_to_wait already refused anything above the cap.
+            return min(exc.retry_after, self._options.retry_after_max)
         return float(self._jitter(retry_state))
 
     def _attempt(
@@ -509,10 +552,14 @@ class CoinsClient:
         }
         if self._credentials.cookie:
             headers["Cookie"] = self._credentials.cookie
+        # A create goes out on a fresh connection and asks the server to close it after.
+        http = self._fresh_http if create else self._http
+        if create:
+            headers["Connection"] = "close"
         reply: _Reply | None = None
         started = time.monotonic()
         try:
-            with self._http.stream(
+            with http.stream(
                 method, self._base + path, content=content, headers=headers, follow_redirects=False
             ) as response:
                 reply = self._read(response)
@@ -582,31 +629,55 @@ class CoinsClient:
         message, code = self._server_message(reply)
         said = f": {message}" if message else ""
         if status == 429:
+            if self._too_long_to_wait(reply.retry_after):
+                refused = self._wait_refused(reply.retry_after)
+                if create:
+                    refused += "; the config was not created"
+                raise self._fail(
+                    ApiError, f"{what}: HTTP 429{said}; {refused}", status=status, code=code
+                )
             raise _Retry(f"HTTP 429{said}", status, reply.retry_after)
         if status >= 500:
             if create:
                 raise self._fail(
                     OutcomeUnknownError,
-                    f"{what}: HTTP {status}{said}; the config may or may not have been created",
+                    f"{what}: HTTP {status}{said}; the config may or may not have been "
+                    f"created{self._named_id(reply)}",
                     status=status,
                     code=code,
                 )
             retry_after = reply.retry_after if status == 503 else None
+            if self._too_long_to_wait(retry_after):
+                raise self._fail(
+                    ApiError,
+                    f"{what}: HTTP {status}{said}; {self._wait_refused(retry_after)}",
+                    status=status,
+                    code=code,
+                )
             raise _Retry(f"HTTP {status}{said}", status, retry_after)
         if status == 408 and not create:
             raise _Retry(f"HTTP 408{said}", status)
         if 400 <= status < 500:
             raise self._fail(ApiError, f"{what}: HTTP {status}{said}", status=status, code=code)
-        where = f" to {_clip(reply.location)}" if reply.location else ""
+        where = f" to {self._said(reply.location)}" if reply.location else ""
         if create and status not in _NOT_PROCESSED_REDIRECTS:
             raise self._fail(
                 OutcomeUnknownError,
                 f"{what}: unexpected HTTP {status}{where}; the config may or may not have "
-                "been created; check api_url",
+                f"been created{self._named_id(reply)}; check api_url",
                 status=status,
             )
         raise self._fail(
             ApiError, f"{what}: unexpected HTTP {status}{where}; check api_url", status=status
+        )
+
+    def _too_long_to_wait(self, retry_after: float | None) -> bool:
+        return retry_after is not None and retry_after > self._options.retry_after_max
+
+    def _wait_refused(self, retry_after: float | None) -> str:
+        return (
+            f"the server asked to retry after {retry_after:g}s, longer than "
+            f"retry_after_max ({self._options.retry_after_max:g}s); giving up"
         )
 
     # -- bodies ----------------------------------------------------------------------
@@ -647,15 +718,45 @@ class CoinsClient:
         except ValueError:
             text = reply.body.decode("utf-8", "replace").strip()
             # An HTML error page says nothing useful in one line.
-            return (None if text.startswith("<") else _clip(text) or None), None
+            return (None if text.startswith("<") else self._said(text) or None), None
         if not isinstance(doc, dict):
             return None, None
-        code = doc.get("response_code")
+        code = _response_code(doc.get("response_code"))
         for name in ("response_message", "message", "error_description", "error"):
             value = doc.get(name)
             if isinstance(value, str) and value.strip():
-                return _clip(value), code if _is_int(code) else None
-        return None, code if _is_int(code) else None
+                return self._said(value), code
+        return None, code
+
+    def _named_id(self, reply: _Reply) -> str:
+        """`` (the response names coinConfigId X)`` when the answer carried an id, else ``""``.
+
+        For uncertain creates: the operator may ``state import`` that id.
+        """
+        if not reply.body:
+            return ""
+        try:
+            doc = self._decode(reply.body)
+        except ValueError:
+            return ""
+        return self._id_note(doc)
+
+    def _id_note(self, doc: object) -> str:
+        if not isinstance(doc, dict):
+            return ""
+        payload = doc.get("payload")
+        raw = payload.get("coinConfigId") if isinstance(payload, dict) else None
+        if raw is None:
+            raw = doc.get("coinConfigId")
+        if raw is None or raw == "":
+            return ""
+        if _is_int(raw):
+            shown = str(raw)
+        elif isinstance(raw, str) and _ID_RE.fullmatch(raw):
+            shown = raw
+        else:
+            shown = self._said(repr(raw), limit=80)
+        return f" (the response names coinConfigId {shown})"
 
     def _parse_config(self, reply: _Reply, what: str, create: bool) -> RemoteConfig:
         """Check the envelope of a 2xx answer and return its payload.
@@ -675,8 +776,10 @@ class CoinsClient:
             raise self._fail(
                 kind, f"{what}: HTTP {status} but the response is not a JSON object{maybe}", status
             )
-        code = doc.get("response_code")
-        if not _is_int(code):
+        if create:
+            maybe += self._id_note(doc)
+        code = _response_code(doc.get("response_code"))
+        if code is None:
             hint = ""
             if self._key is None and set(doc) == {"request"}:
                 hint = f" (it looks encrypted: set encryption = {ENCRYPTION_AES_128_ECB!r})"
@@ -684,7 +787,9 @@ class CoinsClient:
             raise self._fail(kind, f"{what}: HTTP {status} but {missing}{hint}{maybe}", status)
         if code != 0:
             message = doc.get("response_message")
-            said = f": {_clip(message)}" if isinstance(message, str) and message.strip() else ""
+            said = (
+                f": {self._said(message)}" if isinstance(message, str) and message.strip() else ""
+            )
             raise self._fail(
                 ApiError,
                 f"{what}: the API refused (response_code {code}){said}",
@@ -696,16 +801,18 @@ class CoinsClient:
             raise self._fail(kind, f"{what}: the response has no payload object{maybe}", status)
         problems: list[str] = []
         coin_config_id = payload.get("coinConfigId")
+        if _is_int(coin_config_id):
+            coin_config_id = str(coin_config_id)  # validated as text below
         if not isinstance(coin_config_id, str) or not _ID_RE.fullmatch(coin_config_id):
             problems.append("coinConfigId is missing or not a valid id")
         for name in ("configuration", "companyId", "event"):
             value = payload.get(name)
             if not isinstance(value, str) or not value:
                 problems.append(f"{name} is missing or not a string")
-        amount = payload.get("amount")
-        if not _is_int(amount):
+        amount = _whole_number(payload.get("amount"))
+        if amount is None:
             problems.append("amount is missing or not an integer")
-        if problems or not (isinstance(coin_config_id, str) and _is_int(amount)):
+        if problems or not isinstance(coin_config_id, str) or amount is None:
             raise self._fail(
                 kind, f"{what}: the payload is unusable: {'; '.join(problems)}{maybe}", status
             )
@@ -751,7 +858,52 @@ class CoinsClient:
             )
 
     def _fetch_token_locked(self) -> str:
-        """One token request, never repeated on failure: the failure is remembered."""
+        """A token, asked for once; asked again only when the last request surely did not
+        count as a login attempt (nothing sent, or 429), as bounded as any other call.
+
+        A refusal is remembered (see :meth:`_token_failed`). Connection failures that
+        outlast the retries raise AuthError without being remembered: no login happened.
+        """
+        what = f"POST {TOKEN_PATH}"
+        attempts = self._options.max_retries + 1
+
+        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
+            outcome = retry_state.outcome
+            reason = outcome.exception() if outcome is not None else None
+            log.warning(
+                "%s: %s; nothing counted as a login, retrying in %.2fs (attempt %d of %d)",
+                what,
+                self._scrub(str(reason)),
+                retry_state.upcoming_sleep,
+                retry_state.attempt_number + 1,
+                attempts,
+            )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retry),
+            stop=tenacity.stop_after_attempt(attempts),
+            wait=self._wait,
+            sleep=self._sleep,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._token_attempt_locked, what)
+        except _Retry as e:
+            gave_up = (
+                f"{what}: gave up after {attempts} attempt{'s' if attempts != 1 else ''}; "
+                f"last: {e.reason}"
+            )
+            if e.status is not None:  # the endpoint answered (429): count it as refused
+                self._token_failed(gave_up, e.status)
+            raise self._fail(
+                AuthError,
+                f"{gave_up}; the token endpoint was never reached, so no login was attempted",
+            ) from e
+
+    def _token_attempt_locked(self, what: str) -> str:
+        """One token request: a token, a _Retry when it surely was no login attempt, or a
+        remembered failure."""
         creds = self._credentials
         assert creds.client_id and creds.client_secret and creds.username and creds.password
         form = {
@@ -764,24 +916,35 @@ class CoinsClient:
             "Authorization": f"Basic {_basic_value(creds.client_id, creds.client_secret)}",
             "Accept": "application/json",
         }
-        what = f"POST {TOKEN_PATH}"
         reply: _Reply | None = None
         try:
-            with self._http.stream(
+            # A fresh connection, as for a create: a stale keep-alive one could turn a
+            # request the server never saw into a remembered failure.
+            with self._fresh_http.stream(
                 "POST",
                 self._base + TOKEN_PATH,
                 data=form,
-                headers=headers,
+                headers={**headers, "Connection": "close"},
                 follow_redirects=False,
             ) as response:
                 reply = self._read(response)
         except httpx.HTTPError as e:
             if reply is None:
+                if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+                    raise _Retry(_describe(e)) from e  # nothing was sent
                 self._token_failed(f"{what}: {_describe(e)}", None)
         assert reply is not None
         if not 200 <= reply.status < 300:
             message, _ = self._server_message(reply)
             said = f": {message}" if message else ""
+            if reply.status == 429:  # the server would not look at it: not a login attempt
+                if self._too_long_to_wait(reply.retry_after):
+                    self._token_failed(
+                        f"{what}: the token endpoint refused (HTTP 429{said}); "
+                        f"{self._wait_refused(reply.retry_after)}",
+                        429,
+                    )
+                raise _Retry(f"HTTP 429{said}", 429, reply.retry_after)
             self._token_failed(
                 f"{what}: the token endpoint refused (HTTP {reply.status}{said})", reply.status
             )
@@ -821,6 +984,11 @@ class CoinsClient:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+    def _said(self, text: str, limit: int = _MESSAGE_LIMIT) -> str:
+        """Server text fit for a message: scrubbed first, so clipping cannot cut a secret
+        into a piece that scrubbing would no longer recognise."""
+        return _clip(self._scrub(text), limit)
 
     def _fail(
         self,
@@ -878,6 +1046,23 @@ def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _whole_number(value: object) -> int | None:
+    """An int, or a float with no fraction (``6.0``) as an int; None for anything else."""
+    if _is_int(value):
+        return value
+    if isinstance(value, float) and value.is_integer():  # False for inf and nan
+        return int(value)
+    return None
+
+
+def _response_code(value: object) -> int | None:
+    """An envelope ``response_code``: a whole number or its decimal text (``"0"``)."""
+    if isinstance(value, str):
+        text = value.strip()
+        return int(text) if _CODE_RE.fullmatch(text) else None
+    return _whole_number(value)
+
+
 def _seconds(value: object) -> float | None:
     """A positive, finite number of seconds, or None."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -913,10 +1098,10 @@ def _describe(e: Exception) -> str:
     return _clip(f"{type(e).__name__}: {text}" if text else type(e).__name__)
 
 
-def _clip(text: str) -> str:
-    """One line, at most ~200 characters: server text is shown, not trusted."""
+def _clip(text: str, limit: int = _MESSAGE_LIMIT) -> str:
+    """One line, at most ``limit`` characters: server text is shown, not trusted."""
     flat = " ".join(text.split())
-    return flat if len(flat) <= _MESSAGE_LIMIT else flat[: _MESSAGE_LIMIT - 3] + "..."
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def _fields(values: Mapping[str, object], names: list[str]) -> str:

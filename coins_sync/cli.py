@@ -410,8 +410,15 @@ def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClie
     credentials = Credentials.from_env(os.environ)
     http = make_http_client(options)
     try:
-        return CoinsClient(http, credentials, options)
+        # Creates and token requests go out on fresh connections only (see CoinsClient).
+        create_http = make_http_client(options, keepalive=False)
     except BaseException:
+        http.close()
+        raise
+    try:
+        return CoinsClient(http, credentials, options, create_http=create_http)
+    except BaseException:
+        create_http.close()
         http.close()
         raise
 
