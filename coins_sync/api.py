@@ -469,27 +469,23 @@ class CoinsClient:
             )
         return CONFIG_PATH.format(coin_config_id=quote(coin_config_id, safe=""))
 
-    def _call(
-        self, method: str, path: str, body: dict[str, object] | None, *, create: bool
-    ) -> RemoteConfig:
-        what = f"{method} {path}"
-        content = None if body is None else self._encode(body)
-        attempts = self._options.max_retries + 1
-        state = _CallState()
+    def _retrying(self, what: str, attempts: int, doing: str) -> tenacity.Retrying:
+        """Retries of ``_Retry`` failures only, with jittered backoff, each one logged."""
 
         def before_sleep(retry_state: tenacity.RetryCallState) -> None:
             outcome = retry_state.outcome
             reason = outcome.exception() if outcome is not None else None
             log.warning(
-                "%s: %s; retrying in %.2fs (attempt %d of %d)",
+                "%s: %s; %s in %.2fs (attempt %d of %d)",
                 what,
                 self._scrub(str(reason)),
+                doing,
                 retry_state.upcoming_sleep,
                 retry_state.attempt_number + 1,
                 attempts,
             )
 
-        retrying = tenacity.Retrying(
+        return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retry),
             stop=tenacity.stop_after_attempt(attempts),
             wait=self._wait,
@@ -497,6 +493,15 @@ class CoinsClient:
             before_sleep=before_sleep,
             reraise=True,
         )
+
+    def _call(
+        self, method: str, path: str, body: dict[str, object] | None, *, create: bool
+    ) -> RemoteConfig:
+        what = f"{method} {path}"
+        content = None if body is None else self._encode(body)
+        attempts = self._options.max_retries + 1
+        state = _CallState()
+        retrying = self._retrying(what, attempts, "retrying")
         try:
             reply = retrying(self._attempt, method, path, content, create, state)
         except _Retry as e:
@@ -866,27 +871,7 @@ class CoinsClient:
         """
         what = f"POST {TOKEN_PATH}"
         attempts = self._options.max_retries + 1
-
-        def before_sleep(retry_state: tenacity.RetryCallState) -> None:
-            outcome = retry_state.outcome
-            reason = outcome.exception() if outcome is not None else None
-            log.warning(
-                "%s: %s; nothing counted as a login, retrying in %.2fs (attempt %d of %d)",
-                what,
-                self._scrub(str(reason)),
-                retry_state.upcoming_sleep,
-                retry_state.attempt_number + 1,
-                attempts,
-            )
-
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(_Retry),
-            stop=tenacity.stop_after_attempt(attempts),
-            wait=self._wait,
-            sleep=self._sleep,
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        retrying = self._retrying(what, attempts, "nothing counted as a login, retrying")
         try:
             return retrying(self._token_attempt_locked, what)
         except _Retry as e:

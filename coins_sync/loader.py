@@ -19,8 +19,6 @@ problem; both give the same document whenever the fast reader gives one.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
 import logging
 import operator
@@ -34,6 +32,7 @@ from typing import Any
 import yaml
 
 from coins_sync.errors import ConfigError, Problem
+from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.schema import RuleFileValidator
 
@@ -376,23 +375,6 @@ def discover(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
     return unique, problems
 
 
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while rules are built.
-
-    Loading makes about ten objects per rule and no reference cycles, so the collector
-    would only rescan the growing heap again and again: a third of the time at 100k
-    rules. Reference counting still frees everything; the collector resumes after.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 class RuleLoader:
     """Loads and checks rule files. Construct once; ``load`` may be called many times."""
 
@@ -411,7 +393,7 @@ class RuleLoader:
 
     def load(self, paths: Sequence[Path]) -> ConfigSet:
         """Read every rule under ``paths``; raise ConfigError with every problem found."""
-        with _cyclic_gc_paused():
+        with cyclic_gc_paused():
             return self._load(paths)
 
     def _load(self, paths: Sequence[Path]) -> ConfigSet:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gc
 import getpass
 import json
 import logging
@@ -42,6 +41,7 @@ from typing import Any, Protocol
 import filelock
 
 from coins_sync.errors import LockError, StateError
+from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.rules import RuleKey
 
 log = logging.getLogger(__name__)
@@ -137,25 +137,8 @@ def serialize(state: State) -> bytes:
 
 def parse_state(raw: bytes, where: str) -> State:
     """Parse and check state bytes; every defect is a StateError naming ``where``."""
-    with _cyclic_gc_paused():
+    with cyclic_gc_paused():
         return _parse_state(raw, where)
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a state is parsed.
-
-    A state of 100k entries makes a few hundred thousand objects and no reference
-    cycles, so the collector would only rescan the growing heap: a fifth of the time
-    of a large plan. Reference counting still frees everything; the collector resumes.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _parse_state(raw: bytes, where: str) -> State:
