@@ -24,7 +24,7 @@ import logging
 import operator
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -493,6 +493,14 @@ def read_full(text: str) -> tuple[Any, list[tuple[int, int, str]]]:
         document = loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
+        if (
+            e.context_mark is not None
+            and e.problem_mark is not None
+            and e.problem_mark.index >= len(text.rstrip())
+        ):
+            # an unclosed quote or bracket fails at the end of the file: point where it
+            # opened instead, which is where the mistake is
+            mark = e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(str(part) for part in (e.context, e.problem) if part)
         return None, [(line, col, f"YAML error: {message or 'invalid YAML'}")]
@@ -527,10 +535,11 @@ def _rules_from(document: LocatedMap, shown: str) -> Iterator[Rule]:
     """Turn a schema-valid document into rules (the schema guarantees the shapes)."""
     company = document["companyId"]
     default_configuration = document.get("configuration", DEFAULT_CONFIGURATION)
-    rules: Iterable[LocatedMap] = document.get("rules") or ()
-    for item in rules:
+    rules: LocatedList = document.get("rules") or LocatedList(0, 0)
+    for item, (line, col) in zip(rules, rules.item_marks, strict=True):
+        # the item's own place in the list: an alias repeating a rule points at the alias
         key = RuleKey(company, item.get("configuration", default_configuration), item["event"])
-        yield Rule(key, item["amount"], Source(shown, item.line, item.col))
+        yield Rule(key, item["amount"], Source(shown, line, col))
 
 
 def _duplicate_keys(rules: Sequence[Rule]) -> list[Problem]:
@@ -541,6 +550,17 @@ def _duplicate_keys(rules: Sequence[Rule]) -> list[Problem]:
         if earlier is rule:
             continue
         a, b = earlier.source, rule.source
+        if a == b:  # the same rule mapping listed again through a YAML alias
+            problems.append(
+                Problem(
+                    a.path,
+                    a.line,
+                    a.col,
+                    f"duplicate rule {rule.key}: this rule is listed again through a YAML "
+                    "alias (*name) of it",
+                )
+            )
+            continue
         problems.append(
             Problem(b.path, b.line, b.col, f"duplicate rule {rule.key}; also defined at {a}")
         )

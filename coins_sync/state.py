@@ -144,7 +144,7 @@ def parse_state(raw: bytes, where: str) -> State:
 def _parse_state(raw: bytes, where: str) -> State:
     hint = f"{where} was left untouched; fix it, or restore {where}.backup or the copy in git"
     try:
-        data = json.loads(raw.decode("utf-8"))
+        data = json.loads(raw.decode("utf-8-sig"))  # a BOM from a hand-edited file is fine
     except UnicodeDecodeError as e:
         raise StateError(f"{where}: not UTF-8 text ({e.reason}); {hint}") from e
     except json.JSONDecodeError as e:
@@ -156,7 +156,7 @@ def _parse_state(raw: bytes, where: str) -> State:
     if not isinstance(data, dict):
         raise StateError(f"{where}: state must be a JSON object; {hint}")
     version = data.get("version")
-    if version != STATE_VERSION or isinstance(version, bool):
+    if type(version) is not int or version != STATE_VERSION:
         raise StateError(
             f"{where}: unknown state version {version!r} (this coins-sync reads version "
             f"{STATE_VERSION}); {hint}"

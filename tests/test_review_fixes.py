@@ -169,3 +169,45 @@ def test_unsafe_plan_is_not_saved(project: Path, invoke: Invoke) -> None:
     assert not (project / "plan.json").exists()
     assert invoke("plan", "--out", "plan.json", "--force").exit_code == 0
     assert (project / "plan.json").exists()
+
+
+def test_rule_repeated_through_an_alias_is_one_clear_problem(project: Path, invoke: Invoke) -> None:
+    write(
+        project / "configs/a.yaml",
+        "companyId: A\nrules:\n  - event: Y\n    amount: 1\n  - &r {event: X, amount: 2}\n  - *r\n",
+    )
+    result = invoke("validate")
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.startswith("configs/")]
+    assert lines == [
+        "configs/a.yaml:5:5: duplicate rule A/DEFAULT/X: this rule is listed again "
+        "through a YAML alias (*name) of it"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ('companyId: "A\nrules:\n  - event: X\n    amount: 1\n', "configs/a.yaml:1:12:"),
+        ("companyId: A\nrules: [\n  {event: X, amount: 1}\n", "configs/a.yaml:2:8:"),
+    ],
+)
+def test_unclosed_quote_or_bracket_points_where_it_opened(
+    project: Path, invoke: Invoke, text: str, where: str
+) -> None:
+    write(project / "configs/a.yaml", text)
+    result = invoke("validate")
+    assert result.exit_code == 1
+    assert result.output.startswith(where), result.output
+
+
+def test_hand_written_state_with_bom_loads_and_float_version_does_not(
+    project: Path, invoke: Invoke
+) -> None:
+    write(project / "configs/a.yaml", RULES)
+    body = json.dumps({"version": 1, "lineage": "L", "serial": 1, "entries": [ENTRY]})
+    write(project / "state/default.json", b"\xef\xbb\xbf" + body.encode())
+    result = invoke("plan", "--detailed-exitcode")
+    assert result.exit_code == 0, result.output
+    write(project / "state/default.json", body.replace('"version": 1', '"version": 1.0'))
+    assert invoke("plan").exit_code == 1
