@@ -17,6 +17,19 @@ CORPUS = REPO.parent / "shared" / "corpus" / "yaml-test-suite"
 
 Invoke = Callable[..., Result]
 
+#: A valid rule file, the seed of the mutation and hostile-input tests.
+SAMPLE_RULES = b"""\
+# yaml-language-server: $schema=../schemas/rules.schema.json
+companyId: CEKEKCARDS
+configuration: DEFAULT
+rules:
+  - event: MEAL_CARD_PAYMENT
+    amount: 6
+  - event: INVOICE_PAYMENT
+    amount: 10
+    configuration: CUSTOM
+"""
+
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

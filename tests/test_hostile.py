@@ -13,18 +13,9 @@ import pytest
 from coins_sync.errors import SettingsError
 from coins_sync.sandbox import SandboxOptions, SandboxServer
 from coins_sync.settings import Settings
-from tests.conftest import REPO, Invoke, write
+from tests.conftest import REPO, SAMPLE_RULES, Invoke, write
 
-GOOD = b"""\
-companyId: CEKEKCARDS
-configuration: DEFAULT
-rules:
-  - event: MEAL_CARD_PAYMENT
-    amount: 6
-  - event: INVOICE_PAYMENT
-    amount: 10
-    configuration: CUSTOM
-"""
+GOOD = SAMPLE_RULES
 
 
 def test_60_mb_config_is_refused_fast_in_bounded_memory(project: Path) -> None:

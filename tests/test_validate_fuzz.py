@@ -11,20 +11,11 @@ from hypothesis import strategies as st
 
 from coins_sync.cli import cli
 from coins_sync.loader import RuleLoader
+from tests.conftest import SAMPLE_RULES
 
 IDENT = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True)
 
-SEED = b"""\
-# yaml-language-server: $schema=../schemas/rules.schema.json
-companyId: CEKEKCARDS
-configuration: DEFAULT
-rules:
-  - event: MEAL_CARD_PAYMENT
-    amount: 6
-  - event: INVOICE_PAYMENT
-    amount: 10
-    configuration: CUSTOM
-"""
+SEED = SAMPLE_RULES
 
 
 def _quote(text: str) -> str:
