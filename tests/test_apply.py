@@ -30,6 +30,14 @@ OAUTH_ENV = {
     "COINS_SYNC_PASSWORD": PASSWORD,
 }
 SECRETS = (TOKEN, CLIENT_SECRET, PASSWORD)
+#: Sandbox options that accept only the OAuth password grant of OAUTH_ENV.
+OAUTH_SANDBOX: dict[str, Any] = {
+    "token": None,
+    "client_id": CLIENT_ID,
+    "client_secret": CLIENT_SECRET,
+    "username": USERNAME,
+    "password": PASSWORD,
+}
 
 ACME = """\
 companyId: ACME
@@ -274,13 +282,7 @@ def test_oauth_password_grant_fetches_a_token_and_applies(
     project: Path, invoke: Invoke, sandbox: Sandbox
 ) -> None:
     write(project / "configs/acme.yaml", ACME)
-    srv = sandbox(
-        token=None,
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        username=USERNAME,
-        password=PASSWORD,
-    )
+    srv = sandbox(**OAUTH_SANDBOX)
     result = apply(invoke, srv, "--yes", env=OAUTH_ENV)
     assert result.exit_code == 0, result.output
     assert len(srv.configs()) == 3
@@ -409,11 +411,7 @@ def test_no_secret_in_any_output_or_project_file(
     )
     write(project / "configs/acme.yaml", ACME)
     srv = sandbox(
-        token=None,
-        client_id=CLIENT_ID,
-        client_secret=CLIENT_SECRET,
-        username=USERNAME,
-        password=PASSWORD,
+        **OAUTH_SANDBOX,
         encryption=True,
         fail_after_rate=0.3,
         rate_429=0.3,
