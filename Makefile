@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CS := $(BIN)/coins-sync
-SANDBOX_PORT ?= 8765
+SANDBOX_PORT ?= 0
 export COINS_SYNC_TOKEN ?= demo-token-not-a-secret
 
 .PHONY: install test lint validate demo plan apply bench chaos audit clean
@@ -29,28 +29,37 @@ validate: $(STAMP)
 	$(CS) validate
 
 # The demo runs against a throw-away state, so it shows the same story every time:
-# validate, plan, apply, then plan again to show "no changes".
+# validate, plan, apply, then plan again to show "no changes". The sandbox binds a free
+# port (or SANDBOX_PORT when given, refusing a busy one), and the first failing step
+# stops the demo with its exit code.
 DEMO_STATE := .demo/state.json
-DEMO_FLAGS := --env sandbox --state $(DEMO_STATE) --api-url http://127.0.0.1:$(SANDBOX_PORT)
 
 demo: $(STAMP)
 	@rm -rf .demo && mkdir -p .demo
-	@$(CS) sandbox --port $(SANDBOX_PORT) > .demo/sandbox.log 2>&1 & echo $$! > .demo/sandbox.pid
-	@trap 'kill $$(cat .demo/sandbox.pid) 2>/dev/null' EXIT; \
-	for i in $$(seq 1 50); do \
-	  $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(SANDBOX_PORT)), 0.2)" 2>/dev/null && break; \
+	@set -eu; \
+	$(CS) sandbox --port $(SANDBOX_PORT) > .demo/sandbox.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null || true' EXIT; \
+	url=""; \
+	for i in $$(seq 1 100); do \
+	  url=$$(sed -n 's/^coins-sync sandbox listening on \(http[^ ]*\).*/\1/p' .demo/sandbox.log); \
+	  [ -n "$$url" ] && break; \
+	  kill -0 $$pid 2>/dev/null || break; \
 	  sleep 0.1; \
 	done; \
-	echo "== coins-sync validate"; $(CS) validate && \
-	echo "== coins-sync plan"; $(CS) plan $(DEMO_FLAGS) && \
-	echo "== coins-sync apply --yes"; $(CS) apply $(DEMO_FLAGS) --yes && \
-	echo "== coins-sync plan (again: nothing left to do)"; $(CS) plan $(DEMO_FLAGS) --detailed-exitcode
+	if [ -z "$$url" ]; then echo "make demo: the sandbox did not start:" >&2; cat .demo/sandbox.log >&2; exit 1; fi; \
+	flags="--env sandbox --state $(DEMO_STATE) --api-url $$url"; \
+	echo "== sandbox on $$url"; \
+	echo "== coins-sync validate"; $(CS) validate; \
+	echo "== coins-sync plan"; $(CS) plan $$flags; \
+	echo "== coins-sync apply --yes"; $(CS) apply $$flags --yes; \
+	echo "== coins-sync plan (again: nothing left to do)"; $(CS) plan $$flags --detailed-exitcode
 
 plan: $(STAMP)
 	$(CS) plan
 
+# `make apply YES=1` applies without asking (CI, scripts).
 apply: $(STAMP)
-	$(CS) apply
+	$(CS) apply $(if $(filter 1 yes true,$(YES)),--yes)
 
 # Speed and memory targets (plan/floor, peak RSS, apply efficiency, bookkeeping growth);
 # prints a table and fails when a target is missed. Never part of `make test`.
@@ -64,10 +73,10 @@ chaos: $(STAMP)
 
 # Dependency audit. Not part of `make lint`: pip-audit needs PyPI's JSON API or OSV,
 # which this project's CI machines cannot reach (only the package index is served), so
-# there it would audit nothing. Run it where those services are reachable.
+# there it would audit nothing: then it says so and fails. Run it where they are reachable.
 audit: $(STAMP)
 	$(BIN)/python -m pip install --quiet pip-audit
-	$(BIN)/pip-audit --skip-editable
+	$(BIN)/python tests/tools/audit.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo

@@ -599,7 +599,7 @@ def state_import(key: str, coin_config_id: str, **options: Any) -> int:
 
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--data",
     "data_file",
@@ -639,7 +639,7 @@ def sandbox(host: str, port: int, data_file: Path | None, **faults: Any) -> int:
 
     \b
     Examples:
-      COINS_SYNC_TOKEN=dev coins-sync sandbox --port 8080
+      COINS_SYNC_TOKEN=dev coins-sync sandbox --port 8765
       coins-sync sandbox --latency-ms 50 --fail-rate 0.1 --seed 7
     """
     from coins_sync.sandbox import SandboxOptions, SandboxServer

@@ -77,7 +77,7 @@ class SandboxOptions:
     """
 
     host: str = "127.0.0.1"
-    port: int = 8080
+    port: int = 8765
     data_file: Path | None = None
     latency_ms: int = 0
     fail_rate: float = 0.0

@@ -7,7 +7,7 @@ Shape::
     default_environment = "sandbox"     # used when --env is not given
 
     [tool.coins-sync.environments.sandbox]
-    api_url = "http://127.0.0.1:8080"
+    api_url = "http://127.0.0.1:8765"
     state = "state/sandbox.json"        # default: state/<env>.json
     encryption = "none"                 # or "aes-128-ecb"
     max_amount = 10000
