@@ -13,7 +13,8 @@ from coins_sync.cli import cli
 from coins_sync.sandbox import SandboxOptions, SandboxServer
 
 REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus" / "yaml-test-suite"
+# The official YAML test suite's inputs, vendored with their MIT licence.
+CORPUS = REPO / "tests" / "data" / "yaml-test-suite"
 
 Invoke = Callable[..., Result]
 

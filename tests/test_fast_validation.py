@@ -358,7 +358,6 @@ def test_event_reader_and_checker_agree_on_generated_files(text: str) -> None:
         assert_checks_agree(document)
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not present")
 def test_event_reader_agrees_on_the_yaml_test_suite() -> None:
     read = 0
     for path in sorted(CORPUS.glob("*.yaml")):

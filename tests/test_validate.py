@@ -272,7 +272,6 @@ def test_usage_error_exits_1(invoke: Invoke) -> None:
     assert result.exit_code == 1
 
 
-@pytest.mark.skipif(not CORPUS.is_dir(), reason="shared corpus not present")
 def test_yaml_test_suite_corpus_is_named_file_by_file(invoke: Invoke) -> None:
     result = invoke("validate", str(CORPUS))
     assert result.exit_code == 1
