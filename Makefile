@@ -67,9 +67,10 @@ bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench.py
 
 # Fault campaigns against the sandbox (faults, kill -9, SIGINT); prints figures and
-# fails unless duplicates and lost records are both 0. A reduced run is in `make test`.
+# fails unless duplicates and lost records are both 0. Not part of `make test`;
+# `make chaos CHAOS_ARGS=--quick` is the reduced run.
 chaos: $(STAMP)
-	$(BIN)/python tests/chaos.py
+	$(BIN)/python tests/chaos.py $(CHAOS_ARGS)
 
 # Dependency audit. Not part of `make lint`: pip-audit needs PyPI's JSON API or OSV,
 # which this project's CI machines cannot reach (only the package index is served), so

@@ -22,8 +22,8 @@ Figures, per campaign:
   under the project folder. Must be 0.
 
 Exit status 1 when any campaign has a non-zero must-be-0 figure or did not converge.
-The functions are also imported by ``tests/test_crash.py`` (and the quick campaign runs
-in ``make test`` from there).
+The functions are also imported by ``tests/test_crash.py``, whose single-scenario crash
+tests run in ``make test``; the campaigns run only here (``make chaos``).
 """
 
 from __future__ import annotations
