@@ -40,6 +40,7 @@ EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
 
+
 def _report_error(error: CoinsSyncError) -> None:
     if isinstance(error, ConfigError):
         for problem in error.problems:
