@@ -47,7 +47,6 @@ be shared by many threads.
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import http.cookiejar
 import json
@@ -68,6 +67,7 @@ import tenacity
 
 from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
 from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, SettingsError
+from coins_sync.redact import Redactor, basic_value
 from coins_sync.rules import RuleKey
 
 __all__ = [
@@ -109,6 +109,16 @@ _TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")
 _COOKIE_RE: Final = re.compile(r"[\x20-\x7e]+")
 _CODE_RE: Final = re.compile(r"[+-]?[0-9]{1,18}")
 _MESSAGE_LIMIT: Final = 200
+_OAUTH_ERRORS: Final = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+    }
+)
 _REFRESH_MARGIN: Final = 30.0
 _ENCRYPTIONS: Final = (None, ENCRYPTION_AES_128_ECB)
 # Redirects that mean "not here": the server did not act on the request. Others (302,
@@ -168,7 +178,7 @@ class Credentials:
         """
         found = [v for v in (self.token, self.client_secret, self.password, self.cookie) if v]
         if self.client_id and self.client_secret:
-            found.append(_basic_value(self.client_id, self.client_secret))
+            found.append(basic_value(self.client_id, self.client_secret))
         return found
 
     def _set_names(self) -> list[str]:
@@ -349,7 +359,8 @@ class CoinsClient:
         self._sleep = sleep
         self._clock = clock
         self._base = options.api_url.rstrip("/")
-        self._secrets = tuple(sorted(credentials.secrets(), key=len, reverse=True))
+        self._secrets = tuple(credentials.secrets())
+        self._redact = Redactor(self._secrets)
         self._jitter = tenacity.wait_random_exponential(
             multiplier=options.backoff_initial, max=options.backoff_max
         )
@@ -898,7 +909,7 @@ class CoinsClient:
             "clientId": creds.client_id,
         }
         headers = {
-            "Authorization": f"Basic {_basic_value(creds.client_id, creds.client_secret)}",
+            "Authorization": f"Basic {basic_value(creds.client_id, creds.client_secret)}",
             "Accept": "application/json",
         }
         reply: _Reply | None = None
@@ -920,8 +931,10 @@ class CoinsClient:
                 self._token_failed(f"{what}: {_describe(e)}", None)
         assert reply is not None
         if not 200 <= reply.status < 300:
-            message, _ = self._server_message(reply)
-            said = f": {message}" if message else ""
+            # Never the endpoint's own words: a token endpoint or proxy may echo the
+            # request body, password included, and this message reaches the audit log.
+            code = _oauth_error(reply.body)
+            said = f", {code}" if code else ""
             if reply.status == 429:  # the server would not look at it: not a login attempt
                 if self._too_long_to_wait(reply.retry_after):
                     self._token_failed(
@@ -945,7 +958,9 @@ class CoinsClient:
         assert isinstance(doc, dict) and isinstance(token, str)
         lifetime = _seconds(doc.get("expires_in"))
         self._token = token
-        self._secrets = tuple(sorted({*self._secrets, token}, key=len, reverse=True))
+        if token not in self._secrets:
+            self._secrets = (*self._secrets, token)
+            self._redact = Redactor(self._secrets)
         if lifetime is None:
             self._token_deadline = None  # unknown: refresh after a 401 only
             log.info("fetched an API token without expires_in")
@@ -966,9 +981,8 @@ class CoinsClient:
     # -- messages --------------------------------------------------------------------
 
     def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """``text`` with every encoding of every known secret masked (see redact)."""
+        return self._redact(text)
 
     def _said(self, text: str, limit: int = _MESSAGE_LIMIT) -> str:
         """Server text fit for a message: scrubbed first, so clipping cannot cut a secret
@@ -1016,8 +1030,15 @@ def _auth_mode(credentials: Credentials) -> Literal["token", "oauth"]:
     return "oauth"
 
 
-def _basic_value(client_id: str, client_secret: str) -> str:
-    return base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
+def _oauth_error(body: bytes | None) -> str | None:
+    """The standard OAuth ``error`` code (RFC 6749 5.2) of a token endpoint's refusal,
+    or None. Only a code from the fixed list is returned: nothing the server wrote."""
+    try:
+        doc: object = json.loads(body) if body else None
+    except (ValueError, RecursionError):
+        return None
+    code = doc.get("error") if isinstance(doc, dict) else None
+    return code if isinstance(code, str) and code in _OAUTH_ERRORS else None
 
 
 def _check_amount(amount: int) -> None:

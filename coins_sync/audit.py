@@ -4,7 +4,8 @@
 (environment), who (``GITHUB_ACTOR`` or the OS user), from which commit (``GITHUB_SHA``
 or ``git rev-parse HEAD``), what (action, key, amount before and after, coinConfigId)
 and how it ended (outcome). Lines are appended and fsynced as each result arrives.
-Only public values are ever passed in, so no secret can reach the file.
+Only public values are ever passed in, and every message is scrubbed of every encoding
+of every secret in the environment (:mod:`coins_sync.redact`) as a second line of defence.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from coins_sync.errors import StateError
+from coins_sync.redact import redact
 from coins_sync.rules import RuleKey
 from coins_sync.state import utc_now
 
@@ -77,17 +79,31 @@ class AuditRecord:
 class AuditLog:
     """Append-only, fsynced JSON lines; safe to call from several threads."""
 
-    def __init__(self, path: Path, env: str, actor: str, commit: str | None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        env: str,
+        actor: str,
+        commit: str | None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
         self.path = path
         self.env = env
         self.actor = actor
         self.commit = commit
+        self._environ = environ  # whose secrets messages are scrubbed of; None: os.environ
         self._mutex = threading.Lock()
         self._fd: int | None = None
 
     @classmethod
     def beside(cls, state_path: Path, env: str, environ: Mapping[str, str]) -> AuditLog:
-        return cls(audit_path_for(state_path), env, current_actor(environ), current_commit(environ))
+        return cls(
+            audit_path_for(state_path),
+            env,
+            current_actor(environ),
+            current_commit(environ),
+            environ,
+        )
 
     def __repr__(self) -> str:
         return f"AuditLog({str(self.path)!r})"
@@ -106,7 +122,7 @@ class AuditLog:
             "commit": self.commit,
         }
         if item.message:
-            data["message"] = item.message
+            data["message"] = redact(item.message, self._environ)
         line = (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
         with self._mutex:
             try:

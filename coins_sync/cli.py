@@ -7,6 +7,7 @@ errors included), 2 "changes present" under ``--detailed-exitcode``.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from coins_sync.audit import AuditLog, AuditRecord
 from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
 from coins_sync.plan import Action, Plan, check_safety
 from coins_sync.planfile import save_plan
+from coins_sync.redact import redact as scrub  # every encoding of every secret
 from coins_sync.render import render
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings, load_settings
@@ -37,22 +39,6 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
-
-SECRET_VARIABLES = (
-    "COINS_SYNC_TOKEN",
-    "COINS_SYNC_CLIENT_SECRET",
-    "COINS_SYNC_PASSWORD",
-    "COINS_SYNC_COOKIE",
-)
-
-
-def scrub(text: str) -> str:
-    """Replace any secret from the environment in ``text``; a last line of defence."""
-    for name in SECRET_VARIABLES:
-        secret = os.environ.get(name)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 def _report_error(error: CoinsSyncError) -> None:
@@ -79,7 +65,9 @@ class CoinsGroup(click.Group):
             _report_error(e)
             code = EXIT_ERROR
         except click.ClickException as e:
-            e.show()
+            shown = io.StringIO()
+            e.show(file=shown)
+            click.echo(scrub(shown.getvalue()), err=True, nl=False)
             code = EXIT_ERROR
         except OSError as e:  # the machine said no: permissions, full disk, bad path
             where = f": {e.filename}" if e.filename else ""
@@ -215,7 +203,12 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
                     {
                         "valid": False,
                         "problems": [
-                            {"path": p.path, "line": p.line, "col": p.col, "message": p.message}
+                            {
+                                "path": scrub(p.path),
+                                "line": p.line,
+                                "col": p.col,
+                                "message": scrub(p.message),
+                            }
                             for p in problems
                         ],
                         "summary": {"problems": len(problems), "files_with_problems": files},
@@ -694,11 +687,11 @@ def report(fmt: str, **options: Any) -> int:
     )
     env = workspace.settings.env
     if fmt == "csv":
-        click.echo(reports.render_csv(rows), nl=False)
+        click.echo(scrub(reports.render_csv(rows)), nl=False)
     elif fmt == "json":
-        click.echo(reports.render_json(rows, env), nl=False)
+        click.echo(scrub(reports.render_json(rows, env)), nl=False)
     else:
-        click.echo(reports.render_markdown(rows, env))
+        click.echo(scrub(reports.render_markdown(rows, env)))
     return EXIT_OK
 
 

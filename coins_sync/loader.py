@@ -51,6 +51,9 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 # YAML 1.2 core schema spellings; anything else YAML 1.1 resolves to bool/int is a surprise.
 _STRICT_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
 _STRICT_BOOL = frozenset({"true", "True", "TRUE", "false", "False", "FALSE"})
+# Integers written with more characters are a problem: Python will not even convert a
+# decimal of over 4300 digits, and no amount needs more than a handful.
+MAX_INT_CHARS = 100
 # Alias expansion beyond this many nodes (plus twice the real node count) is refused.
 _ALIAS_EXPANSION_SLACK = 10_000
 
@@ -134,6 +137,9 @@ def _construct_seq(loader: _RuleLoader, node: yaml.SequenceNode) -> Iterator[Loc
 
 def _construct_int(loader: _RuleLoader, node: yaml.ScalarNode) -> int:
     text = str(node.value)
+    if len(text) > MAX_INT_CHARS:
+        loader.surprise(node, _too_long_int(text))
+        return 0  # the file is invalid already; 0 adds no second problem for an amount
     value = loader.construct_yaml_int(node)
     if not _STRICT_INT.match(text):
         loader.surprise(
@@ -142,6 +148,13 @@ def _construct_int(loader: _RuleLoader, node: yaml.ScalarNode) -> int:
             "write a plain decimal integer, or quote it if you mean a string",
         )
     return int(value)
+
+
+_TOO_LONG = f"characters long; at most {MAX_INT_CHARS} are accepted"
+
+
+def _too_long_int(text: str) -> str:
+    return f"integer {text[:12]}... is {len(text)} {_TOO_LONG}"
 
 
 def _construct_bool(loader: _RuleLoader, node: yaml.ScalarNode) -> bool:
@@ -181,7 +194,7 @@ def _resolve_plain(loader: _RuleLoader, text: str) -> Any:
     tag = loader.resolve(yaml.ScalarNode, text, (True, False))
     if tag == _STR_TAG:
         return text
-    if tag == _INT_TAG and _STRICT_INT.match(text):
+    if tag == _INT_TAG and _STRICT_INT.match(text) and len(text) <= MAX_INT_CHARS:
         return int(text)
     return NOT_PLAIN
 
@@ -459,6 +472,9 @@ class RuleLoader:
                 "expected a mapping with companyId and rules",
             )
         schema_problems = self.validator.problems(document)
+        # A too long integer was read as 0; what the schema says of that 0 is noise.
+        too_long = {(line, col) for line, col, message in located if _TOO_LONG in message}
+        schema_problems = [p for p in schema_problems if (p[0], p[1]) not in too_long]
         for line, col, message in schema_problems:
             result.problems.append(Problem(shown, line, col, message))
         if schema_problems or located:

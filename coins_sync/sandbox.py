@@ -8,7 +8,8 @@ injected so that callers can prove they never re-send a create blindly.
 Promises:
 
 - Never open by default: without a static token or OAuth credentials every API call
-  is refused with 401.
+  is refused with 401. The debug routes (``/_sandbox/configs``, ``/_sandbox/stats``)
+  need the token too.
 - A config is stored (and, with ``data_file``, durably written) before any response
   that mentions it is sent; an injected "after" fault happens only once it is stored.
 - Latency is slept per request in the handler thread, so parallel clients overlap.
@@ -556,9 +557,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_json(status, answer, {"Cache-Control": "no-store"})
             elif path == _DEBUG_CONFIGS_PATH:
                 self._require(method, "GET")
+                self._require_auth()
                 self._send_json(200, self.app.store.snapshot())
             elif path == _DEBUG_STATS_PATH:
                 self._require(method, "GET")
+                self._require_auth()
                 self._send_json(200, self.app.stats.snapshot())
             elif self._api_route:
                 self._api(method, path, body)
@@ -590,6 +593,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             raise _HttpError(413, "Request body too large")
         return self.rfile.read(length)
+
+    def _require_auth(self) -> None:
+        """Every route but the token endpoint needs the token, the debug ones too."""
+        if not self.app.auth.accepts(self.headers.get("Authorization")):
+            raise _HttpError(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
 
     @staticmethod
     def _require(method: str, *allowed: str) -> None:
@@ -659,8 +667,7 @@ class _Handler(BaseHTTPRequestHandler):
 
         if app.options.latency_ms:
             time.sleep(app.options.latency_ms / 1000)
-        if not app.auth.accepts(self.headers.get("Authorization")):
-            raise _HttpError(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+        self._require_auth()
 
         if method == "GET":
             assert config_id is not None

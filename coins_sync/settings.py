@@ -145,8 +145,19 @@ def _check_keys(
         # bool is an int in Python, but `max_amount = true` is still a typo
         ok = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
         if not ok:
-            names = " or ".join("number" if k is float else k.__name__ for k in kinds)
-            raise SettingsError(f"pyproject.toml: {where}.{key} must be a {names}, got {value!r}")
+            names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+            raise SettingsError(
+                f"pyproject.toml: {where}.{key} must be a {names}, got {_shown(value)}"
+            )
+
+
+_KIND_NAMES = {float: "number", dict: "table", str: "string", int: "integer", bool: "boolean"}
+
+
+def _shown(value: object) -> str:
+    """A TOML value for a message, kept short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
@@ -160,11 +171,21 @@ def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SettingsError(f"pyproject.toml: {e}") from e
         tool = data.get("tool", {})
-        table = tool.get("coins-sync", {}) if isinstance(tool, dict) else {}
+        if not isinstance(tool, dict):
+            raise SettingsError(f"pyproject.toml: tool must be a table, got {_shown(tool)}")
+        table = tool.get("coins-sync", {})
         if not isinstance(table, dict):
-            raise SettingsError("pyproject.toml: [tool.coins-sync] must be a table")
+            raise SettingsError(
+                f"pyproject.toml: [tool.coins-sync] must be a table, got {_shown(table)}"
+            )
     _check_keys(table, _TOP_KEYS, "tool.coins-sync")
     environments: dict[str, Any] = table.get("environments", {})
+    for env_name, env_table in environments.items():  # every one, not only the one used
+        if not isinstance(env_table, dict):
+            raise SettingsError(
+                f"pyproject.toml: tool.coins-sync.environments.{env_name} must be a table, "
+                f"got {_shown(env_table)}"
+            )
     name = env or table.get("default_environment") or DEFAULT_ENVIRONMENT
     if environments and name not in environments:
         known = ", ".join(sorted(environments))
@@ -175,8 +196,6 @@ def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
             "[tool.coins-sync.environments] tables"
         )
     values: dict[str, Any] = environments.get(name, {})
-    if not isinstance(values, dict):
-        raise SettingsError(f"pyproject.toml: environments.{name} must be a table")
     _check_keys(values, _ENV_KEYS, f"tool.coins-sync.environments.{name}")
     return _resolve(name, table, values)
 

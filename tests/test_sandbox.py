@@ -163,7 +163,7 @@ def test_requests_without_or_with_a_wrong_token_are_401() -> None:
         with client(srv, token="wrong") as wrong:
             assert wrong.post(CREATE, json=BODY).status_code == 401
             # The refused body was drained, so keep-alive still works on this connection.
-            assert wrong.get("/_sandbox/configs").json() == []
+            assert wrong.get("/_sandbox/configs").json()["response_message"] == "Unauthorized"
         assert srv.configs() == []
 
 
@@ -317,16 +317,21 @@ def test_data_file_survives_a_restart(tmp_path: Path) -> None:
         assert len(srv.configs()) == 2
 
 
-def test_debug_endpoint_lists_configs_without_auth() -> None:
+def test_debug_endpoints_need_the_token_like_every_route() -> None:
     with SandboxServer(SandboxOptions(port=0, token="t0k")) as srv:
         with client(srv) as c:
             c.post(CREATE, json=BODY)
             c.post(CREATE, json=BODY)
-        with client(srv, token=None) as anonymous:
-            listed = anonymous.get("/_sandbox/configs")
+            listed = c.get("/_sandbox/configs")
             assert listed.status_code == 200
             assert listed.json() == srv.configs() and len(listed.json()) == 2
-            assert anonymous.get("/_sandbox/stats").json()["creates"] == 2
+            assert c.get("/_sandbox/stats").json()["creates"] == 2
+        for token in (None, "wrong"):
+            with client(srv, token=token) as other:
+                for path in ("/_sandbox/configs", "/_sandbox/stats"):
+                    refused = other.get(path)
+                    assert refused.status_code == 401, path
+                    assert "WCC" not in refused.text and "creates" not in refused.text
 
 
 def test_latency_is_per_request_so_parallel_calls_overlap() -> None:
