@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,10 @@ import jsonschema
 
 from coins_sync.errors import CoinsSyncError, StalePlanError
 from coins_sync.loader import ConfigSet
-from coins_sync.plan import Action, Change, Plan, PlanContext
+from coins_sync.plan import Action, Change, Plan, PlanContext, plan
+from coins_sync.refresh import Drift
 from coins_sync.render import plan_to_json
-from coins_sync.rules import RuleKey, Source
+from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.schema import PLAN_SCHEMA, load_schema
 from coins_sync.state import State, atomic_write
 
@@ -51,8 +53,16 @@ def load_plan(path: Path) -> Plan:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise PlanFileError(f"{path}: not a coins-sync plan: {where}: {error.message}")
     changes = []
-    for item in data["changes"]:
-        key = RuleKey(item["key"]["companyId"], item["key"]["configuration"], item["key"]["event"])
+    first_at: dict[RuleKey, int] = {}
+    for index, item in enumerate(data["changes"]):
+        key = _key(item["key"])
+        if key in first_at:
+            raise PlanFileError(
+                f"{path}: changes/{index}: {key} is listed again (first at changes/"
+                f"{first_at[key]}); a plan has one change per key, so it was edited by hand. "
+                "Nothing was sent. Run `coins-sync plan` again"
+            )
+        first_at[key] = index
         changes.append(
             Change(
                 action=Action(item["action"]),
@@ -69,8 +79,16 @@ def load_plan(path: Path) -> Plan:
         serial=data["state"]["serial"],
         configs_digest=data["configs_digest"],
     )
+    drift = tuple(
+        Drift(_key(d["key"]), d["coinConfigId"], d["field"], d["state"], d["server"])
+        for d in data.get("drift", [])
+    )
     changes.sort(key=lambda c: c.sort_key)
-    return Plan(tuple(changes), managed=data["managed"], context=context)
+    return Plan(tuple(changes), managed=data["managed"], context=context, drift=drift)
+
+
+def _key(item: dict[str, str]) -> RuleKey:
+    return RuleKey(item["companyId"], item["configuration"], item["event"])
 
 
 def check_fresh(saved: Plan, env: str, state: State, configs: ConfigSet) -> None:
@@ -93,31 +111,166 @@ def check_fresh(saved: Plan, env: str, state: State, configs: ConfigSet) -> None
 
 
 def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
-    """Refuse a saved plan whose changes the current state and configs do not justify.
+    """Refuse a saved plan unless it equals a fresh offline plan, change for change.
 
-    Lineage, serial and digest already match when this runs, so only a hand-edited
-    plan can fail here, and it must never send a create for a key already recorded.
+    Lineage, serial and digest already match when this runs, so only a hand-edited plan
+    can fail here. Every change the saved plan lists must equal the fresh plan's change
+    for that key (action, key, amount, before, coinConfigId, source), every change the
+    fresh plan has must be listed, and ``managed`` must be the state's entry count.
+
+    A ``plan --refresh`` plan may differ where the server drifted, and only there: its
+    ``drift`` list must agree with the state (same id, the state's own values), and then
+    an amount drift may turn into an update that sets the configs' amount on the id the
+    state records, and an update the refresh found unneeded (or blocked) may be missing.
+    Nothing in the file can justify any other create, update or uncertain retry.
     """
+    fresh = plan(configs.rules, state, saved.context)
+    if saved.managed != fresh.managed:
+        raise StalePlanError(
+            f"the saved plan says {saved.managed} managed entries, but the state records "
+            f"{fresh.managed}; it was edited by hand. Nothing was sent. "
+            "Run `coins-sync plan` again"
+        )
+    claims = _drift_claims(saved.drift, state)
     desired = configs.by_key()
+    expected = {change.key: change for change in fresh.changes}
+    listed: set[RuleKey] = set()
     for change in saved.changes:
-        rule = desired.get(change.key)
-        entry = state.entries.get(change.key)
-        if change.action is Action.CREATE:
-            ok = rule is not None and entry is None and rule.amount == change.amount
-            ok = ok and change.key not in state.uncertain
-        elif change.action is Action.UPDATE:
-            ok = (
-                rule is not None
-                and entry is not None
-                and rule.amount == change.amount
-                and entry.coin_config_id == change.coin_config_id
+        listed.add(change.key)
+        want = expected.get(change.key)
+        if want is not None and want.action is not Action.UNCHANGED and _same(change, want):
+            continue
+        drift = claims.get(change.key, [])
+        if not _drift_fix(change, want, drift, state, desired.get(change.key)):
+            raise _mismatch(change, want)
+    for key, want in expected.items():
+        if want.action is Action.UNCHANGED or key in listed:
+            continue
+        if not _drift_skip(want, claims.get(key, [])):
+            raise StalePlanError(
+                f"the saved plan lacks the fresh plan's {_describe(want)}; it was edited by "
+                "hand. Nothing was sent. Run `coins-sync plan` again"
             )
-        elif change.action is Action.UNCERTAIN:
-            ok = change.key in state.uncertain
-        else:  # orphans are never acted on
-            ok = True
+
+
+_KEY_FIELDS = ("companyId", "configuration", "event")
+
+
+def _same(change: Change, want: Change) -> bool:
+    """Equal in every field a saved plan carries (a source is compared as ``path:line``)."""
+    return (
+        change.action is want.action
+        and change.key == want.key
+        and change.amount == want.amount
+        and change.before == want.before
+        and change.coin_config_id == want.coin_config_id
+        and _text(change.source) == _text(want.source)
+    )
+
+
+def _text(source: Source | None) -> str | None:
+    return None if source is None else str(source)
+
+
+def _describe(change: Change) -> str:
+    parts = [f"amount {change.amount}"]
+    if change.before is not None:
+        parts.append(f"before {change.before}")
+    if change.coin_config_id is not None:
+        parts.append(f"coinConfigId {change.coin_config_id}")
+    if change.source is not None:
+        parts.append(f"source {change.source}")
+    return f"{change.action.value} of {change.key} ({', '.join(parts)})"
+
+
+def _mismatch(change: Change, want: Change | None) -> StalePlanError:
+    if want is None:
+        fresh = "has no change for that key"
+    elif want.action is Action.UNCHANGED:
+        fresh = "leaves that key unchanged"
+    else:
+        fresh = f"has {_describe(want)}"
+    return StalePlanError(
+        f"the saved plan's {_describe(change)} differs from a fresh plan of the current "
+        f"state and configs, which {fresh}; it was edited by hand. Nothing was sent. "
+        "Run `coins-sync plan` again"
+    )
+
+
+def _key_field(key: RuleKey, name: str) -> str:
+    return key.as_dict()[name]
+
+
+def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[Drift]]:
+    """The saved plan's drift by key, each checked against the state as refresh makes it."""
+    claims: dict[RuleKey, list[Drift]] = {}
+    for d in drift:
+        entry = state.entries.get(d.key)
+        if d.field == "amount":
+            ok = entry is not None and d.in_state == str(entry.amount)
+            ok = ok and d.on_server.isdigit() and d.on_server != d.in_state
+        elif d.field == "missing":
+            ok = (d.in_state, d.on_server) == ("present", "absent")
+        else:
+            ok = d.in_state == _key_field(d.key, d.field) and d.on_server != d.in_state
+        ok = ok and entry is not None and entry.coin_config_id == d.coin_config_id
+        seen = claims.setdefault(d.key, [])
+        fields = {other.field for other in seen} | {d.field}
+        # refresh reports one amount or one missing drift alone, key fields at most once each
+        ok = ok and d.field not in {other.field for other in seen}
+        ok = ok and not ({"amount", "missing"} & fields and len(fields) > 1)
         if not ok:
             raise StalePlanError(
-                f"the saved plan's {change.action.value} of {change.key} does not match the "
-                "current state and configs; it was edited by hand. Run `coins-sync plan` again"
+                f"the saved plan's drift for {d.key} ({d.field}: {d.in_state!r} in state, "
+                f"{d.on_server!r} on the server, id {d.coin_config_id}) does not match the "
+                "current state; it was edited by hand. Nothing was sent. "
+                "Run `coins-sync plan --refresh` again"
             )
+        seen.append(d)
+    return claims
+
+
+def _server_amount(drift: list[Drift]) -> int | None:
+    for d in drift:
+        if d.field == "amount":
+            return int(d.on_server)
+    return None
+
+
+def _drift_fix(
+    change: Change, want: Change | None, drift: list[Drift], state: State, rule: Rule | None
+) -> bool:
+    """Whether a refresh plan's change that differs from the offline plan is justified.
+
+    Only two differences are: an update that sets the configs' amount, from the amount
+    the server reported, on the id the state records; and an orphan shown at the
+    server's amount. Both need an amount drift for that key that agrees with the state.
+    """
+    server = _server_amount(drift)
+    entry = state.entries.get(change.key)
+    if server is None or entry is None or want is None:
+        return False
+    if change.action is Action.UPDATE:
+        return (
+            rule is not None
+            and want.action in (Action.UPDATE, Action.UNCHANGED)
+            and change.amount == rule.amount
+            and change.before == server
+            and server != rule.amount
+            and change.coin_config_id == entry.coin_config_id
+            and _text(change.source) == _text(rule.source)
+        )
+    if change.action is Action.ORPHAN and want.action is Action.ORPHAN:
+        return _same(change, replace(want, amount=server))
+    return False
+
+
+def _drift_skip(want: Change, drift: list[Drift]) -> bool:
+    """Whether a refresh plan may lack the offline plan's change ``want``: an update the
+    server already has (amount drift to the configs' amount) or that refresh blocks
+    (the config is missing or moved to another key, so it is left alone)."""
+    if want.action is not Action.UPDATE:
+        return False
+    if any(d.field != "amount" for d in drift):
+        return True
+    return _server_amount(drift) == want.amount
