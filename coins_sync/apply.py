@@ -107,8 +107,9 @@ class ApplyStoppedError(StateError):
 def _describe(error: BaseException) -> str:
     if isinstance(error, CoinsSyncError):
         return str(error)
-    if isinstance(error, OSError):
-        where = f": {error.filename}" if error.filename else ""
+    if isinstance(error, OSError):  # of a rename, the target is the file that matters
+        target = error.filename2 or error.filename
+        where = f": {target}" if target else ""
         return f"{error.strerror or error}{where}"
     return f"unexpected {type(error).__name__}: {error}"
 
