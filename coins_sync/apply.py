@@ -417,21 +417,22 @@ class Executor:
         return threads
 
     def _stopped(self, fold_error: Exception | None) -> ApplyStoppedError:
+        parts = []
         if self._errors:
-            message = f"apply stopped: {_describe(self._errors[0])}; nothing new was sent after it"
+            first = f"apply stopped: {_describe(self._errors[0])}; nothing new was sent after it"
             if len(self._errors) > 1:
-                message += f" ({len(self._errors) - 1} more worker(s) failed too)"
-        else:
-            message = "apply could not record its results"
+                first += f" ({len(self._errors) - 1} more worker(s) failed too)"
+            parts.append(first)
         if fold_error is None:
-            message += ". Every result confirmed so far is recorded in the state"
+            parts.append("Every result confirmed so far is recorded in the state")
         else:
-            message += (
-                f". The final state write failed too ({_describe(fold_error)}): the journal "
-                "and the audit log keep what was done, and the next coins-sync command "
-                "folds the journal into the state"
+            parts.append(
+                f"{'A' if parts else 'a'}pply could not write its results into the state "
+                f"({_describe(fold_error)}): "
+                "the journal and the audit log keep what was done, and the next coins-sync "
+                "command folds the journal into the state"
             )
-        return ApplyStoppedError(message, self.report)
+        return ApplyStoppedError(". ".join(parts), self.report)
 
     def finish(self) -> ApplyReport:
         """Stop and join the workers if still running, fold every result into the state
