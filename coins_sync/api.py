@@ -328,7 +328,7 @@ class CoinsClient:
     :meth:`close` closes them. The constructor checks the credentials (and the
     encryption key) and raises :class:`AuthError` before anything is sent when they
     cannot work; it closes neither client then. ``sleep`` and ``clock`` are injectable
-    for tests.
+    for tests; the default sleep ends early on :meth:`cancel`.
     """
 
     def __init__(
@@ -338,7 +338,7 @@ class CoinsClient:
         options: ClientOptions,
         *,
         create_http: httpx.Client | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._mode = _auth_mode(credentials)
@@ -356,7 +356,9 @@ class CoinsClient:
         self._fresh_http = http if create_http is None else create_http
         self._credentials = credentials
         self._options = options
-        self._sleep = sleep
+        # Set by cancel() and close(): retry waits end and no new attempt starts.
+        self._cancelled = threading.Event()
+        self._sleep = sleep if sleep is not None else self._pause
         self._clock = clock
         self._base = options.api_url.rstrip("/")
         self._secrets = tuple(credentials.secrets())
@@ -388,8 +390,19 @@ class CoinsClient:
     ) -> None:
         self.close()
 
+    def cancel(self) -> None:
+        """Stop retrying, for a run that is stopping (Ctrl-C): a retry wait ends now, no
+        further attempt starts and no new token is fetched; a request already on the
+        wire finishes as usual. Safe from any thread; :meth:`close` does it first, so a
+        close never waits behind a token fetch's retries."""
+        self._cancelled.set()
+
+    def _pause(self, seconds: float) -> None:
+        self._cancelled.wait(seconds)
+
     def close(self) -> None:
         """Close the HTTP clients and forget the token."""
+        self.cancel()
         with self._lock:
             self._closed = True
             self._token = None
@@ -498,7 +511,8 @@ class CoinsClient:
 
         return tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retry),
-            stop=tenacity.stop_after_attempt(attempts),
+            stop=tenacity.stop_after_attempt(attempts)
+            | tenacity.stop_when_event_set(self._cancelled),
             wait=self._wait,
             sleep=self._sleep,
             before_sleep=before_sleep,
@@ -517,12 +531,16 @@ class CoinsClient:
             reply = retrying(self._attempt, method, path, content, create, state)
         except _Retry as e:
             raise self._fail(
-                ApiError,
-                f"{what}: gave up after {attempts} attempt{'s' if attempts != 1 else ''}; "
-                f"last: {e.reason}",
-                status=e.status,
+                ApiError, self._gave_up(what, attempts, e.reason), status=e.status
             ) from e
         return self._parse_config(reply, what, create)
+
+    def _gave_up(self, what: str, attempts: int, last: str) -> str:
+        if self._cancelled.is_set():
+            return f"{what}: stopped retrying, the run is stopping; last: {last}"
+        return (
+            f"{what}: gave up after {attempts} attempt{'s' if attempts != 1 else ''}; last: {last}"
+        )
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome
@@ -881,15 +899,16 @@ class CoinsClient:
         outlast the retries raise AuthError without being remembered: no login happened.
         """
         what = f"POST {TOKEN_PATH}"
+        if self._cancelled.is_set():
+            raise ApiError(f"{what}: not asked, the run is stopping; the request was not sent")
         attempts = self._options.max_retries + 1
         retrying = self._retrying(what, attempts, "nothing counted as a login, retrying")
         try:
             return retrying(self._token_attempt_locked, what)
         except _Retry as e:
-            gave_up = (
-                f"{what}: gave up after {attempts} attempt{'s' if attempts != 1 else ''}; "
-                f"last: {e.reason}"
-            )
+            gave_up = self._gave_up(what, attempts, e.reason)
+            if self._cancelled.is_set():
+                raise self._fail(ApiError, f"{gave_up}; the request was not sent") from e
             if e.status is not None:  # the endpoint answered (429): count it as refused
                 self._token_failed(gave_up, e.status)
             raise self._fail(

@@ -9,7 +9,15 @@ memory of what exists. Every path here may be cut off at any instant; what is pr
   silently re-sent, because an intent without a result becomes uncertain.
 * Results are folded into the state atomically at the end, and during long runs once
   enough results have piled up (a share of the state, so total work stays linear).
-* An interrupt (SIGINT) stops new sends; requests in flight finish and are recorded.
+* An interrupt (SIGINT) stops new sends; requests in flight finish and are recorded,
+  and the client stops waiting to retry (``on_stop``), so a stop is never held up by
+  backoff sleeps.
+* Any failure of a worker, of a journal write or of a checkpoint stops new sends too,
+  and :meth:`Executor.finish` raises :class:`ApplyStoppedError` after folding what was
+  done. The workers are always stopped and joined before the caller goes on, whatever
+  raised (see :func:`wait` and :meth:`Executor.halt`).
+* Right before a create or update is sent, the key must still be in the configs with
+  that amount (``desired``); anything else is refused and nothing is sent.
 * Updates (PATCH) are idempotent, so they need no intent: at worst a lost result means
   the next plan shows the same update again.
 """
@@ -20,14 +28,20 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from coins_sync.api import RemoteConfig
 from coins_sync.audit import AuditLog, AuditRecord
-from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, StateError
+from coins_sync.errors import (
+    ApiError,
+    AuthError,
+    CoinsSyncError,
+    OutcomeUnknownError,
+    StateError,
+)
 from coins_sync.plan import Action, Change, Plan, check_safety
 from coins_sync.planfile import check_consistent, check_fresh, load_plan
 from coins_sync.rules import RuleKey
@@ -79,6 +93,27 @@ class ApplyReport:
         return "Apply: " + ", ".join(parts) + "."
 
 
+class ApplyStoppedError(StateError):
+    """An apply stopped early because a worker, a journal write or a checkpoint failed.
+
+    ``report`` says what was done before it stopped; its ``state`` is what was folded.
+    """
+
+    def __init__(self, message: str, report: ApplyReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, CoinsSyncError):
+        return str(error)
+    if isinstance(error, OSError):  # of a rename, the target is the file that matters
+        target = error.filename2 or error.filename
+        where = f": {target}" if target else ""
+        return f"{error.strerror or error}{where}"
+    return f"unexpected {type(error).__name__}: {error}"
+
+
 def to_send(plan: Plan, retry_uncertain: bool = False) -> list[Change]:
     """The changes apply sends: creates and updates, and with ``retry_uncertain`` the
     uncertain creates whose rule is still in the configs (never one that was removed)."""
@@ -91,7 +126,13 @@ def to_send(plan: Plan, retry_uncertain: bool = False) -> list[Change]:
 
 
 class Executor:
-    """Runs one plan's changes with bounded parallelism, journaling every result."""
+    """Runs one plan's changes with bounded parallelism, journaling every result.
+
+    ``desired`` maps each rule in the configs to its amount: a change whose key is not
+    there, or whose amount differs, is refused at the moment it would be sent.
+    ``on_stop`` is called once, from the waiting thread, when the run stops early (an
+    interrupt or a failure), e.g. ``CoinsClient.cancel`` to end retry waits at once.
+    """
 
     def __init__(
         self,
@@ -99,12 +140,17 @@ class Executor:
         journal: Journal,
         state: State,
         *,
+        desired: Mapping[RuleKey, int],
         parallelism: int = 8,
         fold_every: int = 500,
         audit: AuditLog | None = None,
         stop: threading.Event | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
         self.api = api
+        self.desired = desired
+        self.on_stop = on_stop
+        self._stop_announced = False
         self.journal = journal
         self.parallelism = max(1, parallelism)
         self.fold_every = max(1, fold_every)
@@ -123,6 +169,8 @@ class Executor:
         self._interrupted = False
         self._live = 0  # workers not yet returned; guarded by _queue_lock
         self._all_done = threading.Event()
+        self._all_done.set()  # no worker runs until start()
+        self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
         self._audit_failures: list[StateError] = []
 
@@ -156,7 +204,29 @@ class Executor:
 
     # one change -----------------------------------------------------------------
 
+    def _refused(self, action: str, change: Change) -> bool:
+        """True (and the change recorded as failed, nothing sent) unless the configs
+        still ask for exactly this: the last check before a request goes out."""
+        wanted = self.desired.get(change.key)
+        if wanted == change.amount:
+            return False
+        if wanted is None:
+            reason = f"not sent: {change.key} is not in the configs"
+        else:
+            reason = f"not sent: the configs say amount {wanted}, the plan {change.amount}"
+        log.error("%s: %s", change.key, reason)
+        self.report.failed.append((change.key, reason))
+        before = change.before if action == "update" else None
+        self._audit(
+            AuditRecord(
+                action, change.key, "failed", before, change.amount, change.coin_config_id, reason
+            )
+        )
+        return True
+
     def _create(self, change: Change) -> None:
+        if self._refused("create", change):
+            return
         key, amount = change.key, change.amount
         intent = JournalRecord("intent", key, amount, at=utc_now())
         self.journal.append(intent, lambda: self._inflight.__setitem__(key, intent))
@@ -202,6 +272,8 @@ class Executor:
         key, amount, config_id = change.key, change.amount, change.coin_config_id
         if config_id is None:  # a plan always carries it; a hand-edited one may not
             self.report.failed.append((key, "update without a coinConfigId"))
+            return
+        if self._refused("update", change):
             return
         try:
             remote = self.api.update(config_id, amount, key=key)
@@ -254,18 +326,20 @@ class Executor:
             if change is None:
                 return
             try:
-                if change.action is Action.UPDATE:
-                    self._update(change)
-                else:
-                    self._create(change)
-            except BaseException as e:  # a journal write failed: stop everything
+                try:
+                    if change.action is Action.UPDATE:
+                        self._update(change)
+                    else:
+                        self._create(change)
+                finally:
+                    with self._queue_lock:
+                        self.done += 1
+                self._maybe_fold()
+            except BaseException as e:  # a journal write or a checkpoint failed: stop all
+                log.debug("apply worker stopped", exc_info=True)
                 errors.append(e)
                 self.stop.set()
                 return
-            finally:
-                with self._queue_lock:
-                    self.done += 1
-            self._maybe_fold()
 
     def interrupt(self) -> None:
         """Stop sending: requests in flight finish and are recorded. Safe in a signal
@@ -283,6 +357,34 @@ class Executor:
         """Wait up to ``timeout`` seconds for every worker to return; True once they have."""
         return self._all_done.wait(timeout)
 
+    def announce_stop(self) -> None:
+        """Once the run is stopping, call ``on_stop`` (once). Call from the waiting
+        thread, never from a signal handler."""
+        if self.stop.is_set() and not self._stop_announced:
+            self._stop_announced = True
+            if self.on_stop is not None:
+                self.on_stop()
+
+    def halt(self, tick: float = 0.2) -> None:
+        """Stop new sends and return once every worker has returned and been joined.
+
+        Requests in flight finish (their retry waits cut short by ``on_stop``) and are
+        recorded. Returns at once when the workers are already done.
+        """
+        if not self._all_done.is_set():
+            self.stop.set()
+            try:
+                self.announce_stop()
+            finally:
+                while True:  # bounded: each worker ends with its request in flight
+                    try:
+                        if self.wait_done(tick):
+                            break
+                    except KeyboardInterrupt:
+                        self.interrupt()
+        for thread in self._threads:
+            thread.join()  # every worker has returned; this only reaps it
+
     def start(self, plan: Plan, retry_uncertain: bool = False) -> list[threading.Thread]:
         """Start the workers; the caller joins them (and may set ``stop``)."""
         todo = to_send(plan, retry_uncertain)
@@ -292,28 +394,71 @@ class Executor:
         )
         self.total = len(todo)
         queue = iter(todo)
-        self._live = min(self.parallelism, max(1, len(todo)))
+        count = min(self.parallelism, max(1, len(todo)))
         threads = [
             threading.Thread(
                 target=self._work, args=(queue, self._errors), name=f"apply-{i}", daemon=True
             )
-            for i in range(self._live)
+            for i in range(count)
         ]
-        for thread in threads:
-            thread.start()
+        self._live = count
+        self._all_done.clear()
+        for index, thread in enumerate(threads):
+            try:
+                thread.start()
+            except BaseException:
+                self.stop.set()  # the started ones stop; halt() joins them
+                with self._queue_lock:
+                    self._live -= count - index
+                    if self._live <= 0:
+                        self._all_done.set()
+                raise
+            self._threads.append(thread)
         return threads
 
+    def _stopped(self, fold_error: Exception | None) -> ApplyStoppedError:
+        parts = []
+        if self._errors:
+            first = f"apply stopped: {_describe(self._errors[0])}; nothing new was sent after it"
+            if len(self._errors) > 1:
+                first += f" ({len(self._errors) - 1} more worker(s) failed too)"
+            parts.append(first)
+        if fold_error is None:
+            parts.append("Every result confirmed so far is recorded in the state")
+        else:
+            parts.append(
+                f"{'A' if parts else 'a'}pply could not write its results into the state "
+                f"({_describe(fold_error)}): "
+                "the journal and the audit log keep what was done, and the next coins-sync "
+                "command folds the journal into the state"
+            )
+        return ApplyStoppedError(". ".join(parts), self.report)
+
     def finish(self) -> ApplyReport:
-        """Fold every result into the state and close the journal. Call after joining."""
+        """Stop and join the workers if still running, fold every result into the state
+        and close the journal.
+
+        Raises :class:`ApplyStoppedError` when a worker, a journal write or this fold
+        failed; the report it carries says what was done and what was folded.
+        """
+        self.halt()
         self.report.interrupted = self._interrupted
         self.report.not_started = self.total - self.done
-        self._base = self.journal.checkpoint(self._snapshot)
-        self.journal.close()
-        if self.audit is not None:
-            self.audit.close()
+        fold_error: Exception | None = None
+        try:
+            self._base = self.journal.checkpoint(self._snapshot)
+        except Exception as e:
+            log.debug("final checkpoint failed", exc_info=True)
+            fold_error = e
+        finally:
+            try:
+                self.journal.close()
+            finally:
+                if self.audit is not None:
+                    self.audit.close()
         self.report.state = self._base
-        if self._errors:
-            raise self._errors[0]
+        if self._errors or fold_error is not None:
+            raise self._stopped(fold_error)
         if self._audit_failures:
             raise StateError(
                 f"{len(self._audit_failures)} audit record(s) could not be written "
@@ -334,22 +479,31 @@ def wait(
     ``Thread.is_alive()``: before Python 3.13 a KeyboardInterrupt inside ``Thread.join()``
     can mark a thread that is still running as stopped (CPython gh-90882), and the state
     would then be folded and the client closed under a live request.
+
+    Whatever raises here (the progress callback included) first stops new sends and
+    waits for every worker (:meth:`Executor.halt`), so the caller never releases the
+    state lock or closes the client under a live worker.
     """
     announced = False
-    while True:
-        try:
-            done = executor.wait_done(tick)
-        except KeyboardInterrupt:
-            executor.interrupt()
-            done = False
-        if executor.interrupted:
-            if not announced:
-                log.warning("interrupted: finishing requests in flight, sending nothing new")
-                announced = True
-        elif on_tick is not None:
-            on_tick(executor.done, executor.total)
-        if done:
-            break
+    try:
+        while True:
+            try:
+                done = executor.wait_done(tick)
+            except KeyboardInterrupt:
+                executor.interrupt()
+                done = False
+            executor.announce_stop()
+            if executor.interrupted:
+                if not announced:
+                    log.warning("interrupted: finishing requests in flight, sending nothing new")
+                    announced = True
+            elif on_tick is not None:
+                on_tick(executor.done, executor.total)
+            if done:
+                break
+    except BaseException:
+        executor.halt(tick)
+        raise
     for thread in threads:
         thread.join()  # every worker has returned; this only reaps it
 
@@ -381,6 +535,8 @@ def sigint_stops(executor: Executor) -> Iterator[None]:
 
 class ClosableApi(CoinsApi, Protocol):
     def get(self, coin_config_id: str) -> RemoteConfig: ...
+
+    def cancel(self) -> None: ...
 
     def close(self) -> None: ...
 
@@ -436,13 +592,24 @@ def run_apply(
                 api,
                 store.journal(state),
                 state,
+                desired={rule.key: rule.amount for rule in configs.rules},
                 parallelism=request.parallelism or settings.parallelism,
                 fold_every=settings.fold_every,
                 audit=audit,
+                on_stop=api.cancel,
             )
             with sigint_stops(executor):
-                threads = executor.start(the_plan, retry_uncertain=request.retry_uncertain)
-                wait(executor, threads, on_tick)
+                try:
+                    threads = executor.start(the_plan, retry_uncertain=request.retry_uncertain)
+                    wait(executor, threads, on_tick)
+                except BaseException:
+                    # the workers are stopped and joined before the lock is released and
+                    # the client closed; what they did is folded, then the error goes on
+                    try:
+                        executor.finish()
+                    except Exception as e:
+                        log.error("%s", _describe(e))
+                    raise
                 report = executor.finish()
             return the_plan, report
     finally:

@@ -22,7 +22,7 @@ import click
 
 from coins_sync import __version__
 from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
-from coins_sync.apply import ApplyReport, ApplyRequest, run_apply, to_send
+from coins_sync.apply import ApplyReport, ApplyRequest, ApplyStoppedError, run_apply, to_send
 from coins_sync.audit import AuditLog, AuditRecord
 from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
 from coins_sync.plan import Action, Plan, check_safety
@@ -525,6 +525,7 @@ def apply_command(
         command=f"apply (env {settings.env})",
     )
     progress = Progress()
+    stopped: ApplyStoppedError | None = None
     try:
         the_plan, report = run_apply(
             workspace,
@@ -534,8 +535,13 @@ def apply_command(
             on_tick=progress,
             audit=audit_for(workspace),
         )
+    except ApplyStoppedError as e:
+        stopped = e
     finally:
         progress.close()
+    if stopped is not None:
+        print_report(stopped.report)  # what was done before it stopped; then the error
+        raise stopped
     if report is None:
         if to_send(the_plan, retry_uncertain):
             click.echo("Apply cancelled; nothing was sent.")
