@@ -8,12 +8,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from coins_sync.markdown import code
 from coins_sync.plan import Action, Change, Plan
+from coins_sync.refresh import Drift
 
 PLAN_FORMAT_VERSION = 1
 #: GitHub refuses comments over 65,536 characters; keep a margin for the wrapper text.
 MARKDOWN_BUDGET = 60_000
 MARKDOWN_INLINE_ROWS = 200
+MARKDOWN_DRIFT_ROWS = 50
+#: How much of a key, a path or another value a comment shows (the JSON plan has all).
+MARKDOWN_KEY_LIMIT = 200
+MARKDOWN_PATH_LIMIT = 200
+# Room kept for each "… and N more" line (drift and changes); they are shorter.
+_MD_TAIL_RESERVE = 120
 
 _SYMBOL = {
     Action.CREATE: "+",
@@ -134,31 +142,56 @@ def render_json(plan: Plan) -> str:
     return json.dumps(plan_to_json(plan), indent=2, sort_keys=False) + "\n"
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
-
-
 def _md_row(change: Change) -> str:
     if change.action is Action.UPDATE:
         amount = f"{change.before} → {change.amount}"
     else:
         amount = str(change.amount)
-    source = f"`{_md_cell(str(change.source))}`" if change.source else ""
+    source = code(str(change.source), MARKDOWN_PATH_LIMIT, cell=True) if change.source else ""
+    key = code(str(change.key), MARKDOWN_KEY_LIMIT, cell=True)
+    return f"| {_SYMBOL[change.action]} {change.action.value} | {key} | {amount} | {source} |"
+
+
+def _md_drift(drift: Drift) -> str:
+    """One drift item; every value in it is inert and cut (see coins_sync.markdown)."""
+    key = code(str(drift.key), MARKDOWN_KEY_LIMIT)
+    config = code(drift.coin_config_id)
+    if drift.field == "missing":
+        return (
+            f"- {key}: {config} was not found on the server (404); left alone. If it is "
+            "really gone, `coins-sync state rm KEY` lets the next apply create it again"
+        )
     return (
-        f"| {_SYMBOL[change.action]} {change.action.value} | `{_md_cell(str(change.key))}` "
-        f"| {amount} | {source} |"
+        f"- {key}: {drift.field} is {code(drift.on_server)} on the server, "
+        f"{code(drift.in_state)} in state ({config})"
     )
 
 
-def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
-    """A PR comment: the summary first, then a table; long lists fold and truncate.
+def _size(lines: list[str]) -> int:
+    return sum(len(line) + 1 for line in lines)
 
-    The result always fits in ``budget`` characters, so it fits one GitHub comment.
+
+def _fit(lines: list[str], room: int) -> list[str]:
+    """The leading ``lines`` that fit in ``room`` characters, newlines counted."""
+    kept: list[str] = []
+    for line in lines:
+        room -= len(line) + 1
+        if room < 0:
+            break
+        kept.append(line)
+    return kept
+
+
+def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
+    """A PR comment: the summary first, then drift and a table; long lists fold and cut.
+
+    The whole result, drift included, fits in ``budget`` characters, so it fits one
+    GitHub comment; what is cut is counted. Values from the server, the state and file
+    names are shown inert (code spans) and cut to a bounded length.
     """
     counts = plan.summary()
-    env = plan.context.env
     head = [
-        f"### coins-sync plan for `{_md_cell(env)}`",
+        f"### coins-sync plan for {code(plan.context.env)}",
         "",
         "| create | update | uncertain | orphan | unchanged |",
         "| ---: | ---: | ---: | ---: | ---: |",
@@ -167,17 +200,16 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         f"**{summary_line(plan)}**",
         "",
     ]
-    if plan.drift:
-        head += [f"**Drift:** {len(plan.drift)} difference(s) between the server and state.", ""]
-        head += [f"- {_md_cell(d.describe())}" for d in plan.drift[:50]]
-        if len(plan.drift) > 50:
-            head.append(f"- … and {len(plan.drift) - 50} more")
-        head.append("")
+    drift_head = (
+        [f"**Drift:** {len(plan.drift)} difference(s) between the server and state.", ""]
+        if plan.drift
+        else []
+    )
+    drift = [_md_drift(d) for d in plan.drift[:MARKDOWN_DRIFT_ROWS]]
     rows = [_md_row(c) for c in plan.changes if c.action is not Action.UNCHANGED]
-    if not rows:
-        return "\n".join(head) + "\n"
-    if any(c.action is Action.UNCERTAIN for c in plan.changes):
-        head += [
+    body: list[str] = []
+    if rows and any(c.action is Action.UNCERTAIN for c in plan.changes):
+        body += [
             "> [!WARNING]",
             "> Some creates have an unknown outcome. Resolve them with "
             "`coins-sync state import KEY ID` before applying.",
@@ -187,18 +219,31 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
     folded = len(rows) > MARKDOWN_INLINE_ROWS
     opening = [f"<details><summary>All {len(rows)} changes</summary>", ""] if folded else []
     closing = ["", "</details>"] if folded else []
-    used = sum(len(line) + 1 for line in (*head, *table_head, *opening, *closing)) + 200
-    kept: list[str] = []
-    for row in rows:
-        if used + len(row) + 1 > budget:
-            break
-        kept.append(row)
-        used += len(row) + 1
-    tail = []
-    if len(kept) < len(rows):
-        left = len(rows) - len(kept)
-        tail = ["", f"… and {left} more changes not shown; run `coins-sync plan` for all."]
-    lines = [*head, *opening, *table_head, *kept, *tail, *closing]
+    fixed = [*head, *drift_head, *body]
+    if rows:
+        fixed += [*opening, *table_head, *closing]
+    room = budget - _size(fixed) - 2 * _MD_TAIL_RESERVE
+    # Drift may take half of the room when there is a table to show, all of it otherwise.
+    kept_drift = _fit(drift, room // 2 if rows else room)
+    room -= _size(kept_drift)
+    kept_rows = _fit(rows, room)
+
+    lines = [*head, *drift_head, *kept_drift]
+    if len(kept_drift) < len(plan.drift):
+        left = len(plan.drift) - len(kept_drift)
+        lines.append(
+            f"- … and {left} more differences not shown; "
+            "`coins-sync plan --refresh --format json` lists them all."
+        )
+    if plan.drift:
+        lines.append("")
+    if not rows:
+        return "\n".join(lines) + "\n"
+    lines += [*body, *opening, *table_head, *kept_rows]
+    if len(kept_rows) < len(rows):
+        left = len(rows) - len(kept_rows)
+        lines += ["", f"… and {left} more changes not shown; run `coins-sync plan` for all."]
+    lines += closing
     return "\n".join(lines) + "\n"
 
 

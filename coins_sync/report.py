@@ -12,10 +12,13 @@ from itertools import groupby
 from typing import Any
 
 from coins_sync.loader import ConfigSet
+from coins_sync.markdown import code
 from coins_sync.rules import RuleKey
 from coins_sync.state import State
 
 STATUSES = ("live", "pending", "uncertain", "orphan")
+#: How much of a key, a path or an audit entry the Markdown report shows.
+_LIMIT = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,8 @@ def _last(row: ReportRow) -> str:
         return ""
     who = f" by {last.get('actor')}" if last.get("actor") else ""
     commit = f" @ {str(last.get('commit'))[:12]}" if last.get("commit") else ""
-    return f"{last.get('outcome')} {last.get('at')}{who}{commit}"
+    # Read from the audit log, which anyone may have written: shown inert, in one span.
+    return code(f"{last.get('outcome')} {last.get('at')}{who}{commit}", _LIMIT, cell=True)
 
 
 def _status(row: ReportRow) -> str:
@@ -131,22 +135,24 @@ def _status(row: ReportRow) -> str:
 def render_markdown(rows: list[ReportRow], env: str) -> str:
     counts = {status: sum(1 for r in rows if r.status == status) for status in STATUSES}
     lines = [
-        f"# coins-sync report for `{env}`",
+        f"# coins-sync report for {code(env)}",
         "",
         ", ".join(f"{counts[s]} {s}" for s in STATUSES) + f" — {len(rows)} rules in all.",
         "",
     ]
     for company, group in groupby(rows, key=lambda r: r.key.company_id):
         lines += [
-            f"## {company}",
+            f"## {code(company, _LIMIT)}",
             "",
             "| configuration | event | amount | status | source | last change |",
             "| --- | --- | ---: | --- | --- | --- |",
         ]
         for row in group:
-            source = f"`{row.source}`" if row.source else ""
+            configuration = code(row.key.configuration, _LIMIT, cell=True)
+            event = code(row.key.event, _LIMIT, cell=True)
+            source = code(row.source, _LIMIT, cell=True)
             lines.append(
-                f"| {row.key.configuration} | {row.key.event} | {row.amount} | "
+                f"| {configuration} | {event} | {row.amount} | "
                 f"{_status(row)} | {source} | {_last(row)} |"
             )
         lines.append("")
