@@ -243,3 +243,26 @@ def test_real_uncertain_create_is_resent_only_with_the_flag(
     result = apply(invoke, sandbox, "plan.json", "--yes", "--retry-uncertain")
     assert result.exit_code == 0, result.output
     assert sandbox.stats["creates"] == 2
+
+
+def test_saved_plan_with_an_update_and_an_orphan_applies(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    """The checks refuse edits, not honest plans: an update and an orphan pass them."""
+    write(project / "configs/acme.yaml", RULES)
+    applied = apply(invoke, sandbox, "--yes")
+    assert applied.exit_code == 0, applied.output
+    write(
+        project / "configs/acme.yaml", "companyId: ACME\nrules:\n  - event: MEAL\n    amount: 7\n"
+    )
+    saved = invoke("plan", "--out", "plan.json")
+    assert saved.exit_code == 0, saved.output
+    actions = sorted(
+        c["action"] for c in json.loads((project / "plan.json").read_text())["changes"]
+    )
+    assert actions == ["orphan", "update"]
+
+    result = apply(invoke, sandbox, "plan.json", "--yes")
+    assert result.exit_code == 0, result.output
+    assert sandbox.stats["patches"] == 1
+    assert {c["event"]: c["amount"] for c in sandbox.configs()} == {"MEAL": 7, "FUEL": 3}
