@@ -64,7 +64,7 @@ chaos: $(STAMP)
 
 # Mutation testing (mutmut, pinned, installed here only) of apply, the saved plan, state,
 # the retry policy and the output scrubber: prints the survivors and the survival rate,
-# and fails if a mutant of a listed guarantee survives. About 15 minutes on 2 cores, run
+# and fails if a mutant of a listed guarantee survives. About 25 minutes on 2 cores, run
 # niced with 2 workers (MUTANTS_WORKERS=1 for fewer). Never part of `make test`.
 MUTMUT_VERSION := 3.8.1
 MUTANTS_WORKERS ?= 2

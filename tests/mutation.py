@@ -7,7 +7,7 @@ a guarantee that must never go untested (GUARDS below). Exits 1 when such a muta
 survives or when a guard matches no mutant (a function was renamed: update GUARDS).
 
 Every mutant's diff is written to mutants/survivors.txt. Never part of `make test`: it
-takes about a quarter of an hour on 2 cores.
+takes about 25 minutes on 2 cores.
 
     python tests/mutation.py [--max-children N]
 """
