@@ -55,6 +55,8 @@ _IDENTITY = {
     "GIT_COMMITTER_EMAIL": "coins-sync@users.noreply.github.com",
 }
 _USERINFO = re.compile(r"(://)[^/@\s]+@")
+#: git's lines that say nothing about why a push failed
+_NOISE = ("To ", "Done", "error: failed to push some refs", "hint: ")
 
 
 class LeaseState(Enum):
@@ -192,8 +194,12 @@ class Git:
     @staticmethod
     def said(done: subprocess.CompletedProcess[bytes]) -> str:
         """What git printed on failure, without credentials that a URL might carry."""
-        text = (done.stderr or done.stdout or b"").decode("utf-8", "replace").strip()
-        lines = [line for line in text.splitlines() if line.strip()]
+        text = (done.stderr + done.stdout).decode("utf-8", "replace")
+        lines = [
+            " ".join(line.split())
+            for line in text.splitlines()
+            if line.strip() and not line.startswith(_NOISE)
+        ]
         return _USERINFO.sub(r"\1***@", "; ".join(lines[-3:])) or f"exit {done.returncode}"
 
 

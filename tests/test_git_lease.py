@@ -138,6 +138,17 @@ def install_hook(origin: Path, name: str, script: str) -> Path:
 REJECT_ALL = "echo 'protected branch: pushes need a pull request' >&2\nexit 1\n"
 
 
+def job(origin: Path, sandbox: SandboxServer, name: str) -> Result:
+    """The workflow's apply job on a fresh runner: apply only once the lease is taken."""
+    runner = clone(origin, name)
+    got = acquire(runner, name)
+    if got.exit_code == 0:
+        apply(runner, sandbox)
+        assert push(runner).exit_code == 0
+    discard(runner)
+    return got
+
+
 def full_run(origin: Path, sandbox: SandboxServer, name: str) -> Result:
     """A whole job on a fresh runner that is expected to succeed."""
     runner = clone(origin, name)
@@ -256,10 +267,9 @@ def test_a_refused_push_keeps_the_lease_until_the_state_is_restored(
     hook.unlink()  # the admin lets the state branch through again
 
     # every later run refuses before sending anything
-    later = clone(origin, "run-2")
-    refused = acquire(later, "run-2")
+    refused = job(origin, sandbox, "run-2")
+    assert duplicates(sandbox) == 0
     assert refused.exit_code == 1 and "leased by run run-1" in refused.output
-    assert len(sandbox.configs()) == KEYS
 
     person = clone(origin, "laptop")
     restored = cli_in(person, "git-lease", "restore", "--from", str(artifact), "--run", "run-1")
@@ -279,11 +289,12 @@ def test_a_cancelled_job_keeps_the_lease_until_restored_from_its_artifact(
     artifact = keep_artifact(runner)  # cancelled: push never ran, only the upload did
     discard(runner)
 
-    later = clone(origin, "next")
-    refused = acquire(later, "next")
+    refused = job(origin, sandbox, "next")
+    assert duplicates(sandbox) == 0
     assert refused.exit_code == 1 and "leased by run cancelled" in refused.output
     assert "git-lease restore --from DIR" in refused.output
-    assert not (later / "state" / "default.json").exists()
+
+    later = clone(origin, "later")
 
     wrong = cli_in(later, "git-lease", "release", "--run", "someone-else")
     assert wrong.exit_code == 1 and "not by run someone-else" in wrong.output
