@@ -375,7 +375,8 @@ class GitLease:
 
     def acquire(self, run_id: str | None = None, attempts: int = 3) -> tuple[str, RunInfo]:
         """Take the lease, or raise LeaseHeldError. Then the branch's state is local."""
-        commit = self.environ.get("GITHUB_SHA") or self.git.out("rev-parse", "HEAD")
+        head = self.git.run("rev-parse", "--verify", "HEAD", check=False)
+        commit = head.stdout.decode().strip() or self.environ.get("GITHUB_SHA", "unknown")
         run = RunInfo.current(self.environ, run_id, commit)
         body = (
             f"Run {run.run} holds this branch and may be applying now. No other run applies\n"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -19,11 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from coins_sync.cli import cli
 from coins_sync.sandbox import SandboxOptions, SandboxServer
 from tests import chaos
+from tests.conftest import REPO
 
 TOKEN = "lease-t0ken-never-shown"
 BRANCH = "coins-sync-state"
@@ -389,3 +392,45 @@ def test_plan_out_onto_the_state_file_is_refused(origin: Path, sandbox: SandboxS
         assert "refusing to write the plan onto" in result.output
         assert (runner / "state/default.json").read_bytes() == before
     assert cli_in(runner, "plan", "--out", "plan.json").exit_code == 0
+
+
+def test_the_workflow_follows_the_lease_protocol_and_is_hardened() -> None:
+    text = (REPO / ".github/workflows/coins-sync.yml").read_text()
+    workflow = yaml.safe_load(text)
+    apply_job = workflow["jobs"]["apply"]
+    steps = apply_job["steps"]
+    runs = [str(step.get("run", "")) for step in steps]
+
+    def index(command: str) -> int:
+        return next(i for i, run in enumerate(runs) if command in run)
+
+    acquire_at, apply_at, push_at = (
+        index("git-lease acquire"),
+        index("coins-sync apply --yes"),
+        index("git-lease push"),
+    )
+    assert acquire_at < apply_at < push_at
+    assert "git push" not in text and "pull --rebase" not in text  # nothing touches main
+    lease_id = steps[acquire_at]["id"]
+    assert steps[push_at]["if"] == f"always() && steps.{lease_id}.outcome == 'success'"
+    upload = next(s for s in steps if "upload-artifact" in str(s.get("uses", "")))
+    assert "steps.push.outcome != 'success'" in upload["if"]
+    assert "state/" in upload["with"]["path"]
+    assert "git-lease restore" in runs[-1] and "exit 1" in runs[-1]
+    assert "steps.push.outcome != 'success'" in steps[-1]["if"]
+    # hardening: actions pinned by full commit SHA with the version as a comment,
+    # credentials persisted only where a push needs them, a timeout on every job
+    uses = re.findall(r"uses: (\S+)(.*)", text)
+    assert uses and all(re.fullmatch(r"[\w-]+/[\w-]+@[0-9a-f]{40}", u) for u, _ in uses)
+    assert all(re.fullmatch(r" # v\d+\.\d+\.\d+", comment) for _, comment in uses)
+    for name, job in workflow["jobs"].items():
+        assert job["timeout-minutes"] <= 30, name
+        for step in job["steps"]:
+            if "actions/checkout" in str(step.get("uses", "")):
+                wanted = name == "apply"
+                assert step["with"]["persist-credentials"] is wanted, name
+    assert apply_job["concurrency"]["group"] and apply_job["permissions"] == {"contents": "write"}
+    # every permission is explained on its line
+    for line in text.splitlines():
+        if re.match(r"\s+(contents|pull-requests): (read|write)", line):
+            assert " # " in line, line
