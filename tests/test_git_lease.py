@@ -198,14 +198,15 @@ def test_two_concurrent_runners_only_one_gets_the_lease(
     full_run(origin, sandbox, "earlier")  # the branch exists and is free
     (origin.parent / "configs-change").mkdir()
     runner_a, runner_b = clone(origin, "runner-a"), clone(origin, "runner-b")
-    # Runner B has fetched the free branch; runner A takes the lease just before B's
-    # compare-and-swap push goes out (B's pre-push hook runs A's acquire once).
+    # Runner B has just fetched the free branch when runner A takes the lease: B's
+    # reference-transaction hook (run as the fetch updates B's ref) runs A's acquire once.
     marker = origin.parent / "a-went-first"
     script = (
-        f'[ -e "{marker}" ] && exit 0\ntouch "{marker}"\ncd "{runner_a}" && '
-        f'"{sys.executable}" -m coins_sync git-lease acquire --run-id runner-a >/dev/null\n'
+        f'[ "$1" = committed ] || exit 0\n[ -e "{marker}" ] && exit 0\ntouch "{marker}"\n'
+        f'cd "{runner_a}" && unset GIT_DIR GIT_INDEX_FILE && "{sys.executable}" -m coins_sync '
+        "git-lease acquire --run-id runner-a >/dev/null 2>&1\n"
     )
-    hook = runner_b / ".git" / "hooks" / "pre-push"
+    hook = runner_b / ".git" / "hooks" / "reference-transaction"
     hook.write_text("#!/bin/sh\n" + script)
     hook.chmod(0o755)
     before = len(sandbox.configs())
@@ -232,6 +233,27 @@ def test_two_concurrent_runners_only_one_gets_the_lease(
     assert "Nothing to apply" in apply(runner_b, sandbox).output
     assert push(runner_b).exit_code == 0
     assert duplicates(sandbox) == 0
+
+
+def test_runners_started_at_once_get_one_lease_per_round(origin: Path) -> None:
+    runners = [clone(origin, f"parallel-{i}") for i in range(3)]
+    for round_ in range(3):  # the first round races to create the branch too
+        acquire_command = [sys.executable, "-m", "coins_sync", "git-lease", "acquire"]
+        procs = [
+            subprocess.Popen(
+                [*acquire_command, "--run-id", f"r{round_}-{runner.name}"],
+                cwd=runner,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for runner in runners
+        ]
+        outcomes = [(proc.communicate(timeout=60)[0], proc.returncode) for proc in procs]
+        winners = [runners[i] for i, (_, code) in enumerate(outcomes) if code == 0]
+        assert len(winners) == 1, outcomes
+        assert all("leased by run" in out for out, code in outcomes if code != 0), outcomes
+        assert push(winners[0]).exit_code == 0
 
 
 def test_a_lease_held_by_a_running_job_refuses_a_second_one(
