@@ -25,6 +25,7 @@ from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_cl
 from coins_sync.apply import ApplyReport, ApplyRequest, ApplyStoppedError, run_apply, to_send
 from coins_sync.audit import AuditLog, AuditRecord
 from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
+from coins_sync.gitlease import GitLease
 from coins_sync.plan import Action, Plan, check_safety
 from coins_sync.planfile import save_plan
 from coins_sync.redact import redact as scrub  # every encoding of every secret
@@ -287,6 +288,8 @@ def plan_command(
       coins-sync plan --refresh      # also GET every managed config to find drift
     """
     workspace = workspace_from(options)
+    if out is not None:
+        refuse_state_target(out, workspace.settings.state)
     if refresh:
         with make_client(workspace.settings) as client:
             the_plan = workspace.plan(refresh_with=client)
@@ -698,6 +701,195 @@ def report(fmt: str, **options: Any) -> int:
         click.echo(scrub(reports.render_json(rows, env)), nl=False)
     else:
         click.echo(scrub(reports.render_markdown(rows, env)))
+    return EXIT_OK
+
+
+def refuse_state_target(out: Path, state_path: Path) -> None:
+    """A saved plan must never land on the state or a file that travels with it."""
+    from coins_sync.audit import audit_path_for
+    from coins_sync.state import FileStateStore
+
+    store = FileStateStore(state_path)
+    guarded = (
+        store.path,
+        store.backup_path,
+        store.journal_path,
+        store.lock_path,
+        store.holder_path,
+        audit_path_for(store.path),
+    )
+    target = out.resolve()
+    if any(target == path.resolve() for path in guarded):
+        raise SettingsError(
+            f"refusing to write the plan onto {out}: it belongs to the state "
+            f"{state_path}; choose another --out file. Nothing was written"
+        )
+
+
+@cli.group("git-lease")
+def git_lease() -> None:
+    """Keep the state on a git branch without ever losing it (for CI runners).
+
+    Before apply, `acquire` takes a lease on the state branch with a compare-and-swap
+    push and copies the branch's state here; it refuses while another run holds the
+    lease. After apply, `push` puts the new state on top of that lease. If the push
+    fails, the lease stays and no later run applies until `restore` puts the kept
+    files on the branch. The git remote needs push rights for the job.
+
+    \b
+    Examples:
+      coins-sync git-lease acquire --env prod && coins-sync apply --env prod --yes
+      coins-sync git-lease push --env prod
+      coins-sync git-lease restore --env prod --from ./coins-sync-state-1234
+    """
+
+
+def lease_options(func: F) -> F:
+    """The options every git-lease command shares."""
+    func = click.option(
+        "--remote", default="origin", show_default=True, help="The git remote to push to."
+    )(func)
+    func = click.option(
+        "--branch",
+        default="coins-sync-state",
+        show_default=True,
+        envvar="COINS_SYNC_STATE_BRANCH",
+        help="The state branch (env: COINS_SYNC_STATE_BRANCH).",
+    )(func)
+    func = click.option(
+        "--state",
+        "state_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Override the environment's state file.",
+    )(func)
+    func = click.option(
+        "--env",
+        "env_name",
+        metavar="NAME",
+        envvar="COINS_SYNC_ENV",
+        help="Environment from [tool.coins-sync.environments] (env: COINS_SYNC_ENV).",
+    )(func)
+    return func
+
+
+def lease_from(env_name: str | None, state_path: Path | None, branch: str, remote: str) -> GitLease:
+    settings = resolve_settings(env_name, None, state_path, None)
+    return GitLease(settings.state, branch=branch, remote=remote)
+
+
+@git_lease.command("acquire")
+@lease_options
+@click.option("--run-id", help="Name of this run (default: GITHUB_RUN_ID-GITHUB_RUN_ATTEMPT).")
+def git_lease_acquire(
+    env_name: str | None, state_path: Path | None, branch: str, remote: str, run_id: str | None
+) -> int:
+    """Take the lease on the state branch and copy its state here. Exit 1 if held."""
+    lease = lease_from(env_name, state_path, branch, remote)
+    commit, run = lease.acquire(run_id)
+    click.echo(
+        f"Took the lease on {branch} for run {run.run} (commit {commit[:12]}); "
+        f"the state is in {lease.store.path}."
+    )
+    return EXIT_OK
+
+
+@git_lease.command("push")
+@lease_options
+@click.option("--attempts", type=click.IntRange(1, 10), default=3, show_default=True)
+@click.option(
+    "--retry-delay", type=click.FloatRange(0, 60), default=2.0, show_default=True, metavar="S"
+)
+def git_lease_push(
+    env_name: str | None,
+    state_path: Path | None,
+    branch: str,
+    remote: str,
+    attempts: int,
+    retry_delay: float,
+) -> int:
+    """Push the state, journal and audit log on top of this run's lease, ending it."""
+    from coins_sync.errors import LeasePushError
+
+    lease = lease_from(env_name, state_path, branch, remote)
+    try:
+        commit = lease.push(attempts, retry_delay)
+    except LeasePushError as e:
+        click.echo(
+            f"The lease stays on {branch}: no run applies until the state is restored. "
+            "These files hold the only copy of the new state; keep them (CI: upload them "
+            "as an artifact):",
+            err=True,
+        )
+        for name in e.kept:
+            click.echo(f"  {name}", err=True)
+        click.echo(
+            f"To restore: put them in a folder DIR, then run `coins-sync git-lease restore "
+            f"--branch {branch} --from DIR` in a clone that can push.",
+            err=True,
+        )
+        raise
+    click.echo(f"Pushed the state to {branch} (commit {commit[:12]}); the lease is released.")
+    return EXIT_OK
+
+
+@git_lease.command("restore")
+@lease_options
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="The folder with the kept files (the downloaded artifact).",
+)
+@click.option("--run", "run_id", help="Only if the lease is held by this run.")
+def git_lease_restore(
+    env_name: str | None,
+    state_path: Path | None,
+    branch: str,
+    remote: str,
+    source: Path,
+    run_id: str | None,
+) -> int:
+    """Put the state a failed run kept onto the branch and end that run's lease.
+
+    The files are checked first: same lineage, a serial no older than the branch's,
+    an audit log that continues the branch's.
+    """
+    lease = lease_from(env_name, state_path, branch, remote)
+    commit = lease.restore(source, run_id)
+    click.echo(f"Restored the state from {source} onto {branch} (commit {commit[:12]}).")
+    return EXIT_OK
+
+
+@git_lease.command("release")
+@lease_options
+@click.option("--run", "run_id", required=True, help="The run that holds the lease.")
+def git_lease_release(
+    env_name: str | None, state_path: Path | None, branch: str, remote: str, run_id: str
+) -> int:
+    """End the lease of a run that sent nothing, keeping the branch's state as it is.
+
+    Use it only when that run's log shows it stopped before apply sent anything;
+    otherwise restore the state it kept.
+    """
+    lease = lease_from(env_name, state_path, branch, remote)
+    commit = lease.release(run_id)
+    click.echo(f"Released the lease of run {run_id} on {branch} (commit {commit[:12]}).")
+    return EXIT_OK
+
+
+@git_lease.command("status")
+@lease_options
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def git_lease_status(
+    env_name: str | None, state_path: Path | None, branch: str, remote: str, fmt: str
+) -> int:
+    """Show whether the state branch is free or which run holds its lease."""
+    status = lease_from(env_name, state_path, branch, remote).fetch()
+    if fmt == "json":
+        click.echo(json.dumps(status.to_json(), indent=2))
+    else:
+        click.echo(status.describe())
     return EXIT_OK
 
 

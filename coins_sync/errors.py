@@ -12,6 +12,9 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     │   └── LockError          the state is locked by another holder (carries .holder)
     ├── StalePlanError         a saved plan no longer matches state or configs
     ├── UnsafePlanError        a plan over the safety threshold without --force
+    ├── GitLeaseError          the git state-branch lease protocol cannot go on
+    │   ├── LeaseHeldError     another run holds the lease (carries .holder)
+    │   └── LeasePushError     the new state could not be pushed; the lease stays (.kept)
     └── ApiError               the coins API refused or failed (carries .status, .code)
         ├── AuthError          no credentials, token refused, or 401 after a refresh
         └── OutcomeUnknownError  a create was sent and its result is unknown
@@ -98,3 +101,26 @@ class AuthError(ApiError):
 
 class OutcomeUnknownError(ApiError):
     """A create request was sent but whether the server processed it is unknown."""
+
+
+class GitLeaseError(CoinsSyncError):
+    """The lease protocol on a git state branch cannot go on (git failed or refused)."""
+
+
+class LeaseHeldError(GitLeaseError):
+    """Another run holds the lease on the state branch; ``holder`` describes it."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class LeasePushError(GitLeaseError):
+    """The state could not be pushed onto this run's lease, which stays.
+
+    ``kept`` lists the local files that hold the only copy of the new state.
+    """
+
+    def __init__(self, message: str, kept: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.kept = tuple(kept)

@@ -157,8 +157,12 @@ def test_workflow_is_valid_and_safe() -> None:
     apply_job = workflow["jobs"]["apply"]
     assert apply_job["concurrency"]["cancel-in-progress"] is False
     assert "coins-sync apply --yes" in " ".join(str(s.get("run", "")) for s in apply_job["steps"])
-    assert apply_job["env"]["COINS_SYNC_PASSWORD"] == "${{ secrets.COINS_SYNC_PASSWORD }}"
-    assert "git push" in apply_job["steps"][-1]["run"]
+    apply_step = next(s for s in apply_job["steps"] if s.get("name") == "Apply")
+    assert apply_step["env"]["COINS_SYNC_PASSWORD"] == "${{ secrets.COINS_SYNC_PASSWORD }}"
+    # the state goes to its own branch under the lease protocol (tests/test_git_lease.py)
+    assert "coins-sync git-lease push" in " ".join(
+        str(s.get("run", "")) for s in apply_job["steps"]
+    )
 
 
 def test_pre_commit_hook_validates_all_configs() -> None:
