@@ -13,7 +13,8 @@ import httpx
 import pytest
 
 from coins_sync.errors import SettingsError
-from coins_sync.sandbox import SandboxOptions, SandboxServer, _aes_key, _decrypt, _encrypt
+from coins_sync.sandbox import SandboxOptions, SandboxServer
+from coins_sync.sandbox.app import _aes_key, _decrypt, _encrypt
 
 CREATE = "/api/v0/enkash-coins/create-coins-config"
 BODY = {
