@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
 from coins_sync.errors import SettingsError
 from coins_sync.sandbox import SandboxOptions, SandboxServer
-from coins_sync.sandbox.app import _aes_key, _decrypt, _encrypt
 
 CREATE = "/api/v0/enkash-coins/create-coins-config"
 BODY = {
@@ -220,13 +220,13 @@ def test_wrong_basic_secret_counts_as_a_failed_attempt() -> None:
 
 def test_encrypted_bodies_round_trip() -> None:
     options = SandboxOptions(port=0, token="t0k", client_secret="s3cret", encryption=True)
-    key = _aes_key("s3cret")
+    key = key_from_secret("s3cret")
     with SandboxServer(options) as srv, client(srv) as c:
-        response = c.post(CREATE, json={"request": _encrypt(json.dumps(BODY), key)})
+        response = c.post(CREATE, json={"request": encrypt_json_text(json.dumps(BODY), key)})
         assert response.status_code == 200
         wire = response.json()
         assert set(wire) == {"request"}
-        envelope = json.loads(_decrypt(wire["request"], key))
+        envelope = json.loads(decrypt_to_text(wire["request"], key))
         assert envelope["response_code"] == 0
         assert envelope["payload"] == {"coinConfigId": envelope["payload"]["coinConfigId"], **BODY}
 
@@ -234,7 +234,7 @@ def test_encrypted_bodies_round_trip() -> None:
         assert plain.status_code == 400
         garbage = c.post(CREATE, json={"request": base64.b64encode(b"x" * 16).decode()})
         assert garbage.status_code == 400
-        assert json.loads(_decrypt(garbage.json()["request"], key))["response_code"] == 1
+        assert json.loads(decrypt_to_text(garbage.json()["request"], key))["response_code"] == 1
         assert len(srv.configs()) == 1
 
 
@@ -242,14 +242,14 @@ def test_aes_helpers_match_the_documented_scheme() -> None:
     from cryptography.hazmat.primitives import padding
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    key = _aes_key("s3cret")
+    key = key_from_secret("s3cret")
     assert len(key) == 16
     padder = padding.PKCS7(128).padder()
     padded = padder.update(b'{"a":1}') + padder.finalize()
     encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
     expected = base64.b64encode(encryptor.update(padded) + encryptor.finalize()).decode()
-    assert _encrypt('{"a":1}', key) == expected
-    assert _decrypt(expected, key) == '{"a":1}'
+    assert encrypt_json_text('{"a":1}', key) == expected
+    assert decrypt_to_text(expected, key) == '{"a":1}'
 
 
 def test_fail_before_stores_nothing() -> None:

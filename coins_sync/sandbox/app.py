@@ -6,9 +6,6 @@ No sockets here. :mod:`coins_sync.sandbox.server` puts the app behind ``http.ser
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import logging
 import time
@@ -16,9 +13,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
+from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
+from coins_sync.errors import ApiError
 from coins_sync.sandbox.auth import Auth
 from coins_sync.sandbox.faults import Fault, Faults, Stats
 from coins_sync.sandbox.messages import HttpError, SandboxRequest, SandboxResponse
@@ -38,33 +34,6 @@ _CREATE_PATH = "/api/v0/enkash-coins/create-coins-config"
 _TOKEN_PATH = "/oauth/token"
 _DEBUG_CONFIGS_PATH = "/_sandbox/configs"
 _DEBUG_STATS_PATH = "/_sandbox/stats"
-
-
-def _aes_key(client_secret: str) -> bytes:
-    return hashlib.sha256(client_secret.encode("utf-8")).digest()[:16]
-
-
-def _encrypt(text: str, key: bytes) -> str:
-    """AES-128-ECB with PKCS#7 padding, base64-encoded, as the EnKash docs describe."""
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(text.encode("utf-8")) + padder.finalize()
-    encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
-    return base64.b64encode(encryptor.update(padded) + encryptor.finalize()).decode("ascii")
-
-
-def _decrypt(data: str, key: bytes) -> str:
-    """Inverse of :func:`_encrypt`; raises ValueError on anything undecryptable."""
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise ValueError("not base64") from e
-    if not raw or len(raw) % 16:
-        raise ValueError("ciphertext is not a whole number of AES blocks")
-    decryptor = Cipher(algorithms.AES(key), modes.ECB()).decryptor()
-    padded = decryptor.update(raw) + decryptor.finalize()
-    unpadder = padding.PKCS7(128).unpadder()
-    plain = unpadder.update(padded) + unpadder.finalize()
-    return plain.decode("utf-8")
 
 
 def _reject_constant(name: str) -> Any:
@@ -90,7 +59,7 @@ class SandboxApp:
         self._faults = Faults(options)
         self._stats = Stats()
         self._key = (
-            _aes_key(options.client_secret)
+            key_from_secret(options.client_secret)
             if options.encryption and options.client_secret
             else None
         )
@@ -198,7 +167,7 @@ class SandboxApp:
         envelope = {"payload": payload, "response_code": code, "response_message": message}
         key = self._key
         if path.startswith(_API_PREFIX) and key is not None:
-            sealed = {"request": _encrypt(json.dumps(envelope), key)}
+            sealed = {"request": encrypt_json_text(json.dumps(envelope), key)}
             return SandboxResponse.json_answer(status, sealed, headers, close=close)
         return SandboxResponse.json_answer(status, envelope, headers, close=close)
 
@@ -213,8 +182,8 @@ class SandboxApp:
         if not isinstance(data, dict) or not isinstance(data.get("request"), str):
             raise HttpError(400, 'Encrypted body must be {"request": "<base64>"}')
         try:
-            text = _decrypt(data["request"], key)
-        except ValueError:
+            text = decrypt_to_text(data["request"], key)
+        except ApiError:
             raise HttpError(400, "Request body could not be decrypted") from None
         try:
             return json.loads(text, parse_constant=_reject_constant)
