@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Mapping
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
 from coins_sync.errors import CoinsSyncError
 from coins_sync.sandbox.messages import HttpError
+from coins_sync.state import atomic_write
 
 __all__ = ["FIELDS", "Store", "validate_fields"]
 
@@ -113,30 +111,9 @@ class Store:
                     "next_id": self._next_id,
                     "configs": [dict(c) for c in self._configs.values()],
                 }
-            _atomic_write(self._data_file, json.dumps(data, indent=2, sort_keys=True) + "\n")
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+            atomic_write(self._data_file, text.encode("utf-8"))
             self._written = current
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` so that a crash leaves either the old or the new content."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def validate_fields(body: object, *, partial: bool, extra: tuple[str, ...] = ()) -> dict[str, Any]:
