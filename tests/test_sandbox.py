@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -186,13 +187,25 @@ def test_oauth_grant_issues_a_token_that_the_api_accepts() -> None:
             assert c.post(CREATE, json=BODY).status_code == 200
 
 
-def test_issued_tokens_expire() -> None:
-    with SandboxServer(oauth_options(token_ttl=1)) as srv:
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_issued_tokens_expire_after_token_ttl_seconds() -> None:
+    clock = FakeClock()
+    options = dataclasses.replace(oauth_options(token_ttl=120), clock=clock)
+    with SandboxServer(options) as srv:
         with client(srv, token=None) as c:
             access = token_request(c).json()["access_token"]
         with client(srv, token=access) as c:
             assert c.get("/api/v0/enkash-coins/WCC000000").status_code == 404
-            time.sleep(1.05)
+            clock.now += 119.9
+            assert c.get("/api/v0/enkash-coins/WCC000000").status_code == 404
+            clock.now += 0.1
             assert c.get("/api/v0/enkash-coins/WCC000000").status_code == 401
 
 

@@ -8,7 +8,6 @@ import hmac
 import logging
 import secrets
 import threading
-import time
 import urllib.parse
 from typing import Any
 
@@ -42,7 +41,7 @@ class Auth:
             return True
         with self._lock:
             expiry = self._issued.get(value)
-        return expiry is not None and time.monotonic() < expiry
+        return expiry is not None and self._options.clock() < expiry
 
     def grant(self, authorization: str | None, body: bytes) -> tuple[int, dict[str, Any]]:
         """Answer a password-grant request: (HTTP status, JSON body)."""
@@ -60,7 +59,7 @@ class Auth:
                 logger.debug("token request refused (%d failed)", self._failures)
                 return 401, {"error": "invalid_grant", "error_description": "Bad credentials"}
             self._failures = 0
-            now = time.monotonic()
+            now = self._options.clock()
             for stale in [t for t, exp in self._issued.items() if exp <= now]:
                 del self._issued[stale]
             token = secrets.token_urlsafe(32)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ class SandboxOptions:
     ``fail_rate`` is split evenly between "before" and "after" faults and added to
     ``fail_before_rate``/``fail_after_rate``; one roll decides per mutating call, so the
     chance of any fault is ``min(1, fail_before + fail_after)`` and "before" wins when
-    the two add up to more than 1. Secrets are kept out of ``repr``.
+    the two add up to more than 1. Secrets are kept out of ``repr``. ``clock`` gives
+    the seconds that issued tokens expire by (tests pass a fake one instead of sleeping).
     """
 
     host: str = "127.0.0.1"
@@ -39,6 +41,7 @@ class SandboxOptions:
     token_ttl: int = 3600
     encryption: bool = False
     max_body: int = 1_000_000
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
