@@ -165,7 +165,8 @@ def test_requests_without_or_with_a_wrong_token_are_401() -> None:
         with client(srv, token="wrong") as wrong:
             assert wrong.post(CREATE, json=BODY).status_code == 401
             # The refused body was drained, so keep-alive still works on this connection.
-            assert wrong.get("/_sandbox/configs").json() == []
+            listed = wrong.get("/_sandbox/configs", headers={"Authorization": "Bearer t0k"})
+            assert listed.json() == []
         assert srv.configs() == []
 
 
@@ -331,16 +332,31 @@ def test_data_file_survives_a_restart(tmp_path: Path) -> None:
         assert len(srv.configs()) == 2
 
 
-def test_debug_endpoint_lists_configs_without_auth() -> None:
+def test_debug_endpoints_list_configs_and_stats_with_the_token() -> None:
+    with SandboxServer(SandboxOptions(port=0, token="t0k")) as srv, client(srv) as c:
+        c.post(CREATE, json=BODY)
+        c.post(CREATE, json=BODY)
+        listed = c.get("/_sandbox/configs")
+        assert listed.status_code == 200
+        assert listed.json() == srv.configs() and len(listed.json()) == 2
+        assert c.get("/_sandbox/stats").json()["creates"] == 2
+
+
+@pytest.mark.parametrize("path", ["/_sandbox/configs", "/_sandbox/stats"])
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_debug_endpoints_refuse_requests_without_the_token(path: str, token: str | None) -> None:
     with SandboxServer(SandboxOptions(port=0, token="t0k")) as srv:
         with client(srv) as c:
             c.post(CREATE, json=BODY)
-            c.post(CREATE, json=BODY)
-        with client(srv, token=None) as anonymous:
-            listed = anonymous.get("/_sandbox/configs")
-            assert listed.status_code == 200
-            assert listed.json() == srv.configs() and len(listed.json()) == 2
-            assert anonymous.get("/_sandbox/stats").json()["creates"] == 2
+        with client(srv, token=token) as stranger:
+            response = stranger.get(path)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert response.json() == {
+            "payload": None,
+            "response_code": 1,
+            "response_message": "Unauthorized",
+        }
 
 
 def test_latency_is_per_request_so_parallel_calls_overlap() -> None:

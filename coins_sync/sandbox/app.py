@@ -145,13 +145,20 @@ class SandboxApp:
             return SandboxResponse.json_answer(status, answer, {"Cache-Control": "no-store"})
         if path == _DEBUG_CONFIGS_PATH:
             _require(method, "GET")
+            self._authorize(request)
             return SandboxResponse.json_answer(200, self._store.snapshot())
         if path == _DEBUG_STATS_PATH:
             _require(method, "GET")
+            self._authorize(request)
             return SandboxResponse.json_answer(200, self._stats.snapshot())
         if path.startswith(_API_PREFIX):
             return self._api(method, path, request)
         raise HttpError(404, "Not found")
+
+    def _authorize(self, request: SandboxRequest) -> None:
+        """Every route but the token endpoint needs a bearer token, the debug ones too."""
+        if not self._auth.accepts(request.header("Authorization")):
+            raise HttpError(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
 
     def _envelope(
         self,
@@ -204,8 +211,7 @@ class SandboxApp:
 
         if self.options.latency_ms:
             time.sleep(self.options.latency_ms / 1000)
-        if not self._auth.accepts(request.header("Authorization")):
-            raise HttpError(401, "Unauthorized", {"WWW-Authenticate": "Bearer"})
+        self._authorize(request)
 
         if method == "GET":
             assert config_id is not None

@@ -222,7 +222,10 @@ class Sandbox:
 
     def creates(self) -> int:
         direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with direct.open(self.url + "/_sandbox/stats", timeout=10) as answer:
+        request = urllib.request.Request(
+            self.url + "/_sandbox/stats", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with direct.open(request, timeout=10) as answer:
             return int(json.loads(answer.read())["creates"])
 
     def stop(self) -> None:
