@@ -132,15 +132,12 @@ def settle(server: SandboxServer, quiet: float = 0.2, timeout: float = 15.0) -> 
     A killed client's create can still be stored after the kill: it may sit in the
     sandbox's latency sleep or in the listen backlog. An operator who looks for it too
     early concludes "not created" and re-sends it, a duplicate made by the operator, not
-    by coins-sync. So wait for no open connection during ``quiet`` seconds. (This reads
-    the sandbox's private connection set: there is no public gauge for it.)
+    by coins-sync. So wait for no open connection during ``quiet`` seconds.
     """
-    app = server._app
     deadline = time.monotonic() + timeout
     quiet_since: float | None = None
     while time.monotonic() < deadline:
-        with app.connections_lock:
-            busy = bool(app.connections)
+        busy = server.open_connections > 0
         now = time.monotonic()
         if busy:
             quiet_since = None

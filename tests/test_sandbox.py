@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,8 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
 from coins_sync.errors import SettingsError
-from coins_sync.sandbox import SandboxOptions, SandboxServer, _aes_key, _decrypt, _encrypt
+from coins_sync.sandbox import SandboxOptions, SandboxServer
 
 CREATE = "/api/v0/enkash-coins/create-coins-config"
 BODY = {
@@ -163,7 +165,8 @@ def test_requests_without_or_with_a_wrong_token_are_401() -> None:
         with client(srv, token="wrong") as wrong:
             assert wrong.post(CREATE, json=BODY).status_code == 401
             # The refused body was drained, so keep-alive still works on this connection.
-            assert wrong.get("/_sandbox/configs").json()["response_message"] == "Unauthorized"
+            listed = wrong.get("/_sandbox/configs", headers={"Authorization": "Bearer t0k"})
+            assert listed.json() == []
         assert srv.configs() == []
 
 
@@ -185,13 +188,25 @@ def test_oauth_grant_issues_a_token_that_the_api_accepts() -> None:
             assert c.post(CREATE, json=BODY).status_code == 200
 
 
-def test_issued_tokens_expire() -> None:
-    with SandboxServer(oauth_options(token_ttl=1)) as srv:
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_issued_tokens_expire_after_token_ttl_seconds() -> None:
+    clock = FakeClock()
+    options = dataclasses.replace(oauth_options(token_ttl=120), clock=clock)
+    with SandboxServer(options) as srv:
         with client(srv, token=None) as c:
             access = token_request(c).json()["access_token"]
         with client(srv, token=access) as c:
             assert c.get("/api/v0/enkash-coins/WCC000000").status_code == 404
-            time.sleep(1.05)
+            clock.now += 119.9
+            assert c.get("/api/v0/enkash-coins/WCC000000").status_code == 404
+            clock.now += 0.1
             assert c.get("/api/v0/enkash-coins/WCC000000").status_code == 401
 
 
@@ -219,13 +234,13 @@ def test_wrong_basic_secret_counts_as_a_failed_attempt() -> None:
 
 def test_encrypted_bodies_round_trip() -> None:
     options = SandboxOptions(port=0, token="t0k", client_secret="s3cret", encryption=True)
-    key = _aes_key("s3cret")
+    key = key_from_secret("s3cret")
     with SandboxServer(options) as srv, client(srv) as c:
-        response = c.post(CREATE, json={"request": _encrypt(json.dumps(BODY), key)})
+        response = c.post(CREATE, json={"request": encrypt_json_text(json.dumps(BODY), key)})
         assert response.status_code == 200
         wire = response.json()
         assert set(wire) == {"request"}
-        envelope = json.loads(_decrypt(wire["request"], key))
+        envelope = json.loads(decrypt_to_text(wire["request"], key))
         assert envelope["response_code"] == 0
         assert envelope["payload"] == {"coinConfigId": envelope["payload"]["coinConfigId"], **BODY}
 
@@ -233,7 +248,7 @@ def test_encrypted_bodies_round_trip() -> None:
         assert plain.status_code == 400
         garbage = c.post(CREATE, json={"request": base64.b64encode(b"x" * 16).decode()})
         assert garbage.status_code == 400
-        assert json.loads(_decrypt(garbage.json()["request"], key))["response_code"] == 1
+        assert json.loads(decrypt_to_text(garbage.json()["request"], key))["response_code"] == 1
         assert len(srv.configs()) == 1
 
 
@@ -241,14 +256,14 @@ def test_aes_helpers_match_the_documented_scheme() -> None:
     from cryptography.hazmat.primitives import padding
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    key = _aes_key("s3cret")
+    key = key_from_secret("s3cret")
     assert len(key) == 16
     padder = padding.PKCS7(128).padder()
     padded = padder.update(b'{"a":1}') + padder.finalize()
     encryptor = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
     expected = base64.b64encode(encryptor.update(padded) + encryptor.finalize()).decode()
-    assert _encrypt('{"a":1}', key) == expected
-    assert _decrypt(expected, key) == '{"a":1}'
+    assert encrypt_json_text('{"a":1}', key) == expected
+    assert decrypt_to_text(expected, key) == '{"a":1}'
 
 
 def test_fail_before_stores_nothing() -> None:
@@ -317,21 +332,31 @@ def test_data_file_survives_a_restart(tmp_path: Path) -> None:
         assert len(srv.configs()) == 2
 
 
-def test_debug_endpoints_need_the_token_like_every_route() -> None:
+def test_debug_endpoints_list_configs_and_stats_with_the_token() -> None:
+    with SandboxServer(SandboxOptions(port=0, token="t0k")) as srv, client(srv) as c:
+        c.post(CREATE, json=BODY)
+        c.post(CREATE, json=BODY)
+        listed = c.get("/_sandbox/configs")
+        assert listed.status_code == 200
+        assert listed.json() == srv.configs() and len(listed.json()) == 2
+        assert c.get("/_sandbox/stats").json()["creates"] == 2
+
+
+@pytest.mark.parametrize("path", ["/_sandbox/configs", "/_sandbox/stats"])
+@pytest.mark.parametrize("token", [None, "wrong"])
+def test_debug_endpoints_refuse_requests_without_the_token(path: str, token: str | None) -> None:
     with SandboxServer(SandboxOptions(port=0, token="t0k")) as srv:
         with client(srv) as c:
             c.post(CREATE, json=BODY)
-            c.post(CREATE, json=BODY)
-            listed = c.get("/_sandbox/configs")
-            assert listed.status_code == 200
-            assert listed.json() == srv.configs() and len(listed.json()) == 2
-            assert c.get("/_sandbox/stats").json()["creates"] == 2
-        for token in (None, "wrong"):
-            with client(srv, token=token) as other:
-                for path in ("/_sandbox/configs", "/_sandbox/stats"):
-                    refused = other.get(path)
-                    assert refused.status_code == 401, path
-                    assert "WCC" not in refused.text and "creates" not in refused.text
+        with client(srv, token=token) as stranger:
+            response = stranger.get(path)
+        assert response.status_code == 401
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert response.json() == {
+            "payload": None,
+            "response_code": 1,
+            "response_message": "Unauthorized",
+        }
 
 
 def test_latency_is_per_request_so_parallel_calls_overlap() -> None:
