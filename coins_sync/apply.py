@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coins_sync.api import RemoteConfig
-from coins_sync.audit import AuditLog, AuditRecord
+from coins_sync.audit import AuditRecord, AuditSink
 from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, StateError
 from coins_sync.plan import Action, Change, Plan, check_safety
 from coins_sync.planfile import check_consistent, check_fresh, load_plan
@@ -101,7 +101,7 @@ class Executor:
         *,
         parallelism: int = 8,
         fold_every: int = 500,
-        audit: AuditLog | None = None,
+        audit: AuditSink | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.api = api
@@ -403,7 +403,7 @@ def run_apply(
     request: ApplyRequest,
     confirm: Callable[[Plan], bool],
     on_tick: Callable[[int, int], None] | None = None,
-    audit: AuditLog | None = None,
+    audit: AuditSink | None = None,
 ) -> tuple[Plan, ApplyReport | None]:
     """Plan (or load a saved plan), confirm, and execute, all under the state lock.
 
