@@ -19,7 +19,11 @@ from pathlib import Path
 
 
 def find_bin() -> Path | None:
-    """The folder of ``pg_ctl``: on PATH, else Debian's versioned folders (newest)."""
+    """The folder of ``pg_ctl``: ``COINS_SYNC_TEST_PG_BINDIR`` if set, else on PATH, else
+    Debian's versioned folders (newest)."""
+    forced = os.environ.get("COINS_SYNC_TEST_PG_BINDIR")
+    if forced is not None:
+        return Path(forced) if (Path(forced) / "pg_ctl").exists() else None
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
