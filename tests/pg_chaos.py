@@ -8,18 +8,24 @@ started" means the run committed its first intent row.
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make the package importable
+    sys.path.insert(0, str(REPO))
 
-from coins_sync.pgstate import PostgresStateStore
-from coins_sync.sandbox import SandboxOptions, SandboxServer
-from coins_sync.state import State
-from tests import chaos
+import psycopg  # noqa: E402
+
+from coins_sync.pgstate import PostgresStateStore  # noqa: E402
+from coins_sync.sandbox import SandboxOptions, SandboxServer  # noqa: E402
+from coins_sync.state import State  # noqa: E402
+from tests import chaos  # noqa: E402
 
 PYPROJECT = """\
 [tool.coins-sync.environments.default]
@@ -85,3 +91,71 @@ def lab(workdir: Path, dsn: str, **faults: Any) -> Iterator[PgLab]:
     (workdir / "pyproject.toml").write_text(PYPROJECT, encoding="utf-8")
     with SandboxServer(SandboxOptions(port=0, token=chaos.TOKEN, **faults)) as server:
         yield PgLab(workdir, server, dsn)
+
+
+@contextlib.contextmanager
+def campaigns_on_postgres(cluster: Any) -> Iterator[None]:
+    """While inside, ``chaos``'s campaigns run on the postgres backend, each on a fresh
+    database of ``cluster`` (a :class:`tests.pg_fixture.Cluster`)."""
+
+    @contextlib.contextmanager
+    def pg_lab(workdir: Path, runner: Any = None, **faults: Any) -> Iterator[chaos.Lab]:
+        dsn = cluster.new_database()
+        previous = os.environ.get("COINS_SYNC_PG_DSN")
+        os.environ["COINS_SYNC_PG_DSN"] = dsn
+        try:
+            with lab(workdir, dsn, **faults) as the_lab:
+                yield the_lab
+        finally:
+            if previous is None:
+                os.environ.pop("COINS_SYNC_PG_DSN", None)
+            else:
+                os.environ["COINS_SYNC_PG_DSN"] = previous
+
+    original = chaos.lab
+    chaos.lab = pg_lab  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        chaos.lab = original
+
+
+def main(argv: list[str]) -> int:
+    """``make chaos`` on the postgres backend: the same campaigns, a throw-away cluster."""
+    import argparse
+    import shutil
+    import tempfile
+
+    from tests.pg_fixture import find_bin, start_cluster
+
+    parser = argparse.ArgumentParser(description="chaos campaigns on the postgres backend")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seed", type=int, default=7)
+    options = parser.parse_args(argv)
+    if find_bin() is None:
+        print("chaos (postgres): PostgreSQL server binaries not found", file=sys.stderr)
+        return 1
+    scale = chaos.QUICK if options.quick else chaos.FULL
+    started = time.monotonic()
+    root = Path(tempfile.mkdtemp(prefix="coins-sync-pg-chaos-"))
+    cluster = start_cluster(root / "cluster")
+    try:
+        with campaigns_on_postgres(cluster):
+            results = chaos.run_campaigns(root / "work", scale, options.seed)
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+    for figures in results:
+        figures.name += " [postgres]"
+        print(figures.report())
+    ok = all(figures.ok for figures in results)
+    verdict = "all promises held" if ok else "PROMISES BROKEN"
+    print(
+        f"chaos (postgres): {len(results)} campaigns in {time.monotonic() - started:.1f}s: "
+        f"{verdict}"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -133,3 +133,20 @@ def test_force_unlock_mid_apply_fences_the_old_run(project: Path, pg_dsn: str) -
 
         the_lab.converge(figures, desired)
         assert_converged_without_loss(the_lab, figures)
+
+
+def test_sigint_mid_apply_exits_130_with_every_result_recorded(project: Path, pg_dsn: str) -> None:
+    figures = chaos.Figures("SIGINT (postgres)", rules=24)
+    with pg_chaos.lab(project, pg_dsn, latency_ms=150) as the_lab:
+        desired = chaos.write_rules(project / "configs", 24)
+        code = chaos.interrupt_apply(the_lab, random.Random(5), figures)
+        output = the_lab.outputs[-1]
+        assert code == 130, output
+        assert "Interrupted: nothing new was sent" in output
+        assert the_lab.open_operations() == 0  # requests in flight finished and were recorded
+        state = the_lab.state()
+        assert not state.uncertain and 0 < len(state.entries) < 24
+        assert {c["coinConfigId"] for c in the_lab.server.configs()} == recorded_ids(the_lab)
+        the_lab.converge(figures, desired)
+        assert figures.rounds == 1
+        assert_converged_without_loss(the_lab, figures)
