@@ -7,7 +7,7 @@ CS := $(BIN)/coins-sync
 SANDBOX_PORT ?= 8765
 export COINS_SYNC_TOKEN ?= demo-token-not-a-secret
 
-.PHONY: install test lint validate demo plan apply bench chaos audit clean
+.PHONY: install test lint validate demo demo-postgres plan apply bench chaos audit clean
 
 install: $(STAMP)
 
@@ -46,6 +46,31 @@ demo: $(STAMP)
 	echo "== coins-sync apply --yes"; $(CS) apply $(DEMO_FLAGS) --yes && \
 	echo "== coins-sync plan (again: nothing left to do)"; $(CS) plan $(DEMO_FLAGS) --detailed-exitcode
 
+# The same demo on the postgres backend: a throw-away local cluster (the server binaries
+# must be installed: apt-get install postgresql), a project whose environment has
+# backend = "postgres", and the state in the database instead of a file.
+DEMO_PG := .demo-postgres
+demo-postgres: $(STAMP)
+	@rm -rf $(DEMO_PG) && mkdir -p $(DEMO_PG)/project
+	@cp -r configs $(DEMO_PG)/project/configs
+	@printf '[tool.coins-sync]\ndefault_environment = "demo"\n\n[tool.coins-sync.environments.demo]\napi_url = "http://127.0.0.1:$(SANDBOX_PORT)"\nbackend = "postgres"\n' > $(DEMO_PG)/project/pyproject.toml
+	@mktemp -d /tmp/coins-sync-demo-pg.XXXXXX > $(DEMO_PG)/cluster-dir
+	@$(BIN)/python tests/pg_fixture.py start $$(cat $(DEMO_PG)/cluster-dir) > $(DEMO_PG)/dsn || \
+	  { echo "demo-postgres needs the PostgreSQL server binaries (apt-get install postgresql)"; exit 1; }
+	@$(CS) sandbox --port $(SANDBOX_PORT) > $(DEMO_PG)/sandbox.log 2>&1 & echo $$! > $(DEMO_PG)/sandbox.pid
+	@trap 'kill $$(cat $(DEMO_PG)/sandbox.pid) 2>/dev/null; $(BIN)/python tests/pg_fixture.py stop $$(cat $(DEMO_PG)/cluster-dir); rm -rf $$(cat $(DEMO_PG)/cluster-dir)' EXIT; \
+	export COINS_SYNC_PG_DSN="$$(cat $(DEMO_PG)/dsn)"; \
+	for i in $$(seq 1 50); do \
+	  $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(SANDBOX_PORT)), 0.2)" 2>/dev/null && break; \
+	  sleep 0.1; \
+	done; \
+	cd $(DEMO_PG)/project && \
+	echo "== coins-sync plan (state in PostgreSQL)"; $(CURDIR)/$(CS) plan && \
+	echo "== coins-sync apply --yes"; $(CURDIR)/$(CS) apply --yes && \
+	echo "== coins-sync state list"; $(CURDIR)/$(CS) state list && \
+	echo "== coins-sync plan (again: nothing left to do)"; $(CURDIR)/$(CS) plan --detailed-exitcode && \
+	echo "== files written under the project (none for the state):"; find . -path ./configs -prune -o -type f -print
+
 plan: $(STAMP)
 	$(CS) plan
 
@@ -56,11 +81,14 @@ apply: $(STAMP)
 # prints a table and fails when a target is missed. Never part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench.py
+	$(BIN)/python tests/benchmarks/bench.py --backend postgres
 
 # Fault campaigns against the sandbox (faults, kill -9, SIGINT); prints figures and
-# fails unless duplicates and lost records are both 0. A reduced run is in `make test`.
+# fails unless duplicates and lost records are both 0, on the file backend and then on
+# the postgres backend (a throw-away cluster). A reduced run is in `make test`.
 chaos: $(STAMP)
 	$(BIN)/python tests/chaos.py
+	$(BIN)/python tests/pg_chaos.py
 
 # Dependency audit. Not part of `make lint`: pip-audit needs PyPI's JSON API or OSV,
 # which this project's CI machines cannot reach (only the package index is served), so
@@ -70,4 +98,4 @@ audit: $(STAMP)
 	$(BIN)/pip-audit --skip-editable
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .demo .demo-postgres

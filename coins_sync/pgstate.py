@@ -461,12 +461,13 @@ class PostgresStateStore:
             return
         s = self.schema
         with contextlib.suppress(Exception):  # a lost session has released it already
+            # unlock first: a caller refused meanwhile still finds the holder's record
+            conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
             conn.execute(
                 f"UPDATE {s}.environment SET holder = NULL WHERE name = %s AND lock_epoch = %s",
                 (self.env, epoch),
             )
             conn.execute(f"UPDATE {s}.run SET ended_at = now() WHERE id = %s", (run_id,))
-            conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
         conn.close()
 
     def force_unlock(self) -> str | None:

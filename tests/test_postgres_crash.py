@@ -51,12 +51,12 @@ def test_kill_9_at_random_instants_loses_no_record_and_duplicates_nothing(
 def test_two_working_copies_apply_at_once_one_is_refused_naming_the_holder(
     project: Path, tmp_path: Path, pg_dsn: str
 ) -> None:
-    with pg_chaos.lab(project, pg_dsn, latency_ms=50) as the_lab:
+    with pg_chaos.lab(project, pg_dsn, latency_ms=200) as the_lab:
         chaos.write_rules(project / "configs", 20)
         other_copy = tmp_path / "second-copy"
         other_copy.mkdir()
         (other_copy / "pyproject.toml").write_text(pg_chaos.PYPROJECT)
-        chaos.write_rules(other_copy / "configs", 20)
+        chaos.write_rules(other_copy / "configs", 20)  # 5 rounds of 4 at 200 ms: >= 1 s
         other = pg_chaos.PgLab(other_copy, the_lab.server, pg_dsn)
         with the_lab.spawn("apply", "--yes", "--parallelism", "4") as one:
             assert the_lab.wait_for_journal(one, timeout=15)
