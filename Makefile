@@ -58,7 +58,7 @@ demo-postgres: $(STAMP)
 	@$(BIN)/python tests/pg_fixture.py start $$(cat $(DEMO_PG)/cluster-dir) > $(DEMO_PG)/dsn || \
 	  { echo "demo-postgres needs the PostgreSQL server binaries (apt-get install postgresql)"; exit 1; }
 	@$(CS) sandbox --port $(SANDBOX_PORT) > $(DEMO_PG)/sandbox.log 2>&1 & echo $$! > $(DEMO_PG)/sandbox.pid
-	@trap 'kill $$(cat $(DEMO_PG)/sandbox.pid) 2>/dev/null; $(BIN)/python tests/pg_fixture.py stop $$(cat $(DEMO_PG)/cluster-dir); rm -rf $$(cat $(DEMO_PG)/cluster-dir)' EXIT; \
+	@trap 'cd $(CURDIR); kill $$(cat $(DEMO_PG)/sandbox.pid) 2>/dev/null; $(BIN)/python tests/pg_fixture.py stop $$(cat $(DEMO_PG)/cluster-dir); rm -rf $$(cat $(DEMO_PG)/cluster-dir)' EXIT; \
 	export COINS_SYNC_PG_DSN="$$(cat $(DEMO_PG)/dsn)"; \
 	for i in $$(seq 1 50); do \
 	  $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(SANDBOX_PORT)), 0.2)" 2>/dev/null && break; \
