@@ -39,9 +39,17 @@ class PgLab(chaos.Lab):
         self.dsn = dsn
         self.pg = PostgresStateStore("default", "coins_sync", dsn=dsn)
         self.rescue_path = workdir / "state" / "default.pg-rescue.jsonl"
+        self._floor = 0
 
     def state(self) -> State:
         return self.pg.read()
+
+    @contextlib.contextmanager
+    def spawn(self, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+        """As chaos.Lab.spawn; intents already in the database are not this run's."""
+        self._floor = self._max_operation()
+        with super().spawn(*args) as proc:
+            yield proc
 
     def _max_operation(self) -> int:
         with psycopg.connect(self.dsn) as conn:
@@ -57,7 +65,7 @@ class PgLab(chaos.Lab):
         self, proc: subprocess.Popen[bytes], timeout: float, old: bytes = b""
     ) -> bool:
         """Until ``proc`` has committed an intent newer than ``old`` (True) or exited."""
-        floor = int(old or b"0")
+        floor = max(int(old or b"0"), self._floor)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._max_operation() > floor:
@@ -138,6 +146,7 @@ def main(argv: list[str]) -> int:
     scale = chaos.QUICK if options.quick else chaos.FULL
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="coins-sync-pg-chaos-"))
+    root.chmod(0o755)  # the server runs as the postgres user
     cluster = start_cluster(root / "cluster")
     try:
         with campaigns_on_postgres(cluster):

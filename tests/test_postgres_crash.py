@@ -150,3 +150,18 @@ def test_sigint_mid_apply_exits_130_with_every_result_recorded(project: Path, pg
         the_lab.converge(figures, desired)
         assert figures.rounds == 1
         assert_converged_without_loss(the_lab, figures)
+
+
+def test_quick_chaos_campaigns_on_postgres_hold_every_promise(
+    tmp_path: Path, pg_cluster: object
+) -> None:
+    """The reduced `make chaos` campaigns on the postgres backend, as part of the suite."""
+    with pg_chaos.campaigns_on_postgres(pg_cluster):
+        results = chaos.run_campaigns(tmp_path, chaos.QUICK, seed=7)
+    for figures in results:
+        assert figures.ok, figures.report()
+        assert figures.duplicates == 0 and figures.lost == 0
+    faults, kills, sigint = results
+    assert faults.faults["fail_before"] and faults.faults["fail_after"] + faults.faults["drop"]
+    assert kills.kills_mid_flight >= 1
+    assert sigint.interrupt_codes == [130] * chaos.QUICK.interrupts
