@@ -7,7 +7,7 @@ CS := $(BIN)/coins-sync
 SANDBOX_PORT ?= 0
 export COINS_SYNC_TOKEN ?= demo-token-not-a-secret
 
-.PHONY: install test lint validate demo plan apply bench chaos mutants audit clean
+.PHONY: install test lint validate demo demo-postgres plan apply bench chaos mutants audit clean
 
 install: $(STAMP)
 
@@ -54,6 +54,31 @@ demo: $(STAMP)
 	echo "== coins-sync apply --yes"; $(CS) apply $$flags --yes; \
 	echo "== coins-sync plan (again: nothing left to do)"; $(CS) plan $$flags --detailed-exitcode
 
+# The same demo on the postgres backend: a throw-away local cluster (the server binaries
+# must be installed: apt-get install postgresql), a project whose environment has
+# backend = "postgres", and the state in the database instead of a file.
+DEMO_PG := .demo-postgres
+demo-postgres: $(STAMP)
+	@rm -rf $(DEMO_PG) && mkdir -p $(DEMO_PG)/project
+	@cp -r configs $(DEMO_PG)/project/configs
+	@printf '[tool.coins-sync]\ndefault_environment = "demo"\n\n[tool.coins-sync.environments.demo]\napi_url = "http://127.0.0.1:$(SANDBOX_PORT)"\nbackend = "postgres"\n' > $(DEMO_PG)/project/pyproject.toml
+	@mktemp -d /tmp/coins-sync-demo-pg.XXXXXX > $(DEMO_PG)/cluster-dir
+	@$(BIN)/python tests/pg_fixture.py start $$(cat $(DEMO_PG)/cluster-dir) > $(DEMO_PG)/dsn || \
+	  { echo "demo-postgres needs the PostgreSQL server binaries (apt-get install postgresql)"; exit 1; }
+	@$(CS) sandbox --port $(SANDBOX_PORT) > $(DEMO_PG)/sandbox.log 2>&1 & echo $$! > $(DEMO_PG)/sandbox.pid
+	@trap 'cd $(CURDIR); kill $$(cat $(DEMO_PG)/sandbox.pid) 2>/dev/null; $(BIN)/python tests/pg_fixture.py stop $$(cat $(DEMO_PG)/cluster-dir); rm -rf $$(cat $(DEMO_PG)/cluster-dir)' EXIT; \
+	export COINS_SYNC_PG_DSN="$$(cat $(DEMO_PG)/dsn)"; \
+	for i in $$(seq 1 50); do \
+	  $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(SANDBOX_PORT)), 0.2)" 2>/dev/null && break; \
+	  sleep 0.1; \
+	done; \
+	cd $(DEMO_PG)/project && \
+	echo "== coins-sync plan (state in PostgreSQL)"; $(CURDIR)/$(CS) plan && \
+	echo "== coins-sync apply --yes"; $(CURDIR)/$(CS) apply --yes && \
+	echo "== coins-sync state list"; $(CURDIR)/$(CS) state list && \
+	echo "== coins-sync plan (again: nothing left to do)"; $(CURDIR)/$(CS) plan --detailed-exitcode && \
+	echo "== files written under the project (none for the state):"; find . -path ./configs -prune -o -type f -print
+
 plan: $(STAMP)
 	$(CS) plan
 
@@ -65,12 +90,15 @@ apply: $(STAMP)
 # prints a table and fails when a target is missed. Never part of `make test`.
 bench: $(STAMP)
 	$(BIN)/python tests/benchmarks/bench.py
+	$(BIN)/python tests/benchmarks/bench.py --backend postgres
 
 # Fault campaigns against the sandbox (faults, kill -9, SIGINT); prints figures and
-# fails unless duplicates and lost records are both 0. Not part of `make test`;
+# fails unless duplicates and lost records are both 0, on the file backend and then on
+# the postgres backend (a throw-away cluster). Not part of `make test`;
 # `make chaos CHAOS_ARGS=--quick` is the reduced run.
 chaos: $(STAMP)
 	$(BIN)/python tests/chaos.py $(CHAOS_ARGS)
+	$(BIN)/python tests/pg_chaos.py $(CHAOS_ARGS)
 
 # Mutation testing (mutmut, pinned, installed here only) of apply, the saved plan, state,
 # the retry policy and the output scrubber: prints the survivors and the survival rate,
@@ -90,4 +118,4 @@ audit: $(STAMP)
 	$(BIN)/python tests/tools/audit.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo mutants
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .demo-postgres mutants

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Protocol
 
 from coins_sync.api import RemoteConfig
-from coins_sync.audit import AuditLog, AuditRecord
+from coins_sync.audit import AuditRecord, AuditSink
 from coins_sync.errors import (
     ApiError,
     AuthError,
@@ -143,7 +143,7 @@ class Executor:
         desired: Mapping[RuleKey, int],
         parallelism: int = 8,
         fold_every: int = 500,
-        audit: AuditLog | None = None,
+        audit: AuditSink | None = None,
         stop: threading.Event | None = None,
         on_stop: Callable[[], None] | None = None,
     ) -> None:
@@ -559,7 +559,7 @@ def run_apply(
     request: ApplyRequest,
     confirm: Callable[[Plan], bool],
     on_tick: Callable[[int, int], None] | None = None,
-    audit: AuditLog | None = None,
+    audit: AuditSink | None = None,
 ) -> tuple[Plan, ApplyReport | None]:
     """Plan (or load a saved plan), confirm, and execute, all under the state lock.
 

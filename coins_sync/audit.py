@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from coins_sync.errors import StateError
 from coins_sync.redact import redact
@@ -76,6 +76,33 @@ class AuditRecord:
     message: str | None = None
 
 
+def audit_data(item: AuditRecord, env: str, actor: str, commit: str | None) -> dict[str, Any]:
+    """One audit record as the JSON object every backend stores."""
+    data: dict[str, Any] = {
+        "at": utc_now(),
+        "environment": env,
+        "action": item.action,
+        "key": item.key.as_dict(),
+        "before": item.before,
+        "after": item.after,
+        "coinConfigId": item.coin_config_id,
+        "outcome": item.outcome,
+        "actor": actor,
+        "commit": commit,
+    }
+    if item.message:
+        data["message"] = item.message
+    return data
+
+
+class AuditSink(Protocol):
+    """Where audit records go: a file (:class:`AuditLog`) or a database table."""
+
+    def record(self, item: AuditRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class AuditLog:
     """Append-only, fsynced JSON lines; safe to call from several threads."""
 
@@ -109,18 +136,7 @@ class AuditLog:
         return f"AuditLog({str(self.path)!r})"
 
     def record(self, item: AuditRecord) -> None:
-        data: dict[str, Any] = {
-            "at": utc_now(),
-            "environment": self.env,
-            "action": item.action,
-            "key": item.key.as_dict(),
-            "before": item.before,
-            "after": item.after,
-            "coinConfigId": item.coin_config_id,
-            "outcome": item.outcome,
-            "actor": self.actor,
-            "commit": self.commit,
-        }
+        data = audit_data(item, self.env, self.actor, self.commit)
         if item.message:
             data["message"] = redact(item.message, self._environ)
         line = (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()

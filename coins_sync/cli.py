@@ -23,7 +23,7 @@ import click
 from coins_sync import __version__
 from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.apply import ApplyReport, ApplyRequest, ApplyStoppedError, run_apply, to_send
-from coins_sync.audit import AuditLog, AuditRecord
+from coins_sync.audit import AuditRecord, AuditSink
 from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
 from coins_sync.gitlease import GitLease
 from coins_sync.plan import Action, Plan, check_safety
@@ -419,8 +419,8 @@ def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClie
         raise
 
 
-def audit_for(workspace: Workspace) -> AuditLog:
-    return AuditLog.beside(workspace.settings.state, workspace.settings.env, os.environ)
+def audit_for(workspace: Workspace) -> AuditSink:
+    return workspace.audit_log(os.environ)
 
 
 class Progress:
@@ -599,6 +599,166 @@ def state_import(key: str, coin_config_id: str, **options: Any) -> int:
     return EXIT_OK
 
 
+def postgres_store(workspace: Workspace, command: str) -> Any:
+    """The environment's PostgreSQL store, or a clear error for a file environment."""
+    from coins_sync.pgstate import PostgresStateStore
+
+    if not isinstance(workspace.store, PostgresStateStore):
+        raise SettingsError(
+            f'`state {command}` needs an environment with backend = "postgres"; '
+            f"{workspace.settings.env!r} keeps its state in {workspace.store.describe()}"
+        )
+    return workspace.store
+
+
+@state.command("push")
+@env_options
+@lock_timeout_option
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The state file to move into the database (its journal is folded in).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@click.option(
+    "--force", is_flag=True, help="Push even a different lineage or a serial that is not newer."
+)
+def state_push(source: Path, yes: bool, force: bool, **options: Any) -> int:
+    """Move a file state into the environment's PostgreSQL backend.
+
+    Both the file's lock and the database lock are held; the file's journal is
+    folded in. A state of another lineage, or a serial that is not newer than the
+    database's, is refused unless --force is given.
+
+    \b
+    Example:
+      coins-sync state push --env team --from state/prod.json --yes
+    """
+    from coins_sync.errors import StateError
+    from coins_sync.state import FileStateStore
+
+    workspace = workspace_from(options)
+    store = postgres_store(workspace, "push")
+    timeout = workspace.settings.lock_timeout
+    file_store = FileStateStore(source)
+    with file_store.lock("state push", timeout):
+        pushed = file_store.read()
+        if not pushed.exists:
+            raise StateError(f"{source}: no state to push")
+        with store.lock(f"state push --from {source}", timeout):
+            current, _ = store.recover()
+            if current.exists and not force:
+                if current.lineage != pushed.lineage:
+                    raise StateError(
+                        f"{source} is lineage {pushed.lineage}, but {store.describe()} holds "
+                        f"lineage {current.lineage}: another state. Nothing was pushed; "
+                        "pass --force to replace it"
+                    )
+                if pushed.serial <= current.serial:
+                    raise StateError(
+                        f"{source} is serial {pushed.serial}, not newer than the database's "
+                        f"serial {current.serial}. Nothing was pushed; pass --force to "
+                        "replace it"
+                    )
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise SettingsError("refusing to change state without a terminal; pass --yes")
+                click.confirm(
+                    f"Replace {len(current.entries)} entries in {store.describe()} with "
+                    f"{len(pushed.entries)} from {source}?",
+                    abort=True,
+                )
+            written = store.replace_state(pushed)
+    click.echo(
+        f"Pushed {len(written.entries)} entries and {len(written.uncertain)} uncertain from "
+        f"{source} to {store.describe()} (lineage {written.lineage}, serial {written.serial})."
+    )
+    return EXIT_OK
+
+
+@state.command("pull")
+@env_options
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The file to write the state to (deterministic JSON).",
+)
+def state_pull(target: Path, **options: Any) -> int:
+    """Write the environment's state to a file: for backups, audits or a move back.
+
+    \b
+    Example:
+      coins-sync state pull --env team --to backup/team.json
+    """
+    from coins_sync.errors import StateError
+    from coins_sync.state import atomic_write, serialize
+
+    workspace = workspace_from(options)
+    current = workspace.read_state()
+    if not current.exists:
+        raise StateError(f"{workspace.store.describe()} holds no state yet; nothing to pull")
+    atomic_write(target, serialize(current))
+    click.echo(
+        f"Wrote {len(current.entries)} entries (serial {current.serial}) from "
+        f"{workspace.store.describe()} to {target}."
+    )
+    return EXIT_OK
+
+
+@state.command("force-unlock")
+@env_options
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+def state_force_unlock(yes: bool, **options: Any) -> int:
+    """End a stuck holder's database session and fence its writes (postgres only).
+
+    The lock epoch is bumped, so the old run can never write again, even if its
+    process lives on. Use it only when the holder is surely stuck: a live run is
+    stopped half-way (what it had done is recorded; it exits 1).
+
+    \b
+    Example:
+      coins-sync state force-unlock --env team --yes
+    """
+    workspace = workspace_from(options)
+    store = postgres_store(workspace, "force-unlock")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise SettingsError("refusing to force the lock without a terminal; pass --yes")
+        click.confirm(f"End the lock holder of {store.describe()}?", abort=True)
+    who = store.force_unlock()
+    if who is None:
+        click.echo(f"Nobody held the lock of {store.describe()}; its epoch was bumped anyway.")
+    else:
+        click.echo(f"Ended {who}; its writes are fenced out.")
+    return EXIT_OK
+
+
+@state.command("schema-sql")
+@click.option("--env", "env_name", metavar="NAME", envvar="COINS_SYNC_ENV", help="Environment.")
+@click.option("--schema", metavar="NAME", help="Schema name (default: the environment's).")
+def state_schema_sql(env_name: str | None, schema: str | None) -> int:
+    """Print the SQL of the postgres backend's schema, for a DBA to apply by hand.
+
+    coins-sync applies the same migrations itself, under a lock, when it has the
+    rights; either way the checksums it records must match.
+
+    \b
+    Example:
+      coins-sync state schema-sql --env team > coins-sync-schema.sql
+    """
+    from coins_sync.pgschema import full_sql, valid_schema_name
+
+    name = schema or load_settings(env=env_name).pg_schema
+    if not valid_schema_name(name):
+        raise SettingsError(f"--schema must be a lower-case SQL name, got {name!r}")
+    click.echo(full_sql(name), nl=False)
+    return EXIT_OK
+
+
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
@@ -687,13 +847,10 @@ def report(fmt: str, **options: Any) -> int:
       coins-sync report --env prod --format csv > rules.csv
     """
     from coins_sync import report as reports
-    from coins_sync.audit import audit_path_for, read_audit
 
     workspace = workspace_from(options)
     configs = workspace.load_configs()
-    rows = reports.build_report(
-        configs, workspace.read_state(), read_audit(audit_path_for(workspace.settings.state))
-    )
+    rows = reports.build_report(configs, workspace.read_state(), workspace.read_audit())
     env = workspace.settings.env
     if fmt == "csv":
         click.echo(scrub(reports.render_csv(rows)), nl=False)

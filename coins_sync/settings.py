@@ -14,6 +14,8 @@ Shape::
     update_threshold = 0.3              # refuse plans updating more than this share...
     update_threshold_min_entries = 10   # ...once at least this many entries are managed
     parallelism = 8
+    backend = "file"                    # or "postgres" (team state; see README)
+    pg_schema = "coins_sync"            # postgres only; DSN from COINS_SYNC_PG_DSN
 
 Unknown keys are errors: a typo must never silently change behaviour. No secret is
 ever read from this file; secrets come from environment variables only.
@@ -30,9 +32,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from coins_sync.errors import SettingsError
+from coins_sync.pgschema import valid_schema_name
 
 DEFAULT_ENVIRONMENT = "default"
 ENCRYPTIONS = ("none", "aes-128-ecb")
+BACKENDS = ("file", "postgres")
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class Settings:
     lock_timeout: float = 0.0
     allow_insecure_http: bool = False
     fold_every: int = 500
+    backend: str = "file"
+    pg_schema: str = "coins_sync"
 
     def with_overrides(
         self,
@@ -129,6 +135,8 @@ _ENV_KEYS: dict[str, tuple[type, ...]] = {
     "lock_timeout": (float, int),
     "allow_insecure_http": (bool,),
     "fold_every": (int,),
+    "backend": (str,),
+    "pg_schema": (str,),
 }
 
 
@@ -222,6 +230,8 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
         lock_timeout=float(values.get("lock_timeout", 0.0)),
         allow_insecure_http=values.get("allow_insecure_http", False),
         fold_every=values.get("fold_every", 500),
+        backend=values.get("backend", "file"),
+        pg_schema=values.get("pg_schema", "coins_sync"),
     )
     _check_ranges(settings)
     return settings
@@ -239,5 +249,12 @@ def _check_ranges(s: Settings) -> None:
         raise SettingsError(f"{where}.parallelism must be between 1 and 64")
     if s.update_threshold_min_entries < 0 or s.fold_every < 1:
         raise SettingsError(f"{where}: update_threshold_min_entries/fold_every out of range")
+    if s.backend not in BACKENDS:
+        raise SettingsError(f"{where}.backend must be one of {', '.join(BACKENDS)}")
+    if not valid_schema_name(s.pg_schema):
+        raise SettingsError(
+            f"{where}.pg_schema must be a lower-case SQL name (letters, digits, _), "
+            f"got {s.pg_schema!r}"
+        )
     if s.connect_timeout <= 0 or s.read_timeout <= 0 or s.lock_timeout < 0:
         raise SettingsError(f"{where}: timeouts must be positive")

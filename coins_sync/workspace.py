@@ -5,11 +5,13 @@ It is what the CLI builds from options, and what each command makes one call on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from coins_sync.api import RemoteConfig
+from coins_sync.audit import AuditLog, AuditSink, audit_path_for, read_audit
 from coins_sync.errors import StateError
 from coins_sync.loader import ConfigSet, RuleLoader
 from coins_sync.plan import Action, Plan, PlanContext, SafetyRules, plan
@@ -17,6 +19,16 @@ from coins_sync.refresh import Reader, refresh, untouchable
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
 from coins_sync.state import State, StateEntry, StateStore, open_store
+
+
+def open_backend(settings: Settings) -> StateStore:
+    """The state store of an environment: its file, or its PostgreSQL schema."""
+    if settings.backend == "postgres":
+        from coins_sync.pgstate import PostgresStateStore
+
+        rescue = settings.state.with_name(settings.state.stem + ".pg-rescue.jsonl")
+        return PostgresStateStore(settings.env, settings.pg_schema, rescue_path=rescue)
+    return open_store(settings.state)
 
 
 @dataclass
@@ -27,7 +39,23 @@ class Workspace:
     store: StateStore = field(init=False)
 
     def __post_init__(self) -> None:
-        self.store = open_store(self.settings.state)
+        self.store = open_backend(self.settings)
+
+    def audit_log(self, environ: Mapping[str, str]) -> AuditSink:
+        """Where this environment's audit records go (file beside the state, or table)."""
+        from coins_sync.pgstate import PostgresStateStore
+
+        if isinstance(self.store, PostgresStateStore):
+            return self.store.audit_log(environ)
+        return AuditLog.beside(self.settings.state, self.settings.env, environ)
+
+    def read_audit(self) -> Iterator[dict[str, Any]]:
+        """Every audit record of this environment, oldest first."""
+        from coins_sync.pgstate import PostgresStateStore
+
+        if isinstance(self.store, PostgresStateStore):
+            return self.store.read_audit()
+        return read_audit(audit_path_for(self.settings.state))
 
     @property
     def safety(self) -> SafetyRules:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,40 @@ def sandbox() -> Iterator[SandboxServer]:
 
 def server_configs(server: SandboxServer) -> list[dict[str, Any]]:
     return server.configs()
+
+
+# --- PostgreSQL (team state) ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throw-away PostgreSQL cluster for the session (see tests/pg_fixture.py).
+
+    Without the server binaries the postgres tests are skipped on a developer's machine,
+    but under CI=true that is a failure: CI must run them (`.ci/run` installs them).
+    """
+    import shutil
+    import tempfile
+
+    from tests.pg_fixture import find_bin, start_cluster
+
+    if find_bin() is None:
+        message = "PostgreSQL server binaries (pg_ctl) not found"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI must run the postgres tests")
+        pytest.skip(message)
+    root = Path(tempfile.mkdtemp(prefix="coins-sync-pg-"))
+    cluster = start_cluster(root)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh database in the session cluster; COINS_SYNC_PG_DSN points at it."""
+    dsn: str = pg_cluster.new_database()
+    monkeypatch.setenv("COINS_SYNC_PG_DSN", dsn)
+    return dsn

@@ -137,16 +137,23 @@ def write_state(path: Path, entries: list[dict[str, object]]) -> None:
     path.write_text(text, "utf-8")
 
 
+#: "file" or "postgres" (``--backend``); with postgres, each figure gets its own schema.
+BACKEND = "file"
+
+
 def write_project(workdir: Path) -> None:
     """A pyproject.toml with a ``bench`` environment; paths are passed on the command line."""
     workdir.mkdir(parents=True, exist_ok=True)
+    backend = ""
+    if BACKEND == "postgres":
+        backend = f'backend = "postgres"\npg_schema = "bench_{workdir.name.replace("-", "_")}"\n'
     (workdir / "pyproject.toml").write_text(
         "[tool.coins-sync]\n"
         'configs = "configs"\n'
         'default_environment = "bench"\n\n'
         "[tool.coins-sync.environments.bench]\n"
         'api_url = "http://127.0.0.1:9"\n'
-        'state = "state/bench.json"\n',
+        'state = "state/bench.json"\n' + backend,
         "utf-8",
     )
 
@@ -158,6 +165,8 @@ def child_env(root: Path) -> dict[str, str]:
     """The environment of every process the bench starts."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COINS_SYNC_")}
     env["COINS_SYNC_TOKEN"] = TOKEN
+    if BACKEND == "postgres":
+        env["COINS_SYNC_PG_DSN"] = os.environ["COINS_SYNC_PG_DSN"]
     env["NO_COLOR"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     # Bytecode is cached as for any installed tool (the untimed first runs fill the
@@ -253,6 +262,9 @@ def measure_plan(root: Path, env: dict[str, str], runs: int) -> tuple[float, flo
     plan_args = [PYTHON, "-m", "coins_sync", "plan", "--configs", "configs"]
     plan_args += ["--state", str(state.relative_to(work)), "--env", "bench"]
     floor_args = [PYTHON, "-c", FLOOR_CODE, str(state), *files]
+    if BACKEND == "postgres":  # the same state, moved into the database (untimed)
+        push = [PYTHON, "-m", "coins_sync", "state", "push", "--env", "bench"]
+        run_timed([*push, "--from", str(state), "--yes"], work, env)
     expected = f"{len(entries)} unchanged (no changes)"
     # One untimed run each: compiles bytecode and warms the page cache.
     run_timed(floor_args, work, env)
@@ -321,8 +333,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--runs", type=int, default=3, help="timed plan runs (median)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--backend",
+        choices=["file", "postgres"],
+        default="file",
+        help="state backend; postgres starts a throw-away local cluster",
+    )
     options = parser.parse_args(argv)
     runs = max(1, min(options.runs, 15))
+    if options.backend == "postgres":
+        return on_postgres(argv or [])
 
     root = Path(tempfile.mkdtemp(prefix="coins-sync-bench-"))
     started = time.perf_counter()
@@ -394,6 +414,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(render(rows, header))
     return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def on_postgres(argv: Sequence[str]) -> int:
+    """The same figures with the state in a throw-away local PostgreSQL cluster."""
+    global BACKEND
+    sys.path.insert(0, str(REPO))
+    from tests.pg_fixture import find_bin, start_cluster
+
+    if find_bin() is None:
+        print("bench: the PostgreSQL server binaries are not installed", file=sys.stderr)
+        return 1
+    root = Path(tempfile.mkdtemp(prefix="coins-sync-bench-pg-"))
+    cluster = start_cluster(root)
+    previous = os.environ.get("COINS_SYNC_PG_DSN")
+    try:
+        BACKEND = "postgres"
+        print("== state backend: postgres (local cluster, unix socket, fsync off)")
+        rest = [a for a in argv if a not in ("--backend", "postgres")]
+        os.environ["COINS_SYNC_PG_DSN"] = cluster.dsn()
+        return main([*rest, "--backend", "file"])
+    finally:
+        BACKEND = "file"
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        if previous is not None:
+            os.environ["COINS_SYNC_PG_DSN"] = previous
 
 
 if __name__ == "__main__":
