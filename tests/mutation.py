@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 MUTMUT = Path(sys.executable).with_name("mutmut")
 
 #: Which mutants run: every function of apply, planfile and state, and of api.py and
-#: cli.py the functions of the retry policy and of secret scrubbing.
+#: cli.py the functions of the retry policy and of secret scrubbing (all of redact.py).
 SELECTED = (
     "coins_sync.apply.*",
     "coins_sync.planfile.*",
@@ -44,7 +44,7 @@ SELECTED = (
     "coins_sync.api.*ǁ_too_long_to_wait__mutmut_*",
     "coins_sync.api.x__retry_after__mutmut_*",
     "coins_sync.api.*ǁ_scrub__mutmut_*",
-    "coins_sync.cli.x_scrub__mutmut_*",
+    "coins_sync.redact.*",
     "coins_sync.cli.*_ScrubFilter*",
 )
 
@@ -63,7 +63,8 @@ GUARDS = (
     Guard(
         "the output scrubber",
         (
-            "coins_sync.cli.x_scrub__mutmut_*",
+            "coins_sync.redact.*ǁRedactorǁ__call____mutmut_*",
+            "coins_sync.redact.x_redact__mutmut_*",
             "coins_sync.cli.*_ScrubFilter*",
             "coins_sync.api.*ǁ_scrub__mutmut_*",
         ),
