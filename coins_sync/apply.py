@@ -45,7 +45,16 @@ from coins_sync.errors import (
 from coins_sync.plan import Action, Change, Plan, check_safety
 from coins_sync.planfile import check_consistent, check_fresh, load_plan
 from coins_sync.rules import RuleKey
-from coins_sync.state import Journal, JournalRecord, State, StateEntry, Uncertain, utc_now
+from coins_sync.state import (
+    FileStateStore,
+    Journal,
+    JournalRecord,
+    State,
+    StateConflictError,
+    StateEntry,
+    Uncertain,
+    utc_now,
+)
 from coins_sync.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -72,6 +81,11 @@ class ApplyReport:
     skipped_uncertain: list[RuleKey] = field(default_factory=list)
     not_started: int = 0
     interrupted: bool = False
+    signal_name: str = ""  # "SIGTERM" when that stopped the run, else "" (SIGINT or none)
+    #: Confirmed results that the state file could not take: (key, coinConfigId). Printed
+    #: so that no id the server confirmed is known only to a lost process.
+    unrecorded: list[tuple[RuleKey, str]] = field(default_factory=list)
+    rescue: Path | None = None
     state: State | None = None
 
     @property
@@ -146,8 +160,11 @@ class Executor:
         audit: AuditSink | None = None,
         stop: threading.Event | None = None,
         on_stop: Callable[[], None] | None = None,
+        rescue: Callable[[str, list[JournalRecord]], Path] | None = None,
     ) -> None:
         self.api = api
+        self.rescue = rescue
+        self._results: list[JournalRecord] = []  # every result of this run, for a rescue
         self.desired = desired
         self.on_stop = on_stop
         self._stop_announced = False
@@ -198,6 +215,7 @@ class Executor:
     def _record(self, record: JournalRecord, book: Callable[[], None]) -> None:
         def booked() -> None:
             book()
+            self._results.append(record)
             self._since_fold += 1
 
         self.journal.append(record, booked, book_on_failure=True)
@@ -426,13 +444,46 @@ class Executor:
         if fold_error is None:
             parts.append("Every result confirmed so far is recorded in the state")
         else:
+            what = (
+                "apply did not overwrite the state"
+                if isinstance(fold_error, StateConflictError)
+                else "apply could not write its results into the state"
+            )
+            where = self._rescue_note()
             parts.append(
-                f"{'A' if parts else 'a'}pply could not write its results into the state "
-                f"({_describe(fold_error)}): "
-                "the journal and the audit log keep what was done, and the next coins-sync "
-                "command folds the journal into the state"
+                f"{what[0].upper() if parts else what[0]}{what[1:]} ({_describe(fold_error)}). "
+                f"{where}; the next coins-sync command folds them into the state: run "
+                "`coins-sync plan` and check it before applying again"
             )
         return ApplyStoppedError(". ".join(parts), self.report)
+
+    def _rescue_note(self) -> str:
+        if self.report.rescue is not None:
+            return (
+                f"The state on disk was left as it is; this run's results are kept in "
+                f"{self.report.rescue} (and the journal)"
+            )
+        return (
+            "The state on disk was left as it is; the journal and the audit log keep what "
+            "was done, and the confirmed ids are listed above"
+        )
+
+    def _save_unfolded(self) -> None:
+        """The final fold failed: list every confirmed id and try the rescue file."""
+        self.report.unrecorded = [
+            (record.key, record.coin_config_id)
+            for record in self._results
+            if record.coin_config_id and record.outcome in ("created", "updated", "imported")
+        ]
+        if self.rescue is None:
+            return
+        records = [*self._results, *self._inflight.values()]
+        if not records:
+            return
+        try:
+            self.report.rescue = self.rescue(self._base.lineage, records)
+        except OSError as e:
+            log.error("cannot write the rescue file: %s", _describe(e))
 
     def finish(self) -> ApplyReport:
         """Stop and join the workers if still running, fold every result into the state
@@ -450,6 +501,7 @@ class Executor:
         except Exception as e:
             log.debug("final checkpoint failed", exc_info=True)
             fold_error = e
+            self._save_unfolded()
         finally:
             try:
                 self.journal.close()
@@ -597,6 +649,7 @@ def run_apply(
                 fold_every=settings.fold_every,
                 audit=audit,
                 on_stop=api.cancel,
+                rescue=store.write_rescue if isinstance(store, FileStateStore) else None,
             )
             with sigint_stops(executor):
                 try:

@@ -456,6 +456,13 @@ def print_report(report: ApplyReport) -> None:
             "`coins-sync apply --retry-uncertain`.",
             err=True,
         )
+    if report.unrecorded:
+        click.echo(
+            f"  Confirmed by the server but not in the state file ({len(report.unrecorded)}):",
+            err=True,
+        )
+        for key, config_id in report.unrecorded:
+            click.echo(scrub(f"  confirmed  {key} coinConfigId={config_id}"), err=True)
     if report.interrupted:
         click.echo(
             "  Interrupted: nothing new was sent; every result so far is recorded.", err=True
