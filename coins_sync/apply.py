@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from coins_sync.api import RemoteConfig
 from coins_sync.audit import AuditRecord, AuditSink
@@ -184,6 +184,7 @@ class Executor:
         self.done = 0
         self.total = 0
         self._interrupted = False
+        self.signal_name = ""
         self._live = 0  # workers not yet returned; guarded by _queue_lock
         self._all_done = threading.Event()
         self._all_done.set()  # no worker runs until start()
@@ -359,12 +360,14 @@ class Executor:
                 self.stop.set()
                 return
 
-    def interrupt(self) -> None:
+    def interrupt(self, signal_name: str = "") -> None:
         """Stop sending: requests in flight finish and are recorded. Safe in a signal
-        handler: a second call returns at once instead of re-entering ``stop.set()``."""
+        handler: a second call (a second signal while draining) returns at once instead of
+        re-entering ``stop.set()``, so nothing already arrived is lost."""
         if self._interrupted:
             return
         self._interrupted = True
+        self.signal_name = signal_name
         self.stop.set()
 
     @property
@@ -494,6 +497,7 @@ class Executor:
         """
         self.halt()
         self.report.interrupted = self._interrupted
+        self.report.signal_name = self.signal_name
         self.report.not_started = self.total - self.done
         fold_error: Exception | None = None
         try:
@@ -562,27 +566,30 @@ def wait(
 
 @contextlib.contextmanager
 def sigint_stops(executor: Executor) -> Iterator[None]:
-    """While an apply runs, SIGINT (Ctrl-C) calls ``executor.interrupt()`` instead of
-    raising KeyboardInterrupt at an arbitrary point, so the results are always folded
-    and no new send starts. Only the main thread can own signal handlers; elsewhere (or
-    when SIGINT is ignored) this does nothing, and :func:`wait` still turns a
-    KeyboardInterrupt into an interrupt.
+    """While an apply runs, SIGINT (Ctrl-C) and SIGTERM (a CI cancellation, ``kill``) call
+    ``executor.interrupt()`` instead of ending the process at an arbitrary point, so the
+    results are always folded and no new send starts; the caller exits 130 or 143. A
+    second signal while draining changes nothing (only SIGKILL ends it then). Only the
+    main thread can own signal handlers; elsewhere this does nothing, and :func:`wait`
+    still turns a KeyboardInterrupt into an interrupt. An ignored signal (e.g. SIGINT
+    under nohup) stays ignored.
     """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. under nohup: keep it so
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_sigint(signum: int, frame: object) -> None:
-        executor.interrupt()
+    def on_signal(signum: int, frame: object) -> None:
+        executor.interrupt("SIGTERM" if signum == signal.SIGTERM else "")
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous: dict[int, Any] = {}
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, on_signal)
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class ClosableApi(CoinsApi, Protocol):

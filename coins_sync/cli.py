@@ -40,6 +40,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 
 def _report_error(error: CoinsSyncError) -> None:
@@ -547,6 +548,10 @@ def apply_command(
         )
     except ApplyStoppedError as e:
         stopped = e
+    except KeyboardInterrupt:  # before any send, e.g. during --refresh's reads
+        progress.close()
+        click.echo("Interrupted: nothing was sent.", err=True)
+        return EXIT_INTERRUPTED
     finally:
         progress.close()
     if stopped is not None:
@@ -569,7 +574,7 @@ def apply_command(
         return EXIT_OK
     print_report(report)
     if report.interrupted:
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if report.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     return EXIT_OK if report.ok else EXIT_ERROR
 
 

@@ -9,6 +9,8 @@ state file replaced mid-run), never by editing the code under test.
 from __future__ import annotations
 
 import json
+import random
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from coins_sync.api import CoinsClient, RemoteConfig
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.state import FileStateStore, State, StateEntry, serialize
+from tests import chaos
 from tests.conftest import SANDBOX_TOKEN, Invoke, write
 
 RULES = """\
@@ -145,3 +148,55 @@ def test_a_rescue_file_of_another_lineage_is_refused_not_dropped(
 def iter_lines(path: Path) -> Iterator[dict[str, Any]]:
     for line in path.read_bytes().splitlines():
         yield json.loads(line)
+
+
+# -- section 3: signals ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("signals", "expected"),
+    [
+        ((signal.SIGTERM,), 143),
+        ((signal.SIGINT, signal.SIGTERM), 130),  # CI: SIGINT, then SIGTERM while draining
+        ((signal.SIGTERM, signal.SIGTERM), 143),
+    ],
+)
+def test_sigterm_stops_like_ctrl_c_and_a_second_signal_loses_nothing(
+    project: Path, signals: tuple[int, ...], expected: int
+) -> None:
+    figures = chaos.Figures("SIGTERM", rules=24)
+    with chaos.lab(project, latency_ms=150) as the_lab:
+        desired = chaos.write_rules(project / "configs", 24)
+        code = chaos.interrupt_apply(the_lab, random.Random(3), figures, signals)
+        output = the_lab.outputs[-1]
+        assert code == expected, output
+        assert "Traceback" not in output
+        assert "Interrupted: nothing new was sent" in output
+        assert not the_lab.store.journal_path.exists()
+        stored = the_lab.store.read_stored()
+        assert not stored.uncertain  # what was in flight finished and was recorded
+        assert 0 < len(stored.entries) < 24
+        assert {c["coinConfigId"] for c in the_lab.server.configs()} == ids_in(stored)
+
+        the_lab.converge(figures, desired)
+        assert figures.rounds == 1 and figures.ok, figures.report()
+
+
+def test_ctrl_c_during_apply_refresh_exits_130(
+    project: Path,
+    invoke: Invoke,
+    sandbox: SandboxServer,
+    store: FileStateStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert apply(invoke, sandbox).exit_code == 0
+    write(project / "configs/acme.yaml", RULES.replace("amount: 5", "amount: 50"))
+
+    def interrupted_get(self: CoinsClient, coin_config_id: str) -> RemoteConfig:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CoinsClient, "get", interrupted_get)
+    done = apply(invoke, sandbox, "--refresh")
+    assert done.exit_code == 130, done.output
+    assert "nothing was sent" in done.output
+    assert [c["amount"] for c in sandbox.configs()].count(50) == 0
