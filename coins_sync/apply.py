@@ -581,15 +581,15 @@ def sigint_stops(executor: Executor) -> Iterator[None]:
     def on_signal(signum: int, frame: object) -> None:
         executor.interrupt("SIGTERM" if signum == signal.SIGTERM else "")
 
-    previous: dict[int, Any] = {}
+    previous: dict[signal.Signals, Any] = {}
     try:
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) is not signal.SIG_IGN:
                 previous[signum] = signal.signal(signum, on_signal)
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for caught, handler in previous.items():
+            signal.signal(caught, handler)
 
 
 class ClosableApi(CoinsApi, Protocol):
