@@ -862,7 +862,15 @@ def report(fmt: str, **options: Any) -> int:
 
     workspace = workspace_from(options)
     configs = workspace.load_configs()
-    rows = reports.build_report(configs, workspace.read_state(), workspace.read_audit())
+    unreadable: list[str] = []
+    rows = reports.build_report(configs, workspace.read_state(), workspace.read_audit(unreadable))
+    if unreadable:  # never skipped silently: the report may miss their changes
+        shown = ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+        click.echo(
+            f"Warning: {len(unreadable)} unreadable audit line(s) not counted ({shown}); "
+            "the last change shown for a rule may be older than the real one",
+            err=True,
+        )
     env = workspace.settings.env
     if fmt == "csv":
         click.echo(scrub(reports.render_csv(rows)), nl=False)

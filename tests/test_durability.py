@@ -8,10 +8,12 @@ state file replaced mid-run), never by editing the code under test.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import random
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,11 +147,6 @@ def test_a_rescue_file_of_another_lineage_is_refused_not_dropped(
     assert store.rescue_path.exists()
 
 
-def iter_lines(path: Path) -> Iterator[dict[str, Any]]:
-    for line in path.read_bytes().splitlines():
-        yield json.loads(line)
-
-
 # -- section 3: signals ------------------------------------------------------------------
 
 
@@ -200,3 +197,127 @@ def test_ctrl_c_during_apply_refresh_exits_130(
     assert done.exit_code == 130, done.output
     assert "nothing was sent" in done.output
     assert [c["amount"] for c in sandbox.configs()].count(50) == 0
+
+
+# -- section 4: full disks and odd paths -------------------------------------------------
+
+
+class FullDisk:
+    """``os.write`` on files under ``state/`` fails with ENOSPC once switched on; the audit
+    log first gets a short write (half the bytes), as a real full disk does. ``spare``
+    names files that still fit (a small rescue file, say)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, spare: str = "\0") -> None:
+        self.on = False
+        self.spare = spare
+        self.refused = 0
+        self.torn = False
+        real = os.write
+
+        def write(fd: int, data: Any) -> int:
+            if self.on:
+                try:
+                    target = os.readlink(f"/proc/self/fd/{fd}")
+                except OSError:
+                    target = ""
+                if f"{os.sep}state{os.sep}" in target and self.spare not in target:
+                    self.refused += 1
+                    if target.endswith(".audit.jsonl") and not self.torn and len(data) > 1:
+                        self.torn = True  # one short write, then nothing fits
+                        return real(fd, bytes(data)[: len(data) // 2])
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(fd, data)
+
+        monkeypatch.setattr(os, "write", write)
+
+
+def test_a_full_disk_stops_cleanly_and_prints_every_confirmed_id(
+    project: Path,
+    invoke: Invoke,
+    sandbox: SandboxServer,
+    store: FileStateStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    disk = FullDisk(monkeypatch)
+    confirmed = after_creates(monkeypatch, 2, lambda: setattr(disk, "on", True))
+    done = apply(invoke, sandbox)
+    assert done.exit_code == 1, done.output
+    assert "Traceback" not in done.output and disk.refused
+    assert "No space left on device" in done.output
+    assert len(confirmed) == 2 and len(sandbox.configs()) == 2  # nothing sent after
+    for remote in confirmed:  # every id the server confirmed is printed, with its key
+        assert f"{remote.key} coinConfigId={remote.coin_config_id}" in done.output
+    assert store.read_stored().entries == {}  # the state is intact: never half-written
+    # (the state file was first written before any send, to fix the lineage)
+
+
+def test_a_full_disk_with_room_for_the_rescue_file_loses_no_confirmed_create(
+    project: Path,
+    invoke: Invoke,
+    sandbox: SandboxServer,
+    store: FileStateStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    disk = FullDisk(monkeypatch, spare="rescue")
+    confirmed = after_creates(monkeypatch, 2, lambda: setattr(disk, "on", True))
+    done = apply(invoke, sandbox)
+    assert done.exit_code == 1, done.output
+    assert "Traceback" not in done.output
+    assert store.rescue_path.name in done.output
+    assert store.rescue_path.exists()
+
+    disk.on = False  # space freed: the next apply folds the rescue file, sends the rest
+    again = apply(invoke, sandbox)
+    assert again.exit_code == 0, again.output
+    assert "uncertain" not in again.output.replace("0 uncertain", "")
+    state = store.read_stored()
+    assert not state.uncertain and len(state.entries) == 4
+    assert {c.coin_config_id for c in confirmed} <= ids_in(state)
+    assert len(sandbox.configs()) == 4  # no duplicate
+    assert not store.rescue_path.exists()
+
+    # the audit line torn by the short write is ended before the next one, and `report`
+    # counts it instead of skipping it silently
+    audit = project / "state" / "default.audit.jsonl"
+    lines = audit.read_bytes().split(b"\n")
+    assert sum(1 for line in lines if line and not parses(line)) == 1, lines
+    report = invoke("report", env=ENV)
+    assert report.exit_code == 0, report.output
+    assert "1 unreadable audit line(s)" in report.output
+
+
+def test_a_state_file_that_is_a_symlink_is_written_through(
+    project: Path,
+    invoke: Invoke,
+    sandbox: SandboxServer,
+    store: FileStateStore,
+) -> None:
+    shared = project / "shared" / "prod.json"
+    shared.parent.mkdir()
+    store.path.parent.mkdir()
+    store.path.symlink_to(shared)
+    assert apply(invoke, sandbox).exit_code == 0
+    assert store.path.is_symlink()
+    assert len(FileStateStore(shared).read_stored().entries) == 4
+
+
+def test_a_journal_path_that_is_a_directory_is_an_error_before_any_send(
+    project: Path,
+    invoke: Invoke,
+    sandbox: SandboxServer,
+    store: FileStateStore,
+) -> None:
+    store.journal_path.mkdir(parents=True)
+    done = apply(invoke, sandbox)
+    assert done.exit_code == 1, done.output
+    assert "Traceback" not in done.output
+    assert store.journal_path.name in done.output and "directory" in done.output
+    assert sandbox.configs() == []
+
+
+def parses(line: bytes) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
