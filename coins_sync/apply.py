@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from coins_sync.api import RemoteConfig
 from coins_sync.audit import AuditRecord, AuditSink
@@ -45,7 +45,16 @@ from coins_sync.errors import (
 from coins_sync.plan import Action, Change, Plan, check_safety
 from coins_sync.planfile import check_consistent, check_fresh, load_plan
 from coins_sync.rules import RuleKey
-from coins_sync.state import Journal, JournalRecord, State, StateEntry, Uncertain, utc_now
+from coins_sync.state import (
+    FileStateStore,
+    Journal,
+    JournalRecord,
+    State,
+    StateConflictError,
+    StateEntry,
+    Uncertain,
+    utc_now,
+)
 from coins_sync.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -72,6 +81,11 @@ class ApplyReport:
     skipped_uncertain: list[RuleKey] = field(default_factory=list)
     not_started: int = 0
     interrupted: bool = False
+    signal_name: str = ""  # "SIGTERM" when that stopped the run, else "" (SIGINT or none)
+    #: Confirmed results that the state file could not take: (key, coinConfigId). Printed
+    #: so that no id the server confirmed is known only to a lost process.
+    unrecorded: list[tuple[RuleKey, str]] = field(default_factory=list)
+    rescue: Path | None = None
     state: State | None = None
 
     @property
@@ -146,8 +160,11 @@ class Executor:
         audit: AuditSink | None = None,
         stop: threading.Event | None = None,
         on_stop: Callable[[], None] | None = None,
+        rescue: Callable[[str, list[JournalRecord]], Path] | None = None,
     ) -> None:
         self.api = api
+        self.rescue = rescue
+        self._results: list[JournalRecord] = []  # every result of this run, for a rescue
         self.desired = desired
         self.on_stop = on_stop
         self._stop_announced = False
@@ -167,6 +184,7 @@ class Executor:
         self.done = 0
         self.total = 0
         self._interrupted = False
+        self.signal_name = ""
         self._live = 0  # workers not yet returned; guarded by _queue_lock
         self._all_done = threading.Event()
         self._all_done.set()  # no worker runs until start()
@@ -198,6 +216,7 @@ class Executor:
     def _record(self, record: JournalRecord, book: Callable[[], None]) -> None:
         def booked() -> None:
             book()
+            self._results.append(record)
             self._since_fold += 1
 
         self.journal.append(record, booked, book_on_failure=True)
@@ -341,12 +360,14 @@ class Executor:
                 self.stop.set()
                 return
 
-    def interrupt(self) -> None:
+    def interrupt(self, signal_name: str = "") -> None:
         """Stop sending: requests in flight finish and are recorded. Safe in a signal
-        handler: a second call returns at once instead of re-entering ``stop.set()``."""
+        handler: a second call (a second signal while draining) returns at once instead of
+        re-entering ``stop.set()``, so nothing already arrived is lost."""
         if self._interrupted:
             return
         self._interrupted = True
+        self.signal_name = signal_name
         self.stop.set()
 
     @property
@@ -426,13 +447,46 @@ class Executor:
         if fold_error is None:
             parts.append("Every result confirmed so far is recorded in the state")
         else:
+            what = (
+                "apply did not overwrite the state"
+                if isinstance(fold_error, StateConflictError)
+                else "apply could not write its results into the state"
+            )
+            where = self._rescue_note()
             parts.append(
-                f"{'A' if parts else 'a'}pply could not write its results into the state "
-                f"({_describe(fold_error)}): "
-                "the journal and the audit log keep what was done, and the next coins-sync "
-                "command folds the journal into the state"
+                f"{what[0].upper() if parts else what[0]}{what[1:]} ({_describe(fold_error)}). "
+                f"{where}; the next coins-sync command folds them into the state: run "
+                "`coins-sync plan` and check it before applying again"
             )
         return ApplyStoppedError(". ".join(parts), self.report)
+
+    def _rescue_note(self) -> str:
+        if self.report.rescue is not None:
+            return (
+                f"The state on disk was left as it is; this run's results are kept in "
+                f"{self.report.rescue} (and the journal)"
+            )
+        return (
+            "The state on disk was left as it is; the journal and the audit log keep what "
+            "was done, and the confirmed ids are listed above"
+        )
+
+    def _save_unfolded(self) -> None:
+        """The final fold failed: list every confirmed id and try the rescue file."""
+        self.report.unrecorded = [
+            (record.key, record.coin_config_id)
+            for record in self._results
+            if record.coin_config_id and record.outcome in ("created", "updated", "imported")
+        ]
+        if self.rescue is None:
+            return
+        records = [*self._results, *self._inflight.values()]
+        if not records:
+            return
+        try:
+            self.report.rescue = self.rescue(self._base.lineage, records)
+        except OSError as e:
+            log.error("cannot write the rescue file: %s", _describe(e))
 
     def finish(self) -> ApplyReport:
         """Stop and join the workers if still running, fold every result into the state
@@ -443,6 +497,7 @@ class Executor:
         """
         self.halt()
         self.report.interrupted = self._interrupted
+        self.report.signal_name = self.signal_name
         self.report.not_started = self.total - self.done
         fold_error: Exception | None = None
         try:
@@ -450,6 +505,7 @@ class Executor:
         except Exception as e:
             log.debug("final checkpoint failed", exc_info=True)
             fold_error = e
+            self._save_unfolded()
         finally:
             try:
                 self.journal.close()
@@ -510,27 +566,30 @@ def wait(
 
 @contextlib.contextmanager
 def sigint_stops(executor: Executor) -> Iterator[None]:
-    """While an apply runs, SIGINT (Ctrl-C) calls ``executor.interrupt()`` instead of
-    raising KeyboardInterrupt at an arbitrary point, so the results are always folded
-    and no new send starts. Only the main thread can own signal handlers; elsewhere (or
-    when SIGINT is ignored) this does nothing, and :func:`wait` still turns a
-    KeyboardInterrupt into an interrupt.
+    """While an apply runs, SIGINT (Ctrl-C) and SIGTERM (a CI cancellation, ``kill``) call
+    ``executor.interrupt()`` instead of ending the process at an arbitrary point, so the
+    results are always folded and no new send starts; the caller exits 130 or 143. A
+    second signal while draining changes nothing (only SIGKILL ends it then). Only the
+    main thread can own signal handlers; elsewhere this does nothing, and :func:`wait`
+    still turns a KeyboardInterrupt into an interrupt. An ignored signal (e.g. SIGINT
+    under nohup) stays ignored.
     """
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # e.g. under nohup: keep it so
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
-    def on_sigint(signum: int, frame: object) -> None:
-        executor.interrupt()
+    def on_signal(signum: int, frame: object) -> None:
+        executor.interrupt("SIGTERM" if signum == signal.SIGTERM else "")
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous: dict[signal.Signals, Any] = {}
     try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, on_signal)
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for caught, handler in previous.items():
+            signal.signal(caught, handler)
 
 
 class ClosableApi(CoinsApi, Protocol):
@@ -597,6 +656,7 @@ def run_apply(
                 fold_every=settings.fold_every,
                 audit=audit,
                 on_stop=api.cancel,
+                rescue=store.write_rescue if isinstance(store, FileStateStore) else None,
             )
             with sigint_stops(executor):
                 try:

@@ -10,6 +10,7 @@ of every secret in the environment (:mod:`coins_sync.redact`) as a second line o
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -23,7 +24,7 @@ from typing import Any, Protocol
 from coins_sync.errors import StateError
 from coins_sync.redact import redact
 from coins_sync.rules import RuleKey
-from coins_sync.state import utc_now
+from coins_sync.state import repair_tail, utc_now, write_all
 
 #: Outcomes written to the log; ``action`` is what was attempted.
 OUTCOMES = ("created", "updated", "imported", "forgotten", "uncertain", "failed")
@@ -144,10 +145,15 @@ class AuditLog:
             try:
                 if self._fd is None:
                     self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                os.write(self._fd, line)
+                    self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                    repair_tail(self._fd)  # a line torn by a full disk is ended first
+                write_all(self._fd, line)
                 os.fsync(self._fd)
             except OSError as e:
+                if self._fd is not None:  # reopened next time, its torn tail ended first
+                    with contextlib.suppress(OSError):
+                        os.close(self._fd)
+                    self._fd = None
                 raise StateError(f"{self.path}: cannot append to the audit log: {e}") from e
 
     def close(self) -> None:
@@ -157,8 +163,9 @@ class AuditLog:
                 self._fd = None
 
 
-def read_audit(path: Path) -> Iterator[dict[str, Any]]:
-    """Every complete record of an audit log, oldest first; unreadable lines are skipped."""
+def read_audit(path: Path, unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every complete record of an audit log, oldest first. An unreadable line (torn by a
+    full disk, garbled) is not a record; it is named in ``unreadable`` when given."""
     if not path.exists():
         return
     try:
@@ -166,10 +173,14 @@ def read_audit(path: Path) -> Iterator[dict[str, Any]]:
     except OSError as e:
         raise StateError(f"{path}: cannot read the audit log: {e.strerror or e}") from e
     with handle:
-        for line in handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
             try:
                 data = json.loads(line)
             except (ValueError, RecursionError):
-                continue
+                data = None
             if isinstance(data, dict):
                 yield data
+            elif unreadable is not None:
+                unreadable.append(f"{path}:{number}")

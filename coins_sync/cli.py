@@ -40,6 +40,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 
 def _report_error(error: CoinsSyncError) -> None:
@@ -456,6 +457,13 @@ def print_report(report: ApplyReport) -> None:
             "`coins-sync apply --retry-uncertain`.",
             err=True,
         )
+    if report.unrecorded:
+        click.echo(
+            f"  Confirmed by the server but not in the state file ({len(report.unrecorded)}):",
+            err=True,
+        )
+        for key, config_id in report.unrecorded:
+            click.echo(scrub(f"  confirmed  {key} coinConfigId={config_id}"), err=True)
     if report.interrupted:
         click.echo(
             "  Interrupted: nothing new was sent; every result so far is recorded.", err=True
@@ -540,6 +548,10 @@ def apply_command(
         )
     except ApplyStoppedError as e:
         stopped = e
+    except KeyboardInterrupt:  # before any send, e.g. during --refresh's reads
+        progress.close()
+        click.echo("Interrupted: nothing was sent.", err=True)
+        return EXIT_INTERRUPTED
     finally:
         progress.close()
     if stopped is not None:
@@ -562,7 +574,7 @@ def apply_command(
         return EXIT_OK
     print_report(report)
     if report.interrupted:
-        return EXIT_INTERRUPTED
+        return EXIT_TERMINATED if report.signal_name == "SIGTERM" else EXIT_INTERRUPTED
     return EXIT_OK if report.ok else EXIT_ERROR
 
 
@@ -850,7 +862,15 @@ def report(fmt: str, **options: Any) -> int:
 
     workspace = workspace_from(options)
     configs = workspace.load_configs()
-    rows = reports.build_report(configs, workspace.read_state(), workspace.read_audit())
+    unreadable: list[str] = []
+    rows = reports.build_report(configs, workspace.read_state(), workspace.read_audit(unreadable))
+    if unreadable:  # never skipped silently: the report may miss their changes
+        shown = ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+        click.echo(
+            f"Warning: {len(unreadable)} unreadable audit line(s) not counted ({shown}); "
+            "the last change shown for a rule may be older than the real one",
+            err=True,
+        )
     env = workspace.settings.env
     if fmt == "csv":
         click.echo(scrub(reports.render_csv(rows)), nl=False)

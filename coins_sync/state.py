@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import getpass
 import json
 import logging
@@ -142,7 +143,9 @@ def parse_state(raw: bytes, where: str) -> State:
 
 
 def _parse_state(raw: bytes, where: str) -> State:
-    hint = f"{where} was left untouched; fix it, or restore {where}.backup or the copy in git"
+    # Not "restore .backup": it is one write behind, and the creates of that last write
+    # would vanish from the state and be sent again.
+    hint = f"{where} was left untouched; fix it, or restore the copy in git"
     try:
         data = json.loads(raw.decode("utf-8-sig"))  # a BOM from a hand-edited file is fine
     except UnicodeDecodeError as e:
@@ -326,6 +329,11 @@ def fold(state: State, records: Iterable[JournalRecord]) -> State:
     return replace(state, entries=entries, uncertain=uncertain)
 
 
+class StateConflictError(StateError):
+    """The state on disk is not the one this command read: another writer (a ``git pull``,
+    another working copy) replaced it. Nothing was overwritten."""
+
+
 # --- lock -----------------------------------------------------------------------
 
 
@@ -403,15 +411,43 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data``: ``os.write`` may write fewer (a full disk, a signal).
+
+    Bounded: each round writes at least one byte, or raises."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, f"short write ({len(data) - len(view)} of {len(data)})")
+        view = view[written:]
+
+
+def repair_tail(fd: int) -> None:
+    """Before appending to a line file (``fd`` open for reading and appending): when an
+    earlier write was cut short and left a torn last line, end it, so that the next record
+    starts on a line of its own instead of being glued to the torn one."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        write_all(fd, b"\n")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old bytes or the new, never a mix."""
+    """Write ``data`` to ``path`` so that readers see the old bytes or the new, never a mix.
+
+    A symbolic link is written through: its target gets the new bytes and the link stays,
+    so working copies that share one state file keep sharing it."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -426,6 +462,9 @@ class FileStateStore:
         self.path = path
         self.backup_path = path.with_name(path.name + ".backup")
         self.journal_path = path.with_name(path.stem + ".journal.jsonl")
+        #: Results an apply could not fold into the state (a newer state on disk, a full
+        #: disk): appended, never rewritten; the next command folds it in and removes it.
+        self.rescue_path = path.with_name(path.stem + ".rescue.jsonl")
         self.lock_path = path.with_name(path.name + ".lock")
         self.holder_path = path.with_name(path.name + ".lock.json")
         self._lock: filelock.FileLock | None = None
@@ -453,14 +492,29 @@ class FileStateStore:
             return State.new()
         return parse_state(raw, str(self.path))
 
-    def _replay(self, state: State) -> JournalReplay | None:
+    def _replay_file(self, path: Path, state: State, what: str) -> JournalReplay | None:
+        if path.is_dir():
+            raise StateError(
+                f"{path}: the {what} path is a directory, not a file; move it aside. "
+                "Nothing was sent"
+            )
         try:
-            raw = self.journal_path.read_bytes()
+            raw = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StateError(f"{self.journal_path}: cannot read journal: {e}") from e
-        return parse_journal(raw, state.lineage, str(self.journal_path))
+            raise StateError(f"{path}: cannot read {what}: {e}") from e
+        return parse_journal(raw, state.lineage, str(path))
+
+    def _replay(self, state: State) -> JournalReplay | None:
+        """The rescue file's records, then the journal's: both folded, in that order."""
+        rescue = self._replay_file(self.rescue_path, state, "rescue file")
+        journal = self._replay_file(self.journal_path, state, "journal")
+        if rescue is None:
+            return journal
+        if journal is None:
+            return rescue
+        return JournalReplay(rescue.records + journal.records, rescue.damaged + journal.damaged)
 
     def read(self) -> State:
         state = self.read_stored()
@@ -471,22 +525,45 @@ class FileStateStore:
             log.warning("%s", message)
         return fold(state, replay.records)
 
+    def write_rescue(self, lineage: str, records: Iterable[JournalRecord]) -> Path:
+        """Append ``records`` to the rescue file beside the state (fsynced); the next
+        command folds it into the state. Raises OSError when it cannot be written."""
+        data = b"".join(record.to_line(lineage) for record in records)
+        fd = os.open(self.rescue_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            repair_tail(fd)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.rescue_path.parent)
+        return self.rescue_path
+
     def has_journal(self) -> bool:
         return self.journal_path.exists()
 
     # writing -------------------------------------------------------------------
 
     def write(self, state: State) -> State:
+        """Compare-and-swap: write only over the state ``state`` was read from (same
+        lineage and serial); otherwise raise :class:`StateConflictError`, writing nothing."""
         current_raw = self._read_raw()
         if current_raw is not None:
             current = parse_state(current_raw, str(self.path))
             if current.lineage != state.lineage:
-                raise StateError(
+                raise StateConflictError(
                     f"{self.path}: lineage changed underneath us "
-                    f"({current.lineage} != {state.lineage}); refusing to overwrite"
+                    f"({current.lineage or 'none'} != {state.lineage or 'none'}); "
+                    "refusing to overwrite"
                 )
             if current.content() == state.content():
                 return replace(state, serial=current.serial, exists=True)
+            if current.serial != state.serial:
+                raise StateConflictError(
+                    f"{self.path} changed while this command ran (serial {state.serial} "
+                    f"was read, {current.serial} is on disk, e.g. after a git pull); "
+                    "refusing to overwrite the newer state"
+                )
             new = replace(state, serial=current.serial + 1, exists=True)
             atomic_write(self.backup_path, current_raw)
         else:
@@ -501,19 +578,22 @@ class FileStateStore:
         if replay is None:
             return stored, ()
         folded = self.write(fold(stored, replay.records))
-        if replay.damaged:
-            aside = self.journal_path.with_name(
-                f"{self.journal_path.name}.damaged-{int(time.time())}"
-            )
-            os.replace(self.journal_path, aside)
-            messages = (*replay.damaged, f"damaged journal kept as {aside}")
-        else:
-            self.journal_path.unlink()
-            messages = ()
+        # both are folded into the state just written: only now may they go. A file
+        # with damaged lines is kept aside for a person, never deleted.
+        messages: list[str] = list(replay.damaged)
+        for path in (self.rescue_path, self.journal_path):
+            if not path.exists():
+                continue
+            if any(message.startswith(f"{path}:") for message in replay.damaged):
+                aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+                os.replace(path, aside)
+                messages.append(f"damaged {path.name} kept as {aside}")
+            else:
+                path.unlink()
         _fsync_dir(self.journal_path.parent)
         for message in messages:
             log.warning("%s", message)
-        return folded, messages
+        return folded, tuple(messages)
 
     def journal(self, state: State) -> FileJournal:
         return FileJournal(self, state.lineage)
@@ -610,9 +690,14 @@ class FileJournal:
     def _open(self) -> int:
         if self._fd is None:
             self._store.journal_path.parent.mkdir(parents=True, exist_ok=True)
+            if self._store.journal_path.is_dir():
+                raise IsADirectoryError(
+                    errno.EISDIR, "the journal path is a directory", str(self._store.journal_path)
+                )
             self._fd = os.open(
-                self._store.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+                self._store.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644
             )
+            repair_tail(self._fd)
             _fsync_dir(self._store.journal_path.parent)
         return self._fd
 
@@ -634,11 +719,13 @@ class FileJournal:
         with self._mutex:
             try:
                 fd = self._open()
-                written = os.write(fd, line)
-                if written != len(line):  # pragma: no cover - only on a full disk
-                    raise OSError(f"short write ({written} of {len(line)} bytes)")
+                write_all(fd, line)
                 os.fsync(fd)
             except OSError as e:
+                if self._fd is not None:  # reopened next time, its torn tail ended first
+                    with contextlib.suppress(OSError):
+                        os.close(self._fd)
+                    self._fd = None
                 if book is not None and book_on_failure:
                     book()
                 raise StateError(

@@ -49,13 +49,14 @@ class Workspace:
             return self.store.audit_log(environ)
         return AuditLog.beside(self.settings.state, self.settings.env, environ)
 
-    def read_audit(self) -> Iterator[dict[str, Any]]:
-        """Every audit record of this environment, oldest first."""
+    def read_audit(self, unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """Every audit record of this environment, oldest first; lines of an audit log
+        file that cannot be read are named in ``unreadable``."""
         from coins_sync.pgstate import PostgresStateStore
 
         if isinstance(self.store, PostgresStateStore):
             return self.store.read_audit()
-        return read_audit(audit_path_for(self.settings.state))
+        return read_audit(audit_path_for(self.settings.state), unreadable)
 
     @property
     def safety(self) -> SafetyRules:

@@ -57,6 +57,7 @@ from coins_sync.state import FileStateStore, State  # noqa: E402
 TOKEN = "chaos-bearer-t0ken-never-printed"
 SECRET_VARIABLES = ("COINS_SYNC_TOKEN", "COINS_SYNC_CLIENT_SECRET", "COINS_SYNC_PASSWORD")
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 
 #: (args, env) -> (exit code, combined output). None in env unsets a variable.
 Runner = Callable[[Sequence[str], Mapping[str, str | None]], tuple[int, str]]
@@ -174,6 +175,7 @@ class Figures:
     kills_mid_flight: int = 0
     interrupts: int = 0
     interrupt_codes: list[int] = field(default_factory=list)
+    expected_codes: list[int] = field(default_factory=list)  # 130 after SIGINT, 143 SIGTERM
     journals_left: int = 0
     rounds: int = 0
     imported: int = 0
@@ -196,7 +198,7 @@ class Figures:
             and not self.leaks
             and not self.mismatched
             and not self.journals_left
-            and all(code == EXIT_INTERRUPTED for code in self.interrupt_codes)
+            and self.interrupt_codes == self.expected_codes
         )
 
     def report(self) -> str:
@@ -215,7 +217,7 @@ class Figures:
         if self.interrupts:
             codes = ", ".join(str(code) for code in self.interrupt_codes)
             lines.append(
-                f"   SIGINT:             {self.interrupts} (exit codes {codes}; "
+                f"   signals:            {self.interrupts} (exit codes {codes}; "
                 f"journals left {self.journals_left})"
             )
         lines += [
@@ -512,19 +514,31 @@ def kill_campaign(
     return figures
 
 
-def interrupt_apply(the_lab: Lab, rng: random.Random, figures: Figures) -> int:
-    """SIGINT an apply mid-flight; returns its exit code. In-flight requests must finish,
-    the state must be folded and the journal gone."""
+def interrupt_apply(
+    the_lab: Lab,
+    rng: random.Random,
+    figures: Figures,
+    signals: Sequence[int] = (signal.SIGINT,),
+) -> int:
+    """Signal an apply mid-flight (SIGINT by default; several signals are sent a moment
+    apart, as CI sends SIGINT then SIGTERM); returns its exit code. In-flight requests
+    must finish, the state must be folded and the journal gone."""
     if the_lab.store.journal_path.exists():
         raise CampaignError("a journal was left behind by an earlier run")
     with the_lab.spawn("apply", "--yes", "--parallelism", "4") as proc:
         if not the_lab.wait_for_journal(proc, timeout=15):
             raise CampaignError("apply finished before it could be interrupted")
         time.sleep(rng.uniform(0.02, 0.3))
-        proc.send_signal(signal.SIGINT)
+        for index, signum in enumerate(signals):
+            if index:
+                time.sleep(rng.uniform(0.0, 0.05))  # while the first is draining
+            proc.send_signal(signum)
         code = proc.wait(timeout=30)
     figures.interrupts += 1
     figures.interrupt_codes.append(code)
+    figures.expected_codes.append(
+        EXIT_TERMINATED if signals[0] == signal.SIGTERM else EXIT_INTERRUPTED
+    )
     figures.journals_left += the_lab.store.journal_path.exists()
     the_lab.check(figures)
     return code
@@ -542,6 +556,26 @@ def sigint_campaign(
         desired = write_rules(workdir / "configs", rules)
         for _ in range(interrupts):
             interrupt_apply(the_lab, rng, figures)
+        the_lab.converge(figures, desired)
+    figures.seconds = time.monotonic() - started
+    return figures
+
+
+def sigterm_campaign(
+    workdir: Path, *, rules: int, interrupts: int, seed: int, runner: Runner | None = None
+) -> Figures:
+    """CI cancellation: SIGTERM alone, or SIGINT then SIGTERM while draining, in the middle
+    of an apply against a slow API, several times, then converge. Exit 143 after a
+    SIGTERM first, 130 after a SIGINT first; nothing lost, nothing duplicated."""
+    figures = Figures(f"SIGTERM (seed {seed})", rules=rules)
+    started = time.monotonic()
+    rng = random.Random(seed)
+    options = {"latency_ms": 150, "fail_after_rate": 0.03, "seed": seed}
+    plans = [(signal.SIGTERM,), (signal.SIGINT, signal.SIGTERM), (signal.SIGTERM, signal.SIGINT)]
+    with lab(workdir, runner, **options) as the_lab:
+        desired = write_rules(workdir / "configs", rules)
+        for index in range(interrupts):
+            interrupt_apply(the_lab, rng, figures, plans[index % len(plans)])
         the_lab.converge(figures, desired)
     figures.seconds = time.monotonic() - started
     return figures
@@ -566,6 +600,9 @@ def run_campaigns(root: Path, scale: Scale, seed: int) -> list[Figures]:
         kill_campaign(root / "kill", rules=scale.kill_rules, kills=scale.kills, seed=seed),
         sigint_campaign(
             root / "sigint", rules=scale.sigint_rules, interrupts=scale.interrupts, seed=seed
+        ),
+        sigterm_campaign(
+            root / "sigterm", rules=scale.sigint_rules, interrupts=scale.interrupts, seed=seed
         ),
     ]
 
