@@ -11,7 +11,8 @@ closes that gap with nothing but ``git push`` as a compare-and-swap:
    whose parent is that sha: a fast-forward or nothing). Exactly one run wins; the
    loser stops before anything is sent. The branch's state files are then copied
    into the working tree.
-2. ``push``: after apply, commit the state files (state, backup, journal, audit log)
+2. ``push``: after apply, commit the state files (state, backup, journal,
+   audit log, rescue file)
    on top of this run's own lease and push that fast-forward, retrying only it.
 3. If that push fails, the lease stays: every later ``acquire`` refuses until a person
    restores the files the failed run kept (``restore --from DIR``), or, when that run
@@ -247,6 +248,7 @@ class GitLease:
                 self.store.backup_path,
                 self.store.journal_path,
                 audit_path_for(self.store.path),
+                self.store.rescue_path,
             )
         )
 
@@ -488,7 +490,7 @@ class GitLease:
             candidates = (source / local.name, source / path)
             hit = next((c for c in candidates if c.is_file()), None)
             found.append(None if hit is None else hit.read_bytes())
-        state_raw, _, journal_raw, audit_raw = found
+        state_raw, _, journal_raw, audit_raw, _rescue = found
         state_name = self.files[0][0].name
         if state_raw is None:
             raise GitLeaseError(f"{source} holds no {state_name}; nothing was restored")
