@@ -74,6 +74,15 @@ CREATE TABLE {s}.audit (
 CREATE INDEX audit_by_env ON {s}.audit (env, id);
 """,
     ),
+    (
+        2,
+        """\
+-- Journal writes no longer bump the serial each (16 writers queued on one row): the
+-- first write after a bump marks the environment dirty and bumps it; the others only
+-- lock the row FOR SHARE. A checkpoint, or the next run's recovery, bumps it again.
+ALTER TABLE {s}.environment ADD COLUMN dirty boolean NOT NULL DEFAULT false;
+""",
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -13,6 +13,11 @@ What is promised, beyond the file backend:
   session still holds the advisory lock (``pg_locks``). Zero rows back means the lock
   was lost (``state force-unlock``, a dead session, a transaction pooler): the run
   stops writing and sending.
+* **Serial.** Journal writes lock the environment row FOR SHARE, so concurrent writers
+  never queue on it. The first write after a bump bumps the serial and marks the row
+  ``dirty``; a checkpoint (and the end of an apply) bumps it again and clears the mark,
+  and so does the next run's :meth:`PostgresStateStore.recover` after a run that died.
+  So a saved plan made before or during an apply that changed entries is stale after it.
 * **Durability per call.** A create's intent is one committed statement before it is
   sent. Its result, the entry and the audit row are one statement. A run killed at any
   instant leaves an open intent (uncertain next time) or a complete record.
@@ -118,19 +123,36 @@ class FencedError(StateError):
     """This run no longer holds the state lock; nothing more may be written or sent."""
 
 
-def _fence(s: str) -> str:
-    """The CTE every journal write starts with: zero rows unless this run holds the lock."""
-    return f"""
-fence AS (
-    UPDATE {s}.environment SET serial = serial + 1
+_HELD = """
     WHERE name = %(env)s AND lock_epoch = %(epoch)s
       AND EXISTS (
           SELECT 1 FROM pg_locks
           WHERE locktype = 'advisory' AND granted AND pid = %(lock_pid)s
             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND classid = %(classid)s::bigint::oid AND objid = %(objid)s::bigint::oid
-            AND objsubid = 1)
-    RETURNING name)"""
+            AND objsubid = 1)"""
+
+
+def _fence(s: str) -> str:
+    """The CTE a journal write starts with when the environment is clean: zero rows
+    unless this run holds the lock; else it bumps the serial and marks the row dirty."""
+    return f"""
+fence AS (
+    UPDATE {s}.environment SET serial = serial + 1, dirty = true{_HELD}
+    RETURNING name, dirty)"""
+
+
+def _share_fence(s: str) -> str:
+    """The CTE of every other journal write: the same checks, but the row is only locked
+    FOR SHARE, so concurrent writers do not queue. ``dirty`` false (a checkpoint bumped
+    the serial meanwhile) means: write nothing, and retry with :func:`_fence`.
+
+    FOR SHARE conflicts with the UPDATE of a lock take, a force-unlock and a checkpoint,
+    so each write is ordered wholly before or after them, and re-checked after them."""
+    return f"""
+fence AS (
+    SELECT name, dirty FROM {s}.environment{_HELD}
+    FOR SHARE)"""
 
 
 _LOCK_CHECK = """
@@ -645,6 +667,12 @@ class PostgresStateStore:
                             f"{len(row)} create(s) left in flight by an earlier run are "
                             "now uncertain"
                         )
+                # an earlier run (or the rescue fold above) wrote after the last bump
+                conn.execute(
+                    f"UPDATE {s}.environment SET serial = serial + 1, dirty = false "
+                    f"{_LOCK_CHECK} AND dirty",
+                    params,
+                )
             state = self._read_in(conn)
         except psycopg.Error as e:
             raise self.error("cannot recover the state", e) from e
@@ -756,33 +784,40 @@ class PostgresJournal:
         self._params = store._params()
         self._failed = False
         s = store.schema
-        self._intent_sql = (
-            f"WITH {_fence(s).strip()} "
-            f"INSERT INTO {s}.operation (env, run_id, company_id, configuration, event, amount, "
-            "intent_at) SELECT name, %(run)s, %(company)s, %(configuration)s, %(event)s, "
-            "%(amount)s, %(at)s FROM fence RETURNING id"
-        )
-        self._result_sql = (
-            f"WITH {_fence(s).strip()}, "
-            f"op AS (UPDATE {s}.operation SET outcome = %(outcome)s, "
-            "  coin_config_id = %(config_id)s, done_at = now() "
-            "  WHERE env = %(env)s AND company_id = %(company)s "
-            "    AND configuration = %(configuration)s AND event = %(event)s "
-            "    AND outcome IS NULL AND EXISTS (SELECT 1 FROM fence) RETURNING id), "
-            f"ent AS (INSERT INTO {s}.entry AS e (env, company_id, configuration, event, amount, "
-            "  coin_config_id, uncertain_since) "
-            "  SELECT name, %(company)s, %(configuration)s, %(event)s, %(amount)s, "
-            "    %(config_id)s, %(since)s FROM fence WHERE %(write_entry)s "
-            "  ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET "
-            "    amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id, "
-            "    uncertain_since = EXCLUDED.uncertain_since "
-            "  WHERE EXCLUDED.coin_config_id IS NOT NULL OR e.coin_config_id IS NULL "
-            "  RETURNING 1), "
-            f"aud AS (INSERT INTO {s}.audit (env, run_id, record) "
-            "  SELECT name, %(run)s, %(audit)s::jsonb FROM fence "
-            "  WHERE %(audit)s::jsonb IS NOT NULL RETURNING 1) "
-            "SELECT count(*) FROM fence"
-        )
+        #: (kind, bump) -> SQL; each returns (fence rows, dirty): (1, false) wrote nothing
+        self._sql: dict[tuple[str, bool], str] = {}
+        for bump in (False, True):
+            fence = (_fence(s) if bump else _share_fence(s)).strip()
+            self._sql["intent", bump] = (
+                f"WITH {fence}, "
+                f"ins AS (INSERT INTO {s}.operation (env, run_id, company_id, configuration, "
+                "  event, amount, intent_at) SELECT name, %(run)s, %(company)s, "
+                "  %(configuration)s, %(event)s, %(amount)s, %(at)s FROM fence WHERE dirty "
+                "  RETURNING id) "
+                "SELECT count(*), coalesce(bool_and(dirty), false) FROM fence"
+            )
+            self._sql["result", bump] = (
+                f"WITH {fence}, "
+                f"op AS (UPDATE {s}.operation SET outcome = %(outcome)s, "
+                "  coin_config_id = %(config_id)s, done_at = now() "
+                "  WHERE env = %(env)s AND company_id = %(company)s "
+                "    AND configuration = %(configuration)s AND event = %(event)s "
+                "    AND outcome IS NULL AND EXISTS (SELECT 1 FROM fence WHERE dirty) "
+                "  RETURNING id), "
+                f"ent AS (INSERT INTO {s}.entry AS e (env, company_id, configuration, event, "
+                "  amount, coin_config_id, uncertain_since) "
+                "  SELECT name, %(company)s, %(configuration)s, %(event)s, %(amount)s, "
+                "    %(config_id)s, %(since)s FROM fence WHERE dirty AND %(write_entry)s "
+                "  ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET "
+                "    amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id, "
+                "    uncertain_since = EXCLUDED.uncertain_since "
+                "  WHERE EXCLUDED.coin_config_id IS NOT NULL OR e.coin_config_id IS NULL "
+                "  RETURNING 1), "
+                f"aud AS (INSERT INTO {s}.audit (env, run_id, record) "
+                "  SELECT name, %(run)s, %(audit)s::jsonb FROM fence "
+                "  WHERE dirty AND %(audit)s::jsonb IS NOT NULL RETURNING 1) "
+                "SELECT count(*), coalesce(bool_and(dirty), false) FROM fence"
+            )
 
     def _conn(self) -> Any:
         conn = getattr(self._local, "conn", None)
@@ -830,9 +865,7 @@ class PostgresJournal:
             "amount": record.amount,
             "at": record.at or utc_now(),
         }
-        if record.kind == "intent":
-            sql = self._intent_sql
-        else:
+        if record.kind != "intent":
             confirmed = record.outcome in ("created", "updated", "imported")
             params.update(
                 outcome="created" if record.outcome == "imported" else record.outcome,
@@ -842,11 +875,14 @@ class PostgresJournal:
                 or record.outcome == "unknown",
                 audit=self._audit_json(key),
             )
-            sql = self._result_sql
+        kind = "intent" if record.kind == "intent" else "result"
         try:
             if self._failed:
                 raise FencedError("an earlier write of this run failed")
-            row = self._conn().execute(sql, params, prepare=True).fetchone()
+            conn = self._conn()
+            row = conn.execute(self._sql[kind, False], params, prepare=True).fetchone()
+            if row and row[0] and not row[1]:  # clean: the first write since a bump
+                row = conn.execute(self._sql[kind, True], params, prepare=True).fetchone()
             if not row or not row[0]:
                 raise FencedError(
                     f"{self._store.describe()}: this run lost the state lock (another run "
@@ -894,7 +930,8 @@ class PostgresJournal:
             )
 
     def checkpoint(self, snapshot: Snapshot) -> State:
-        """Every result is already committed; only the serial is read back."""
+        """Every result is already committed; the serial is bumped (when this run wrote
+        since the last bump, and still holds the lock) and read back."""
         state, _ = snapshot()
         with self._mutex:
             leftovers = list(self._audits.values())
@@ -904,15 +941,19 @@ class PostgresJournal:
                 self._store._write_audit(item, message)
         if self._failed:
             return state
+        s = self._store.schema
         try:
-            row = (
-                self._conn()
-                .execute(
-                    f"SELECT lineage, serial FROM {self._store.schema}.environment WHERE name = %s",
+            conn = self._conn()
+            row = conn.execute(
+                f"UPDATE {s}.environment SET serial = serial + 1, dirty = false{_HELD} "
+                "AND dirty RETURNING lineage, serial",
+                self._params,
+            ).fetchone()
+            if row is None:  # nothing written since the last bump (or fenced: recover bumps)
+                row = conn.execute(
+                    f"SELECT lineage, serial FROM {s}.environment WHERE name = %s",
                     (self._store.env,),
-                )
-                .fetchone()
-            )
+                ).fetchone()
         except Exception:  # a lost database: the error that stopped the run is reported
             return state
         if row is None:
