@@ -646,6 +646,15 @@ def run_apply(
                 return the_plan, None
             api = api or api_factory()
             if not state.exists:
+                elsewhere = [] if request.force else workspace.states_elsewhere()
+                if elsewhere:
+                    raise StateError(
+                        f"the state {store.describe()} does not exist yet, but "
+                        f"{elsewhere[0]} already records rules under the same name; "
+                        "starting a new, empty state would create every rule again. "
+                        "Run from the project folder, or pass --state with the existing "
+                        "file. Nothing was sent. (--force starts a new state anyway.)"
+                    )
                 state = store.write(state)  # fixes the lineage the journal is tied to
             executor = Executor(
                 api,

@@ -116,9 +116,20 @@ def resolve_settings(
     api_url: str | None,
     lock_timeout: float | None = None,
 ) -> Settings:
-    return load_settings(env=env_name).with_overrides(
+    settings = load_settings(env=env_name).with_overrides(
         configs=configs, state=state_path, api_url=api_url, lock_timeout=lock_timeout
     )
+    log = logging.getLogger("coins_sync.cli")
+    log.info("project root: %s", settings.root.resolve())
+    log.debug(
+        "environment %s: configs %s, state %s (%s backend), api_url %s",
+        settings.env,
+        settings.configs,
+        settings.state,
+        settings.backend,
+        settings.api_url or "(none)",
+    )
+    return settings
 
 
 def workspace_from(options: dict[str, Any]) -> Workspace:
@@ -147,7 +158,12 @@ def parse_key(text: str) -> RuleKey:
 
 
 force_option = click.option(
-    "--force", is_flag=True, help="Do not refuse a plan over the update threshold."
+    "--force",
+    is_flag=True,
+    help=(
+        "Do not refuse a plan over the update threshold (apply: nor a new state "
+        "while one of the same name exists elsewhere in the project)."
+    ),
 )
 lock_timeout_option = click.option(
     "--lock-timeout",

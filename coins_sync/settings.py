@@ -60,6 +60,8 @@ class Settings:
     fold_every: int = 500
     backend: str = "file"
     pg_schema: str = "coins_sync"
+    #: The project root the settings' paths were resolved against (see find_root).
+    root: Path = Path(".")
 
     def with_overrides(
         self,
@@ -168,9 +170,37 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _has_tool_table(pyproject: Path) -> bool:
+    try:
+        data = tomllib.loads(pyproject.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return True  # a broken file is still reported where it is, never skipped over
+    tool = data.get("tool")
+    return not isinstance(tool, dict) or "coins-sync" in tool
+
+
+def find_root(start: Path) -> Path:
+    """The project root, found upward from ``start`` as pytest and ruff do: the nearest
+    folder whose ``pyproject.toml`` has a ``[tool.coins-sync]`` table, else the nearest
+    folder holding ``.git``, else ``start`` itself."""
+    start = start.resolve()
+    git_root: Path | None = None
+    for folder in (start, *start.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and _has_tool_table(pyproject):
+            return folder
+        if git_root is None and (folder / ".git").exists():
+            git_root = folder
+    return git_root or start
+
+
 def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
-    """Read the settings of ``env`` (or the default environment) from pyproject.toml."""
-    base = cwd or Path.cwd()
+    """Read the settings of ``env`` (or the default environment) from the project root's
+    pyproject.toml. Paths in the settings are relative to that root, so a command run
+    from a subfolder uses the same configs and the same state as one run from the root.
+    """
+    here = (cwd or Path.cwd()).resolve()
+    base = find_root(here)
     path = base / "pyproject.toml"
     table: dict[str, Any] = {}
     if path.is_file():
@@ -205,7 +235,19 @@ def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
         )
     values: dict[str, Any] = environments.get(name, {})
     _check_keys(values, _ENV_KEYS, f"tool.coins-sync.environments.{name}")
-    return _resolve(name, table, values)
+    settings = _resolve(name, table, values)
+    if base == here:  # keep the short relative paths people see from the root
+        return settings
+    return replace(
+        settings,
+        root=base,
+        configs=_under(base, settings.configs),
+        state=_under(base, settings.state),
+    )
+
+
+def _under(root: Path, path: Path) -> Path:
+    return path if path.is_absolute() else root / path
 
 
 def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> Settings:

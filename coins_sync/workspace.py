@@ -5,6 +5,8 @@ It is what the CLI builds from options, and what each command makes one call on.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +42,35 @@ class Workspace:
 
     def __post_init__(self) -> None:
         self.store = open_backend(self.settings)
+
+    def states_elsewhere(self, limit: int = 20_000) -> list[Path]:
+        """State files named like this environment's that already record entries
+        somewhere else under the project root (a bounded walk, hidden folders and
+        virtualenvs skipped). Apply refuses to start a new, empty state next to them,
+        which is how a run from the wrong folder would create every rule twice."""
+        if self.settings.backend != "file":
+            return []
+        mine = self.settings.state.resolve()
+        root = self.settings.root.resolve()
+        found: list[Path] = []
+        seen = 0
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "node_modules")
+            seen += len(files) + len(dirs)
+            if seen > limit:
+                break
+            if mine.name not in files:
+                continue
+            candidate = Path(folder) / mine.name
+            if candidate.resolve() == mine:
+                continue
+            try:
+                data = json.loads(candidate.read_bytes()[: 64 * 1024 * 1024])
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict) and data.get("lineage") and data.get("entries"):
+                found.append(candidate)
+        return found
 
     def audit_log(self, environ: Mapping[str, str]) -> AuditSink:
         """Where this environment's audit records go (file beside the state, or table)."""
