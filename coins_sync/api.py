@@ -60,13 +60,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, Literal, NoReturn, TypeGuard
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 import tenacity
 
 from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
-from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, SettingsError
+from coins_sync.errors import (
+    ApiError,
+    AuthError,
+    OutcomeUnknownError,
+    SettingsError,
+    UnreachableError,
+)
 from coins_sync.redact import Redactor, basic_value
 from coins_sync.rules import RuleKey
 
@@ -294,11 +300,18 @@ def make_http_client(
 class _Retry(Exception):
     """Internal: this attempt failed in a way that is safe to repeat."""
 
-    def __init__(self, reason: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(
+        self,
+        reason: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+        unreached: bool = False,
+    ):
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.unreached = unreached  # no connection was made: nothing was sent
 
 
 @dataclass(frozen=True)
@@ -530,10 +543,24 @@ class CoinsClient:
         try:
             reply = retrying(self._attempt, method, path, content, create, state)
         except _Retry as e:
+            if e.unreached and not self._cancelled.is_set():
+                address = self._address()
+                raise UnreachableError(
+                    self._scrub(
+                        f"cannot reach the API at {address}: {e.reason} on all {attempts} "
+                        "tries; nothing was sent. Check api_url and the network"
+                    ),
+                    address,
+                ) from e
             raise self._fail(
                 ApiError, self._gave_up(what, attempts, e.reason), status=e.status
             ) from e
         return self._parse_config(reply, what, create)
+
+    def _address(self) -> str:
+        parts = urlsplit(self._options.api_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"{parts.hostname}:{port}"
 
     def _gave_up(self, what: str, attempts: int, last: str) -> str:
         if self._cancelled.is_set():
@@ -630,7 +657,9 @@ class CoinsClient:
 
     def _transport_failure(self, e: httpx.TransportError, what: str, create: bool) -> Exception:
         reason = _describe(e)
-        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
+        if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
+            return _Retry(reason, unreached=True)  # nothing was sent
+        if isinstance(e, httpx.PoolTimeout):
             return _Retry(reason)  # nothing was sent
         if isinstance(e, httpx.UnsupportedProtocol):
             return self._fail(ApiError, f"{what}: {reason}")
@@ -1020,6 +1049,18 @@ class CoinsClient:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+
+def check_credentials(environ: Mapping[str, str], encryption: str | None) -> None:
+    """Raise AuthError unless the environment holds usable credentials for these
+    settings. Apply calls it before it shows a plan, so a missing secret is said first."""
+    credentials = Credentials.from_env(environ)
+    _auth_mode(credentials)
+    if encryption == ENCRYPTION_AES_128_ECB and not credentials.client_secret:
+        raise AuthError(
+            f"encryption {ENCRYPTION_AES_128_ECB!r} needs {ENV_CLIENT_SECRET}: "
+            "the body key is derived from the client secret"
+        )
 
 
 def _auth_mode(credentials: Credentials) -> Literal["token", "oauth"]:

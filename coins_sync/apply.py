@@ -41,6 +41,7 @@ from coins_sync.errors import (
     CoinsSyncError,
     OutcomeUnknownError,
     StateError,
+    UnreachableError,
 )
 from coins_sync.plan import Action, Change, Plan, check_safety
 from coins_sync.planfile import check_consistent, check_fresh, load_plan
@@ -79,6 +80,8 @@ class ApplyReport:
     failed: list[tuple[RuleKey, str]] = field(default_factory=list)
     uncertain: list[tuple[RuleKey, str]] = field(default_factory=list)
     skipped_uncertain: list[RuleKey] = field(default_factory=list)
+    #: Why the run stopped early: a refused credential or an unreachable API.
+    stopped_by: str | None = None
     not_started: int = 0
     interrupted: bool = False
     signal_name: str = ""  # "SIGTERM" when that stopped the run, else "" (SIGINT or none)
@@ -187,6 +190,8 @@ class Executor:
         self.signal_name = ""
         self._live = 0  # workers not yet returned; guarded by _queue_lock
         self._all_done = threading.Event()
+        self._probe_taken = False  # guarded by _queue_lock
+        self._probed = threading.Event()  # the first change has been sent and answered
         self._all_done.set()  # no worker runs until start()
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
@@ -271,8 +276,7 @@ class Executor:
 
             self._audit(AuditRecord("create", key, "failed", None, amount, message=reason))
             self._record(JournalRecord("result", key, amount, "failed", at=utc_now()), failed)
-            if isinstance(e, AuthError):
-                self.stop.set()
+            self._stop_if_hopeless(e)
             return
 
         def created() -> None:
@@ -302,8 +306,7 @@ class Executor:
             self._audit(
                 AuditRecord("update", key, "failed", change.before, amount, config_id, reason)
             )
-            if isinstance(e, AuthError):
-                self.stop.set()
+            self._stop_if_hopeless(e)
             return
 
         def updated() -> None:
@@ -338,11 +341,35 @@ class Executor:
                 if self._live <= 0:
                     self._all_done.set()
 
+    def _stop_if_hopeless(self, error: ApiError) -> None:
+        """A refused credential or an API that cannot be reached fails every call the
+        same way: stop at the first one, so one clear error is reported, not one per key."""
+        if isinstance(error, AuthError | UnreachableError):
+            with self._queue_lock:
+                if self.report.stopped_by is None:
+                    self.report.stopped_by = str(error)
+            self.stop.set()
+
+    def _wait_for_probe(self) -> bool:
+        """The first change is sent alone: it proves the credentials and the connection
+        before the other workers start. True once this worker may take changes."""
+        with self._queue_lock:
+            if not self._probe_taken:
+                self._probe_taken = True
+                return True
+        while not self._probed.wait(0.2):
+            if self.stop.is_set():
+                return False
+        return not self.stop.is_set()
+
     def _work_on(self, queue: Iterator[Change], errors: list[BaseException]) -> None:
+        if not self._wait_for_probe():
+            return
         while not self.stop.is_set():
             with self._queue_lock:
                 change = next(queue, None)
             if change is None:
+                self._probed.set()
                 return
             try:
                 try:
@@ -353,6 +380,7 @@ class Executor:
                 finally:
                     with self._queue_lock:
                         self.done += 1
+                    self._probed.set()
                 self._maybe_fold()
             except BaseException as e:  # a journal write or a checkpoint failed: stop all
                 log.debug("apply worker stopped", exc_info=True)

@@ -463,7 +463,8 @@ class Progress:
 
 def print_report(report: ApplyReport) -> None:
     for key, reason in report.failed:
-        click.echo(scrub(f"  failed     {key}: {reason}"), err=True)
+        if reason != report.stopped_by:  # said once, below
+            click.echo(scrub(f"  failed     {key}: {reason}"), err=True)
     for key, reason in report.uncertain:
         click.echo(scrub(f"  uncertain  {key}: {reason}"), err=True)
     if report.uncertain or report.skipped_uncertain:
@@ -485,6 +486,11 @@ def print_report(report: ApplyReport) -> None:
             "  Interrupted: nothing new was sent; every result so far is recorded.", err=True
         )
     click.echo(report.summary())
+    if report.stopped_by is not None:
+        click.echo(
+            scrub(f"Error: {report.stopped_by}. The run stopped; nothing more was sent."),
+            err=True,
+        )
 
 
 @cli.command("apply")
@@ -530,6 +536,9 @@ def apply_command(
     workspace = workspace_from(options)
     settings = workspace.settings
     settings.require_api_url()
+    from coins_sync.api import check_credentials
+
+    check_credentials(os.environ, settings.encryption)
     if planfile is not None and refresh:
         raise click.UsageError("--refresh cannot be combined with PLANFILE")
 

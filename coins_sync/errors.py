@@ -17,6 +17,7 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     │   └── LeasePushError     the new state could not be pushed; the lease stays (.kept)
     └── ApiError               the coins API refused or failed (carries .status, .code)
         ├── AuthError          no credentials, token refused, or 401 after a refresh
+        ├── UnreachableError   no connection on any try; nothing was sent (.address)
         └── OutcomeUnknownError  a create was sent and its result is unknown
 
 Messages never contain secrets: callers pass only public values into them.
@@ -97,6 +98,15 @@ class ApiError(CoinsSyncError):
 
 class AuthError(ApiError):
     """Credentials are missing or were refused. Token requests are never retried."""
+
+
+class UnreachableError(ApiError):
+    """The API could not be reached at all (connection refused or timed out on every
+    try); nothing was sent. ``address`` is ``host:port``."""
+
+    def __init__(self, message: str, address: str) -> None:
+        super().__init__(message)
+        self.address = address
 
 
 class OutcomeUnknownError(ApiError):

@@ -25,7 +25,13 @@ from coins_sync.api import (
     make_http_client,
 )
 from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
-from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, SettingsError
+from coins_sync.errors import (
+    ApiError,
+    AuthError,
+    OutcomeUnknownError,
+    SettingsError,
+    UnreachableError,
+)
 from coins_sync.rules import RuleKey
 
 API = "https://coins.test"
@@ -614,9 +620,13 @@ def test_create_connect_retries_are_bounded_and_final(
 ) -> None:
     server = Script(httpx.ConnectError("connection refused"))
     client = make_client(server, max_retries=2)
-    with pytest.raises(ApiError, match="gave up after 3 attempts") as caught:
+    with pytest.raises(
+        ApiError,
+        match=r"cannot reach the API at coins\.test:443: .* on all 3 tries; nothing was sent",
+    ) as caught:
         client.create(KEY, 6)
-    assert type(caught.value) is ApiError  # nothing was ever sent: not "unknown"
+    assert type(caught.value) is UnreachableError  # nothing was ever sent: not "unknown"
+    assert caught.value.address == "coins.test:443"
     assert len(server.creates()) == 3
 
 
@@ -1094,9 +1104,15 @@ def _free_port() -> int:
 def test_real_refused_connection_is_retried_then_final(sleeps: list[float]) -> None:
     opts = ClientOptions(api_url=f"http://127.0.0.1:{_free_port()}", max_retries=1)
     client = CoinsClient(make_http_client(opts), TOKEN_CREDS, opts, sleep=sleeps.append)
-    with client, pytest.raises(ApiError, match="gave up after 2 attempts") as caught:
+    with (
+        client,
+        pytest.raises(
+            ApiError,
+            match=r"cannot reach the API at 127\.0\.0\.1:[0-9]+: .* on all 2 tries; nothing was sent",
+        ) as caught,
+    ):
         client.create(KEY, 6)
-    assert type(caught.value) is ApiError
+    assert type(caught.value) is UnreachableError
     assert len(sleeps) == 1
 
 

@@ -91,3 +91,65 @@ def test_a_new_empty_state_beside_a_recorded_one_is_refused(
     )
     assert forced.returncode == 0, forced.stderr  # deliberate: a second state, a second copy
     assert len(sandbox.configs()) == 4
+
+
+def many_rules(count: int) -> str:
+    lines = ["companyId: ACME", "rules:"]
+    lines += [f"  - event: EVENT_{i:03}\n    amount: {i + 1}" for i in range(count)]
+    return "\n".join(lines) + "\n"
+
+
+def test_a_refused_token_stops_at_the_first_call_with_one_message(
+    project: Path, sandbox: SandboxServer
+) -> None:
+    write(project / "configs" / "acme.yaml", many_rules(20))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINS_SYNC_")}
+    env["COINS_SYNC_TOKEN"] = "not-the-right-token"
+    done = subprocess.run(
+        [sys.executable, "-m", "coins_sync", "apply", "--yes", "--api-url", sandbox.url],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert sandbox.stats["creates"] == 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "refused COINS_SYNC_TOKEN (401)" in errors[0], done.stderr
+    assert "failed     ACME" not in done.stderr  # said once, not once per key
+    assert "19 not started" in done.stdout
+    audit = (project / "state" / "default.audit.jsonl").read_text().splitlines()
+    assert len(audit) == 1  # one refused call, not one failed record per rule
+
+
+def test_an_unreachable_api_stops_and_names_host_and_port(project: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    write(project / "configs" / "acme.yaml", many_rules(5))
+    done = run_cli(project, "apply", "--yes", "--api-url", f"http://127.0.0.1:{port}")
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and f"cannot reach the API at 127.0.0.1:{port}" in errors[0]
+    assert "4 not started" in done.stdout
+
+
+def test_apply_without_credentials_says_so_before_showing_a_plan(project: Path) -> None:
+    write(project / "configs" / "acme.yaml", many_rules(2))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINS_SYNC_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "coins_sync", "apply", "--yes", "--api-url", "http://127.0.0.1:9"],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "no API credentials" in done.stderr
+    assert "to create" not in done.stdout  # no plan shown for an apply that cannot run
