@@ -83,6 +83,8 @@ class Settings:
             changed = replace(changed, state=state)
         if api_url is not None:
             changed = replace(changed, api_url=api_url)
+        if api_url is not None:
+            changed.require_api_url()  # a bad URL fails plan and validate too, not only apply
         return changed
 
     def require_api_url(self) -> str:
@@ -276,6 +278,8 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
         pg_schema=values.get("pg_schema", "coins_sync"),
     )
     _check_ranges(settings)
+    if settings.api_url is not None:
+        settings.require_api_url()  # PR checks catch what apply would reject
     return settings
 
 

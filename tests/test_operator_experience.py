@@ -153,3 +153,24 @@ def test_apply_without_credentials_says_so_before_showing_a_plan(project: Path) 
     assert done.returncode == 1
     assert "no API credentials" in done.stderr
     assert "to create" not in done.stdout  # no plan shown for an apply that cannot run
+
+
+BAD_URLS = [
+    ("ftp://coins.example.com", "is not an http(s) URL"),
+    ("http://coins.example.com", "plain http to a non-loopback host"),
+]
+
+
+def test_validate_and_plan_refuse_an_api_url_that_apply_would_reject(project: Path) -> None:
+    write(project / "configs" / "acme.yaml", many_rules(1))
+    for url, message in BAD_URLS:
+        write(
+            project / "pyproject.toml",
+            f'[tool.coins-sync.environments.default]\napi_url = "{url}"\n',
+        )
+        for command in (["validate"], ["plan"]):
+            done = run_cli(project, *command)
+            assert done.returncode == 1, (command, url, done.stdout)
+            assert message in done.stderr and "Traceback" not in done.stderr
+        flag = run_cli(project, "plan", "--api-url", url)
+        assert flag.returncode == 1 and message in flag.stderr
