@@ -87,8 +87,16 @@ class Plan:
         return tuple(change for change in self.changes if change.action in actions)
 
     @property
+    def needs_a_person(self) -> tuple[RuleKey, ...]:
+        """Managed keys whose config is gone (404) or moved to other key fields on the
+        server: coins-sync cannot fix them, so they are changes for a person to settle."""
+        return tuple(sorted({d.key for d in self.drift if d.field != "amount"}))
+
+    @property
     def has_changes(self) -> bool:
-        return any(change.action in CHANGING for change in self.changes)
+        return bool(self.needs_a_person) or any(
+            change.action in CHANGING for change in self.changes
+        )
 
 
 _change_key = operator.attrgetter("key")

@@ -89,7 +89,7 @@ def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, 
             if ours != theirs
         ]
         drift.extend(moved)
-        if remote.amount != entry.amount and not moved:
+        if remote.amount != entry.amount:  # shown for a moved config too
             drift.append(
                 Drift(
                     entry.key,

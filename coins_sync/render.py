@@ -48,6 +48,12 @@ _SUMMARY_WORDS = (
 def summary_line(plan: Plan) -> str:
     counts = plan.summary()
     parts = [f"{counts[action.value]} {words}" for action, words in _SUMMARY_WORDS]
+    stuck = plan.needs_a_person
+    if stuck:
+        parts.append(
+            f"{len(stuck)} need a person (gone or moved on the server; "
+            f"`coins-sync state rm {stuck[0]}` once settled)"
+        )
     verdict = "changes present" if plan.has_changes else "no changes"
     return f"Plan: {', '.join(parts)} ({verdict})."
 

@@ -174,3 +174,28 @@ def test_validate_and_plan_refuse_an_api_url_that_apply_would_reject(project: Pa
             assert message in done.stderr and "Traceback" not in done.stderr
         flag = run_cli(project, "plan", "--api-url", url)
         assert flag.returncode == 1 and message in flag.stderr
+
+
+def test_unfixable_drift_counts_as_a_change_with_the_state_rm_hint(
+    project: Path, sandbox: SandboxServer
+) -> None:
+    import httpx
+
+    write(project / "configs" / "acme.yaml", many_rules(2))
+    assert run_cli(project, "apply", "--yes", "--api-url", sandbox.url).returncode == 0
+    moved = next(c for c in sandbox.configs() if c["event"] == "EVENT_000")
+    with httpx.Client(base_url=sandbox.url, timeout=5) as client:  # changed behind our back
+        response = client.patch(
+            f"/api/v0/enkash-coins/{moved['coinConfigId']}",
+            json={"event": "SOMETHING_ELSE", "amount": 99},
+            headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"},
+        )
+        assert response.status_code == 200
+    offline = run_cli(project, "plan", "--detailed-exitcode", "--api-url", sandbox.url)
+    assert offline.returncode == 0  # offline, nothing is known yet
+    done = run_cli(project, "plan", "--refresh", "--detailed-exitcode", "--api-url", sandbox.url)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "1 need a person" in done.stdout
+    assert "coins-sync state rm ACME/DEFAULT/EVENT_000" in done.stdout
+    assert "amount is 99 on the server, 1 in state" in done.stdout  # its amount drift too
+    assert "(changes present)" in done.stdout
