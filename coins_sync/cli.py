@@ -198,7 +198,12 @@ def cli(verbose: int) -> None:
     help="Output format.",
 )
 @click.option("--env", "env_name", metavar="NAME", envvar="COINS_SYNC_ENV", help="Environment.")
-def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
+@click.option(
+    "--configs",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Override the configs folder.",
+)
+def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
     """Check rule files against the schema and each other. No state, no network.
 
     PATHS are files or folders (default: the configs folder, `configs/`). Every
@@ -209,7 +214,7 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
       coins-sync validate
       coins-sync validate configs/cekekcards.yaml --format json
     """
-    workspace = Workspace(load_settings(env=env_name))
+    workspace = Workspace(load_settings(env=env_name).with_overrides(configs=configs))
     try:
         config_set = workspace.load_configs(list(paths))
     except ConfigError as e:
@@ -238,7 +243,10 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
             for problem in problems:
                 click.echo(scrub(str(problem)))
             plural = "s" if len(problems) != 1 else ""
-            click.echo(f"invalid: {len(problems)} problem{plural} in {files} file(s)")
+            click.echo(
+                f"invalid: {len(problems)} problem{plural} in {files} "
+                f"file{'s' if files != 1 else ''}"
+            )
         return EXIT_ERROR
     count_files, count_rules = len(config_set.files), len(config_set.rules)
     if fmt == "json":
@@ -253,7 +261,10 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None) -> int:
             )
         )
     else:
-        click.echo(f"valid: {count_rules} rules in {count_files} files")
+        click.echo(
+            f"valid: {count_rules} rule{'s' if count_rules != 1 else ''} in {count_files} "
+            f"file{'s' if count_files != 1 else ''}"
+        )
     return EXIT_OK
 
 
@@ -291,7 +302,7 @@ def plan_command(
     refresh: bool,
     **options: Any,
 ) -> int:
-    """Show what apply would do. Changes nothing and makes no network call.
+    """Show what apply would do. Changes nothing; no network call unless --refresh.
 
     \b
     Actions: + create, ~ update (PATCH), ! uncertain (an earlier create's outcome

@@ -377,7 +377,12 @@ def discover(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
         if path.is_dir():
             found.extend(
                 sorted(
-                    p for p in path.rglob("*") if p.suffix.lower() in YAML_SUFFIXES and p.is_file()
+                    p
+                    for p in path.rglob("*")
+                    if p.suffix.lower() in YAML_SUFFIXES
+                    and p.is_file()
+                    # hidden folders (.git, an editor's backups) are never rule files
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts[:-1])
                 )
             )
         elif path.is_file():

@@ -226,7 +226,17 @@ def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
                 f"pyproject.toml: tool.coins-sync.environments.{env_name} must be a table, "
                 f"got {_shown(env_table)}"
             )
-    name = env or table.get("default_environment") or DEFAULT_ENVIRONMENT
+    name = env or table.get("default_environment")
+    if name is None and len(environments) == 1:
+        name = next(iter(environments))  # the only environment is the one meant
+    if name is None and len(environments) > 1 and DEFAULT_ENVIRONMENT not in environments:
+        known = ", ".join(sorted(environments))
+        raise SettingsError(
+            f"pyproject.toml defines several environments ({known}) and no "
+            "default_environment: pass --env NAME (or set COINS_SYNC_ENV), or set "
+            "default_environment in [tool.coins-sync]"
+        )
+    name = name or DEFAULT_ENVIRONMENT
     if environments and name not in environments:
         known = ", ".join(sorted(environments))
         raise SettingsError(f"unknown environment {name!r} (known: {known})")

@@ -199,3 +199,25 @@ def test_unfixable_drift_counts_as_a_change_with_the_state_rm_hint(
     assert "coins-sync state rm ACME/DEFAULT/EVENT_000" in done.stdout
     assert "amount is 99 on the server, 1 in state" in done.stdout  # its amount drift too
     assert "(changes present)" in done.stdout
+
+
+def test_small_things_validate_configs_hidden_folders_one_environment(project: Path) -> None:
+    write(project / "rules" / "acme.yaml", many_rules(1))
+    write(project / "rules" / ".backup" / "broken.yaml", "companyId: [unclosed\n")
+    write(project / "pyproject.toml", "[tool.coins-sync.environments.only]\n")
+    done = run_cli(project, "validate", "--configs", "rules")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "valid: 1 rule in 1 file"  # hidden folder skipped
+    listed = run_cli(project, "state", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "state/only.json" in listed.stdout  # the only environment is used
+
+
+def test_several_environments_without_a_default_say_how_to_pick(project: Path) -> None:
+    write(
+        project / "pyproject.toml",
+        "[tool.coins-sync.environments.a]\n[tool.coins-sync.environments.b]\n",
+    )
+    done = run_cli(project, "validate")
+    assert done.returncode == 1
+    assert "pass --env NAME" in done.stderr and "(a, b)" in done.stderr

@@ -30,7 +30,7 @@ def test_valid_file_passes_with_summary(project: Path, invoke: Invoke) -> None:
     write(project / "configs/a.yaml", GOOD)
     result = invoke("validate")
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "valid: 2 rules in 1 files"
+    assert result.output.strip() == "valid: 2 rules in 1 file"
 
 
 def test_repository_examples_are_valid(invoke: Invoke) -> None:
@@ -240,7 +240,7 @@ def test_every_problem_is_reported_at_once_sorted(project: Path, invoke: Invoke)
         "configs/a.yaml",
         "configs/b.yaml",
     ]
-    assert result.output.splitlines()[-1] == "invalid: 3 problems in 2 file(s)"
+    assert result.output.splitlines()[-1] == "invalid: 3 problems in 2 files"
 
 
 def test_json_format_is_machine_readable(project: Path, invoke: Invoke) -> None:
