@@ -31,7 +31,7 @@ from coins_sync.planfile import save_plan
 from coins_sync.redact import redact as scrub  # every encoding of every secret
 from coins_sync.render import render
 from coins_sync.rules import RuleKey
-from coins_sync.settings import Settings, load_settings
+from coins_sync.settings import Settings, is_loopback, load_settings
 from coins_sync.workspace import Workspace
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -858,6 +858,19 @@ def sandbox(host: str, port: int, data_file: Path | None, **faults: Any) -> int:
         os.environ, host=host, port=port, data_file=data_file, **faults
     )
     server = SandboxServer(options)
+    if not options.token and not options.oauth_enabled:
+        click.echo(
+            "Warning: no credentials in the environment, so every request will be refused "
+            "with 401. Set COINS_SYNC_TOKEN (or the COINS_SYNC_CLIENT_ID/_CLIENT_SECRET/"
+            "_USERNAME/_PASSWORD set) before starting the sandbox.",
+            err=True,
+        )
+    if not is_loopback(host.strip("[]")):
+        click.echo(
+            f"Warning: listening on {host}, which other machines may reach; the sandbox "
+            "is a test double with test credentials. Use 127.0.0.1 unless you mean it.",
+            err=True,
+        )
     click.echo(f"coins-sync sandbox listening on {server.url} (Ctrl-C to stop)", err=True)
 
     def on_term(_signum: int, _frame: object) -> None:

@@ -221,3 +221,71 @@ def test_several_environments_without_a_default_say_how_to_pick(project: Path) -
     done = run_cli(project, "validate")
     assert done.returncode == 1
     assert "pass --env NAME" in done.stderr and "(a, b)" in done.stderr
+
+
+def sandbox_banner(host: str, token: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINS_SYNC_")}
+    if token:
+        env["COINS_SYNC_TOKEN"] = token
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coins_sync", "sandbox", "--port", "0", "--host", host],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        lines: list[str] = []
+        assert proc.stderr is not None
+        while time.monotonic() < deadline and len(lines) < 8:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "listening" in line:
+                proc.terminate()  # what follows the banner is read until the pipe closes
+        return "".join(lines)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def test_sandbox_warns_without_credentials_and_off_loopback() -> None:
+    quiet = sandbox_banner("127.0.0.1", "a-token")
+    assert "listening" in quiet and "Warning" not in quiet
+    bare = sandbox_banner("127.0.0.1", None)
+    assert "Warning: no credentials in the environment" in bare
+    wide = sandbox_banner("0.0.0.0", "a-token")
+    assert "Warning: listening on 0.0.0.0" in wide
+
+
+def test_make_demo_refuses_a_busy_port_and_fails_loudly() -> None:
+    """`make demo` must never talk to whatever already listens on its port."""
+    import shutil
+    import socket
+
+    from tests.conftest import REPO
+
+    if not (REPO / ".venv" / ".installed").exists() or shutil.which("make") is None:
+        raise AssertionError("make test installs .venv first; run this suite via make test")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            ["make", "-s", "demo", f"SANDBOX_PORT={port}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert done.returncode != 0
+    assert "the sandbox did not start" in done.stderr
+    assert "Address already in use" in done.stderr
+    assert "== coins-sync plan" not in done.stdout  # stopped before any step ran
