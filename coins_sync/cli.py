@@ -11,6 +11,8 @@ import io
 import json
 import logging
 import os
+import re
+import shlex
 import signal
 import sys
 import threading
@@ -50,6 +52,18 @@ def _report_error(error: CoinsSyncError) -> None:
     click.echo(scrub(f"Error: {error}"), err=True)
 
 
+_VERBOSE = re.compile(r"-v+|--verbose")
+
+
+def _verbosity_first(args: list[str]) -> list[str]:
+    """Accept -v/-vv/--verbose after the command too (`coins-sync plan -vv`), as people
+    type them; they are moved before it. Nothing after `--` is touched."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if _VERBOSE.fullmatch(a)]
+    rest = [a for a in args[:end] if not _VERBOSE.fullmatch(a)]
+    return flags + rest + args[end:]
+
+
 class CoinsGroup(click.Group):
     """A group whose every error exits 1 (click uses 2 for usage errors)."""
 
@@ -61,6 +75,7 @@ class CoinsGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        args = _verbosity_first(list(sys.argv[1:] if args is None else args))
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except CoinsSyncError as e:
@@ -315,6 +330,16 @@ def plan_command(
       coins-sync plan --format markdown --detailed-exitcode > plan.md
       coins-sync plan --refresh      # also GET every managed config to find drift
     """
+    # the same selection flags, so the hint's apply reads the same configs and state
+    same = " ".join(
+        f"{flag} {shlex.quote(str(options[name]))}"
+        for name, flag in (
+            ("env_name", "--env"),
+            ("configs", "--configs"),
+            ("state_path", "--state"),
+        )
+        if options.get(name) is not None
+    )
     workspace = workspace_from(options)
     if out is not None:
         refuse_state_target(out, workspace.settings.state)
@@ -327,7 +352,8 @@ def plan_command(
     check_safety(the_plan, workspace.safety, force=force)
     if out is not None:
         save_plan(the_plan, out)
-        click.echo(f"Saved the plan to {out}; apply it with `coins-sync apply {out}`.", err=True)
+        command = " ".join(filter(None, ["coins-sync apply", shlex.quote(str(out)), same]))
+        click.echo(f"Saved the plan to {out}; apply it with `{command}`.", err=True)
     if detailed_exitcode and the_plan.has_changes:
         return EXIT_CHANGES
     return EXIT_OK

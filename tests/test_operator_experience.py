@@ -289,3 +289,20 @@ def test_make_demo_refuses_a_busy_port_and_fails_loudly() -> None:
     assert "the sandbox did not start" in done.stderr
     assert "Address already in use" in done.stderr
     assert "== coins-sync plan" not in done.stdout  # stopped before any step ran
+
+
+def test_verbose_after_the_command_and_the_saved_plan_hint_applies(
+    project: Path, sandbox: SandboxServer
+) -> None:
+    write(project / "rules" / "acme.yaml", many_rules(2))
+    done = run_cli(
+        project, "plan", "-vv", "--configs", "rules", "--out", "p.json", "--api-url", sandbox.url
+    )
+    assert done.returncode == 0, done.stderr
+    assert "project root:" in done.stderr and "environment default:" in done.stderr
+    hint = done.stderr.split("apply it with `", 1)[1].split("`", 1)[0]
+    assert hint == "coins-sync apply p.json --configs rules"
+    args = hint.split()[1:]
+    applied = run_cli(project, *args, "--yes", "--api-url", sandbox.url)
+    assert applied.returncode == 0, applied.stderr  # the hint's command is not stale
+    assert len(sandbox.configs()) == 2
