@@ -101,8 +101,8 @@ def check_fresh(saved: Plan, env: str, state: State, configs: ConfigSet) -> None
     if (context.lineage, context.serial) != (state.lineage, state.serial):
         raise StalePlanError(
             f"stale plan: it was made against state serial {context.serial} "
-            f"(lineage {context.lineage}), but the state is now serial {state.serial} "
-            f"(lineage {state.lineage}). Run `coins-sync plan` again"
+            f"({_lineage(context.lineage)}), but the state is now serial {state.serial} "
+            f"({_lineage(state.lineage)}). Run `coins-sync plan` again"
         )
     if context.configs_digest != configs.digest:
         raise StalePlanError(
@@ -274,3 +274,7 @@ def _drift_skip(want: Change, drift: list[Drift]) -> bool:
     if any(d.field != "amount" for d in drift):
         return True
     return _server_amount(drift) == want.amount
+
+
+def _lineage(lineage: str) -> str:
+    return f"lineage {lineage}" if lineage else "no state yet"

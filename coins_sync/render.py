@@ -223,7 +223,11 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         ]
     table_head = ["| action | key | amount | source |", "| --- | --- | ---: | --- |"]
     folded = len(rows) > MARKDOWN_INLINE_ROWS
-    opening = [f"<details><summary>All {len(rows)} changes</summary>", ""] if folded else []
+    # sized for the longest summary ("N of N changes"); the real one is written once the
+    # table is cut, so it never claims more rows than it shows
+    opening = (
+        [f"<details><summary>{len(rows)} of {len(rows)} changes</summary>", ""] if folded else []
+    )
     closing = ["", "</details>"] if folded else []
     fixed = [*head, *drift_head, *body]
     if rows:
@@ -245,6 +249,10 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         lines.append("")
     if not rows:
         return "\n".join(lines) + "\n"
+    if folded:
+        shown = len(kept_rows)
+        words = f"All {shown}" if shown == len(rows) else f"{shown} of {len(rows)}"
+        opening = [f"<details><summary>{words} changes</summary>", ""]
     lines += [*body, *opening, *table_head, *kept_rows]
     if len(kept_rows) < len(rows):
         left = len(rows) - len(kept_rows)

@@ -42,7 +42,7 @@ def assert_inert(text: str, ours: tuple[str, ...] = ("Plan:", "Drift:")) -> list
     children = inline(tokens)
     for block in (t.content.strip() for t in tokens if t.type == "html_block"):
         assert block == "</details>" or re.fullmatch(
-            r"<details><summary>All \d+ changes</summary>", block
+            r"<details><summary>(All \d+|\d+ of \d+) changes</summary>", block
         )
     assert not [t for t in children if t.type == "html_inline"]
     assert not [t for t in children if t.type in ("link_open", "image", "em_open", "s_open")]
