@@ -418,9 +418,10 @@ class PostgresStateStore:
                 if time.monotonic() >= deadline:
                     who = self.holder(conn)
                     waited = f" after waiting {timeout:g}s" if timeout else ""
+                    hint = "" if timeout else ", or pass --lock-timeout SECONDS to wait"
                     raise LockError(
                         f"state {self.describe()} is locked by {who}{waited}. Wait for it "
-                        "to finish, or pass --lock-timeout SECONDS to wait. The server "
+                        f"to finish{hint}. The server "
                         "releases the lock of a run that dies; `coins-sync state "
                         "force-unlock` ends a stuck one.",
                         holder=who,

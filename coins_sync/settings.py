@@ -159,7 +159,8 @@ def _check_keys(
         if not ok:
             names = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
             raise SettingsError(
-                f"pyproject.toml: {where}.{key} must be a {names}, got {_shown(value)}"
+                f"pyproject.toml: {where}.{key} must be {_article(names)} {names}, "
+                f"got {_shown(value)}"
             )
 
 
@@ -314,3 +315,7 @@ def _check_ranges(s: Settings) -> None:
         )
     if s.connect_timeout <= 0 or s.read_timeout <= 0 or s.lock_timeout < 0:
         raise SettingsError(f"{where}: timeouts must be positive")
+
+
+def _article(noun: str) -> str:
+    return "an" if noun[:1] in "aeiou" else "a"

@@ -610,10 +610,11 @@ class FileStateStore:
             holder = self._read_holder()
             who = holder.describe() if holder else "another process (details unknown)"
             waited = f" after waiting {timeout:g}s" if timeout else ""
+            hint = "" if timeout else ", or pass --lock-timeout SECONDS to wait"
             raise LockError(
-                f"state {self.path} is locked by {who}{waited}. Wait for it to finish, or "
-                "pass --lock-timeout SECONDS to wait. A lock left by a killed process is "
-                "released by the operating system, so a stuck lock means a live holder.",
+                f"state {self.path} is locked by {who}{waited}. Wait for it to finish{hint}. "
+                "A lock left by a killed process is released by the operating system, so a "
+                "stuck lock means a live holder.",
                 holder=who,
             ) from e
         try:

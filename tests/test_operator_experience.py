@@ -306,3 +306,29 @@ def test_verbose_after_the_command_and_the_saved_plan_hint_applies(
     applied = run_cli(project, *args, "--yes", "--api-url", sandbox.url)
     assert applied.returncode == 0, applied.stderr  # the hint's command is not stale
     assert len(sandbox.configs()) == 2
+
+
+def test_settings_type_message_uses_the_right_article(project: Path) -> None:
+    write(project / "pyproject.toml", '[tool.coins-sync.environments.x]\nmax_amount = "a"\n')
+    done = run_cli(project, "validate")
+    assert done.returncode == 1
+    assert "max_amount must be an integer, got 'a'" in done.stderr
+
+
+def test_lock_message_offers_lock_timeout_only_when_it_was_not_given(project: Path) -> None:
+    from coins_sync.errors import LockError
+    from coins_sync.state import FileStateStore
+
+    store = FileStateStore(project / "state" / "default.json")
+    with store.lock("first holder"):
+        other = FileStateStore(project / "state" / "default.json")
+        messages = []
+        for timeout in (0.0, 0.3):
+            try:
+                with other.lock("second", timeout):
+                    raise AssertionError("the lock was taken twice")
+            except LockError as e:
+                messages.append(str(e))
+    assert "pass --lock-timeout SECONDS" in messages[0]
+    assert "after waiting 0.3s" in messages[1]
+    assert "--lock-timeout" not in messages[1]
