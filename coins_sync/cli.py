@@ -478,11 +478,19 @@ def audit_for(workspace: Workspace) -> AuditSink:
 
 
 class Progress:
-    """A one-line progress display on a terminal (stderr); silent otherwise."""
+    """A one-line progress display on a terminal (stderr); silent otherwise.
 
-    def __init__(self) -> None:
-        self.enabled = sys.stderr.isatty()
+    While its line is open, a log line (the Ctrl-C warning, a retry) first ends it, so
+    the message never lands on the bar's line.
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self.shown = False
+        self.line_open = False
+        self._filter = _EndProgressLine(self)
+        for handler in logging.getLogger("coins_sync").handlers:
+            handler.addFilter(self._filter)
 
     def __call__(self, done: int, total: int) -> None:
         if not self.enabled or total < 2:
@@ -491,11 +499,27 @@ class Progress:
         filled = width * done // max(total, 1)
         bar = "#" * filled + "-" * (width - filled)
         click.echo(f"\r  [{bar}] {done}/{total}", err=True, nl=False)
-        self.shown = True
+        self.shown = self.line_open = True
+
+    def end_line(self) -> None:
+        if self.line_open:
+            self.line_open = False
+            click.echo("", err=True)
 
     def close(self) -> None:
-        if self.shown:
-            click.echo("", err=True)
+        for handler in logging.getLogger("coins_sync").handlers:
+            handler.removeFilter(self._filter)
+        self.end_line()
+
+
+class _EndProgressLine(logging.Filter):
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.progress.end_line()
+        return True
 
 
 def print_report(report: ApplyReport) -> None:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from coins_sync.sandbox import SandboxServer
 from tests.conftest import SAMPLE_RULES, SANDBOX_TOKEN, write
 
@@ -332,3 +334,23 @@ def test_lock_message_offers_lock_timeout_only_when_it_was_not_given(project: Pa
     assert "pass --lock-timeout SECONDS" in messages[0]
     assert "after waiting 0.3s" in messages[1]
     assert "--lock-timeout" not in messages[1]
+
+
+def test_a_log_line_during_progress_starts_on_its_own_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import logging
+
+    from coins_sync.cli import Progress, setup_logging
+
+    setup_logging(0)
+    progress = Progress(enabled=True)
+    try:
+        progress(3, 10)
+        logging.getLogger("coins_sync.apply").warning("interrupted: finishing requests")
+        progress(4, 10)
+    finally:
+        progress.close()
+    err = capsys.readouterr().err
+    assert "3/10\nWARNING: interrupted: finishing requests\n" in err
+    assert err.endswith("4/10\n")
