@@ -20,6 +20,10 @@ memory of what exists. Every path here may be cut off at any instant; what is pr
   that amount (``desired``); anything else is refused and nothing is sent.
 * Updates (PATCH) are idempotent, so they need no intent: at worst a lost result means
   the next plan shows the same update again.
+* An import (a rule with a ``coinConfigId`` not yet in the state) journals an intent,
+  GETs the id and records it only when the server's companyId, configuration and event
+  are the rule's, with the server's amount; a different amount is then PATCHed in the
+  same run. A mismatch or a 404 records nothing and sends no create for the key.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ class CoinsApi(Protocol):
 
     def create(self, key: RuleKey, amount: int) -> RemoteConfig: ...
 
+    def get(self, coin_config_id: str) -> RemoteConfig: ...
+
     def update(
         self, coin_config_id: str, amount: int, *, key: RuleKey | None = None
     ) -> RemoteConfig: ...
@@ -76,6 +82,7 @@ class ApplyReport:
     """What an apply did. ``failed`` and ``uncertain`` list keys with a short reason."""
 
     created: list[RuleKey] = field(default_factory=list)
+    imported: list[RuleKey] = field(default_factory=list)
     updated: list[RuleKey] = field(default_factory=list)
     failed: list[tuple[RuleKey, str]] = field(default_factory=list)
     uncertain: list[tuple[RuleKey, str]] = field(default_factory=list)
@@ -103,6 +110,8 @@ class ApplyReport:
             f"{len(self.failed)} failed",
             f"{len(self.uncertain)} uncertain",
         ]
+        if self.imported:
+            parts.insert(1, f"{len(self.imported)} imported")
         if self.skipped_uncertain:
             parts.append(f"{len(self.skipped_uncertain)} uncertain skipped")
         if self.not_started:
@@ -137,7 +146,7 @@ def to_send(plan: Plan, retry_uncertain: bool = False) -> list[Change]:
     return [
         change
         for change in plan.changes
-        if change.action in (Action.CREATE, Action.UPDATE)
+        if change.action in (Action.CREATE, Action.IMPORT, Action.UPDATE)
         or (retry_uncertain and change.action is Action.UNCERTAIN and change.source is not None)
     ]
 
@@ -291,6 +300,66 @@ class Executor:
         self._audit(AuditRecord("create", key, "created", None, amount, remote.coin_config_id))
         self._record(record, created)
 
+    def _import(self, change: Change) -> None:
+        if self._refused("import", change):
+            return
+        key, amount, config_id = change.key, change.amount, change.coin_config_id
+        if config_id is None:  # a plan always carries it; a hand-edited one may not
+            self.report.failed.append((key, "import without a coinConfigId"))
+            return
+        intent = JournalRecord("intent", key, amount, at=utc_now())
+        self.journal.append(intent, lambda: self._inflight.__setitem__(key, intent))
+        reason: str | None = None
+        remote: RemoteConfig | None = None
+        try:
+            remote = self.api.get(config_id)
+        except ApiError as e:
+            if e.status == 404:
+                reason = f"config {config_id} was not found on the server (404)"
+            else:
+                reason = f"cannot read config {config_id}: {e}"
+            if isinstance(e, AuthError):
+                self.stop.set()
+        if remote is not None and remote.key != key:
+            reason = (
+                f"config {config_id} on the server is {remote.key}, not {key} as the configs say"
+            )
+        if reason is not None or remote is None:
+            why = f"import refused: {reason}; nothing was recorded and no create is sent"
+
+            def refused() -> None:
+                self._inflight.pop(key, None)
+                self.report.failed.append((key, why))
+
+            log.error("%s: %s", key, why)
+            self._audit(AuditRecord("import", key, "failed", None, amount, config_id, why))
+            self._record(JournalRecord("result", key, amount, "failed", at=utc_now()), refused)
+            return
+        found = remote
+
+        def imported() -> None:
+            self._inflight.pop(key, None)
+            self._entries[key] = StateEntry(key, found.amount, found.coin_config_id)
+            self._uncertain.pop(key, None)
+            self.report.imported.append(key)
+
+        record = JournalRecord(
+            "result", key, found.amount, "imported", found.coin_config_id, utc_now()
+        )
+        self._audit(AuditRecord("import", key, "imported", None, found.amount, config_id))
+        self._record(record, imported)
+        if found.amount != amount:  # the configs' amount wins, in this same run
+            self._update(
+                Change(
+                    Action.UPDATE,
+                    key,
+                    amount,
+                    before=found.amount,
+                    source=change.source,
+                    coin_config_id=config_id,
+                )
+            )
+
     def _update(self, change: Change) -> None:
         key, amount, config_id = change.key, change.amount, change.coin_config_id
         if config_id is None:  # a plan always carries it; a hand-edited one may not
@@ -375,6 +444,8 @@ class Executor:
                 try:
                     if change.action is Action.UPDATE:
                         self._update(change)
+                    elif change.action is Action.IMPORT:
+                        self._import(change)
                     else:
                         self._create(change)
                 finally:

@@ -667,18 +667,36 @@ def apply_command(
 @state.command("import")
 @env_options
 @lock_timeout_option
-@click.argument("key")
-@click.argument("coin_config_id")
-def state_import(key: str, coin_config_id: str, **options: Any) -> int:
+@click.argument("key", required=False)
+@click.argument("coin_config_id", required=False)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Import every row of a CSV (companyId,configuration,event,coinConfigId) or "
+    "JSON lines file.",
+)
+def state_import(
+    key: str | None, coin_config_id: str | None, source: Path | None, **options: Any
+) -> int:
     """Record an existing config COIN_CONFIG_ID as KEY, after checking it on the server.
 
     Resolves an uncertain create that did reach the server, or brings a config made
     by hand under management. The config is fetched (GET) and must match KEY.
+    With --from FILE, every row of FILE is checked and the matching ones recorded.
 
     \b
-    Example:
+    Examples:
       coins-sync state import CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT WCC817428
+      coins-sync state import --from existing.csv
     """
+    if source is not None:
+        if key is not None or coin_config_id is not None:
+            raise click.UsageError("give either KEY COIN_CONFIG_ID or --from FILE, not both")
+        return state_import_file(source, options)
+    if key is None or coin_config_id is None:
+        raise click.UsageError("give KEY and COIN_CONFIG_ID, or --from FILE")
     rule_key = parse_key(key)
     workspace = workspace_from(options)
     with make_client(workspace.settings) as client:
@@ -695,6 +713,45 @@ def state_import(key: str, coin_config_id: str, **options: Any) -> int:
         f"state serial {written.serial})."
     )
     return EXIT_OK
+
+
+def state_import_file(source: Path, options: dict[str, Any]) -> int:
+    """``state import --from FILE``: record every matching row, report every other."""
+    from coins_sync.adopt import read_rows
+    from coins_sync.loader import display_path
+
+    workspace = workspace_from(options)
+    rows = read_rows(source, display_path(source))
+    progress = Progress()
+    try:
+        with make_client(workspace.settings) as client:
+            result = workspace.import_many(
+                rows, client.get, command=f"state import --from {source}", on_tick=progress
+            )
+    finally:
+        progress.close()
+    audit = audit_for(workspace)
+    try:
+        for row, entry in result.imported:
+            audit.record(
+                AuditRecord("import", row.key, "imported", None, entry.amount, row.coin_config_id)
+            )
+        for row, reason in result.failed:
+            audit.record(
+                AuditRecord("import", row.key, "failed", None, None, row.coin_config_id, reason)
+            )
+    finally:
+        audit.close()
+    for row, reason in result.failed:
+        click.echo(
+            scrub(f"  failed  {row.where}: {row.key} {row.coin_config_id}: {reason}"), err=True
+        )
+    serial = f"; state serial {result.state.serial}" if result.state is not None else ""
+    click.echo(
+        f"Import: {len(result.imported)} imported, {len(result.failed)} failed "
+        f"(of {len(rows)} rows{serial})."
+    )
+    return EXIT_ERROR if result.failed else EXIT_OK
 
 
 def postgres_store(workspace: Workspace, command: str) -> Any:

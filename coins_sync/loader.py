@@ -426,6 +426,7 @@ class RuleLoader:
             rules.extend(result.rules)
             problems.extend(result.problems)
         problems.extend(_duplicate_keys(rules))
+        problems.extend(_duplicate_ids(rules))
         if problems:
             raise ConfigError(problems)
         return ConfigSet(
@@ -560,7 +561,7 @@ def _rules_from(document: LocatedMap, shown: str) -> Iterator[Rule]:
     for item, (line, col) in zip(rules, rules.item_marks, strict=True):
         # the item's own place in the list: an alias repeating a rule points at the alias
         key = RuleKey(company, item.get("configuration", default_configuration), item["event"])
-        yield Rule(key, item["amount"], Source(shown, line, col))
+        yield Rule(key, item["amount"], Source(shown, line, col), item.get("coinConfigId"))
 
 
 def _duplicate_keys(rules: Sequence[Rule]) -> list[Problem]:
@@ -588,4 +589,28 @@ def _duplicate_keys(rules: Sequence[Rule]) -> list[Problem]:
         problems.append(
             Problem(a.path, a.line, a.col, f"duplicate rule {rule.key}; also defined at {b}")
         )
+    return problems
+
+
+def _duplicate_ids(rules: Sequence[Rule]) -> list[Problem]:
+    """Two rules that adopt one server config: each place names the other."""
+    first: dict[str, Rule] = {}
+    problems: list[Problem] = []
+    for rule in rules:
+        if rule.coin_config_id is None:
+            continue
+        earlier = first.setdefault(rule.coin_config_id, rule)
+        if earlier is rule or earlier.key == rule.key:  # same key: _duplicate_keys says it
+            continue
+        a, b = earlier.source, rule.source
+        for here, there, other in ((b, a, earlier), (a, b, rule)):
+            problems.append(
+                Problem(
+                    here.path,
+                    here.line,
+                    here.col,
+                    f"coinConfigId {rule.coin_config_id} is used twice: also by {other.key} "
+                    f"at {there}; one server config can be only one rule",
+                )
+            )
     return problems

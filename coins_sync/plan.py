@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from coins_sync.errors import UnsafePlanError
+from coins_sync.errors import CoinsSyncError, UnsafePlanError
 from coins_sync.refresh import Drift
 from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state import State
@@ -22,6 +22,7 @@ class Action(enum.Enum):
     """What apply would do for one key. Declaration order is the display order."""
 
     CREATE = "create"
+    IMPORT = "import"
     UPDATE = "update"
     UNCERTAIN = "uncertain"
     ORPHAN = "orphan"
@@ -34,7 +35,7 @@ class Action(enum.Enum):
 
 _RANK = {action: index for index, action in enumerate(Action)}
 #: Actions that make a plan "have changes" (exit 2 under --detailed-exitcode).
-CHANGING = frozenset({Action.CREATE, Action.UPDATE, Action.UNCERTAIN})
+CHANGING = frozenset({Action.CREATE, Action.IMPORT, Action.UPDATE, Action.UNCERTAIN})
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,8 @@ class Change:
     """One key's planned action.
 
     ``amount`` is the desired amount (for orphans, the amount in state); ``before`` the
-    amount in state for updates; ``coin_config_id`` the server's id when one is known.
+    amount in state for updates; ``coin_config_id`` the server's id when one is known
+    (for an import, the id the configs name).
     """
 
     action: Action
@@ -72,12 +74,23 @@ class Plan:
     """Every key's change, sorted by action then key, plus what it was made against.
 
     ``drift`` holds what ``--refresh`` found on the server (empty for an offline plan).
+    ``new_companies`` lists the companies this plan creates rules for although the state
+    records no entry of theirs (the first-contact guard); ``agreeing_ids`` counts the
+    rules whose ``coinConfigId`` in the configs agrees with the state.
     """
 
     changes: tuple[Change, ...]
     managed: int
     context: PlanContext = field(default_factory=PlanContext)
     drift: tuple[Drift, ...] = ()
+    new_companies: tuple[str, ...] = ()
+    agreeing_ids: int = 0
+
+    @property
+    def first_contact_creates(self) -> int:
+        """How many creates are for a company in ``new_companies``."""
+        new = set(self.new_companies)
+        return sum(1 for c in self.of(Action.CREATE) if c.key.company_id in new)
 
     def summary(self) -> dict[str, int]:
         counts = Counter(change.action for change in self.changes)
@@ -102,26 +115,77 @@ class Plan:
 _change_key = operator.attrgetter("key")
 
 
+class PlanConflictError(CoinsSyncError):
+    """A ``coinConfigId`` in the configs contradicts what the state records."""
+
+
+def _id_conflicts(desired: Mapping[RuleKey, Rule], state: State) -> list[str]:
+    """Every rule whose ``coinConfigId`` the state records otherwise: for that key, or
+    as the id of another key."""
+    adopting = [
+        (rule, rule.coin_config_id) for rule in desired.values() if rule.coin_config_id is not None
+    ]
+    if not adopting:
+        return []
+    owner = {entry.coin_config_id: key for key, entry in state.entries.items()}
+    problems: list[str] = []
+    for rule, config_id in adopting:
+        entry = state.entries.get(rule.key)
+        if entry is not None and entry.coin_config_id != rule.coin_config_id:
+            problems.append(
+                f"{rule.source}: {rule.key} has coinConfigId {rule.coin_config_id} in the "
+                f"configs, but the state records it as {entry.coin_config_id}. Fix the file, "
+                f"or run `coins-sync state rm {rule.key}` if the state is wrong"
+            )
+            continue
+        other = owner.get(config_id)
+        if other is not None and other != rule.key:
+            problems.append(
+                f"{rule.source}: {rule.key} has coinConfigId {rule.coin_config_id} in the "
+                f"configs, but the state records {rule.coin_config_id} as {other}"
+            )
+    return problems
+
+
 def plan(
     rules: Iterable[Rule],
     state: State,
     context: PlanContext | None = None,
 ) -> Plan:
-    """Diff desired ``rules`` against ``state``. Pure."""
+    """Diff desired ``rules`` against ``state``. Pure.
+
+    Raises PlanConflictError when a ``coinConfigId`` in the configs contradicts the state.
+    """
     desired: Mapping[RuleKey, Rule] = {rule.key: rule for rule in rules}
+    conflicts = _id_conflicts(desired, state)
+    if conflicts:
+        raise PlanConflictError("\n".join(conflicts))
     # One list per action; sorting each by key gives the (rank, key) order without
     # hashing an Enum member per change (it matters at 100k rules).
     by_action: dict[Action, list[Change]] = {action: [] for action in Action}
     creates, updates = by_action[Action.CREATE], by_action[Action.UPDATE]
     unchanged, uncertain = by_action[Action.UNCHANGED], by_action[Action.UNCERTAIN]
+    imports = by_action[Action.IMPORT]
+    agreeing = 0
     for key, rule in desired.items():
         entry = state.entries.get(key)
         if entry is None:
-            if key in state.uncertain:
+            if rule.coin_config_id is not None:  # adopt it; this also settles an uncertain key
+                imports.append(
+                    Change(
+                        Action.IMPORT,
+                        key,
+                        rule.amount,
+                        source=rule.source,
+                        coin_config_id=rule.coin_config_id,
+                    )
+                )
+            elif key in state.uncertain:
                 uncertain.append(Change(Action.UNCERTAIN, key, rule.amount, source=rule.source))
             else:
                 creates.append(Change(Action.CREATE, key, rule.amount, source=rule.source))
         elif entry.amount != rule.amount:
+            agreeing += rule.coin_config_id is not None
             updates.append(
                 Change(
                     Action.UPDATE,
@@ -133,6 +197,7 @@ def plan(
                 )
             )
         else:
+            agreeing += rule.coin_config_id is not None
             unchanged.append(
                 Change(
                     Action.UNCHANGED,
@@ -153,7 +218,15 @@ def plan(
     changes: list[Change] = []
     for action in Action:
         changes.extend(sorted(by_action[action], key=_change_key))
-    return Plan(tuple(changes), managed=len(state.entries), context=context or PlanContext())
+    known = {key.company_id for key in state.entries}
+    new_companies = sorted({c.key.company_id for c in creates} - known)
+    return Plan(
+        tuple(changes),
+        managed=len(state.entries),
+        context=context or PlanContext(),
+        new_companies=tuple(new_companies),
+        agreeing_ids=agreeing,
+    )
 
 
 @dataclass(frozen=True)
@@ -169,7 +242,7 @@ def check_safety(the_plan: Plan, rules: SafetyRules, force: bool = False) -> Non
     """Raise UnsafePlanError when the plan should not be applied as it is."""
     too_big = [
         change
-        for change in the_plan.of(Action.CREATE, Action.UPDATE, Action.UNCERTAIN)
+        for change in the_plan.of(Action.CREATE, Action.IMPORT, Action.UPDATE, Action.UNCERTAIN)
         if change.amount > rules.max_amount or change.amount < 0
     ]
     if too_big:

@@ -84,7 +84,13 @@ def load_plan(path: Path) -> Plan:
         for d in data.get("drift", [])
     )
     changes.sort(key=lambda c: c.sort_key)
-    return Plan(tuple(changes), managed=data["managed"], context=context, drift=drift)
+    return Plan(
+        tuple(changes),
+        managed=data["managed"],
+        context=context,
+        drift=drift,
+        new_companies=tuple(data.get("new_companies", ())),
+    )
 
 
 def _key(item: dict[str, str]) -> RuleKey:

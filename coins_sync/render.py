@@ -25,6 +25,7 @@ _MD_TAIL_RESERVE = 120
 
 _SYMBOL = {
     Action.CREATE: "+",
+    Action.IMPORT: "<=",
     Action.UPDATE: "~",
     Action.UNCERTAIN: "!",
     Action.ORPHAN: "!",
@@ -32,12 +33,14 @@ _SYMBOL = {
 }
 _COLOUR = {
     Action.CREATE: "green",
+    Action.IMPORT: "cyan",
     Action.UPDATE: "yellow",
     Action.UNCERTAIN: "red",
     Action.ORPHAN: "magenta",
 }
 _SUMMARY_WORDS = (
     (Action.CREATE, "to create"),
+    (Action.IMPORT, "to import"),
     (Action.UPDATE, "to update"),
     (Action.UNCERTAIN, "uncertain"),
     (Action.ORPHAN, "orphaned"),
@@ -47,7 +50,12 @@ _SUMMARY_WORDS = (
 
 def summary_line(plan: Plan) -> str:
     counts = plan.summary()
-    parts = [f"{counts[action.value]} {words}" for action, words in _SUMMARY_WORDS]
+    # like Terraform, imports are counted when there are any
+    parts = [
+        f"{counts[action.value]} {words}"
+        for action, words in _SUMMARY_WORDS
+        if action is not Action.IMPORT or counts[action.value]
+    ]
     stuck = plan.needs_a_person
     if stuck:
         parts.append(
@@ -58,9 +66,31 @@ def summary_line(plan: Plan) -> str:
     return f"Plan: {', '.join(parts)} ({verdict})."
 
 
+def first_contact_line(plan: Plan) -> str | None:
+    """The first-contact guard: creates for companies the state has never recorded."""
+    if not plan.new_companies:
+        return None
+    return (
+        f"{plan.first_contact_creates} creates for {len(plan.new_companies)} companies new "
+        "to this state; if any of these already exist on the server, adopt them first "
+        "(coinConfigId in the rule, or `coins-sync state import --from FILE`)."
+    )
+
+
+def agreeing_line(plan: Plan) -> str | None:
+    if not plan.agreeing_ids:
+        return None
+    return f"{plan.agreeing_ids} coinConfigId(s) in the configs agree with the state."
+
+
 def _detail(change: Change) -> str:
     if change.action is Action.UPDATE:
         return f"amount {change.before} -> {change.amount}"
+    if change.action is Action.IMPORT:
+        return (
+            f"amount {change.amount}  (import {change.coin_config_id}: checked on the server, "
+            "then recorded; a different amount there is updated)"
+        )
     if change.action is Action.UNCERTAIN:
         return (
             f"amount {change.amount}  (uncertain: an earlier create's outcome is unknown; "
@@ -97,6 +127,7 @@ def render_text(plan: Plan, colour: bool = False) -> str:
     if shown:
         lines.append("")
     lines.append(summary_line(plan))
+    lines.extend(note for note in (agreeing_line(plan), first_contact_line(plan)) if note)
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +172,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             }
             for d in plan.drift
         ],
+        "new_companies": list(plan.new_companies),
     }
 
 
@@ -196,16 +228,25 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
     names are shown inert (code spans) and cut to a bounded length.
     """
     counts = plan.summary()
+    columns = [a.value for a in Action if a is not Action.IMPORT or counts[a.value]]
     head = [
         f"### coins-sync plan for {code(plan.context.env)}",
         "",
-        "| create | update | uncertain | orphan | unchanged |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-        "| {create} | {update} | {uncertain} | {orphan} | {unchanged} |".format(**counts),
+        "| " + " | ".join(columns) + " |",
+        "|" + " ---: |" * len(columns),
+        "| " + " | ".join(str(counts[name]) for name in columns) + " |",
         "",
         f"**{summary_line(plan)}**",
         "",
     ]
+    agreeing = agreeing_line(plan)
+    if agreeing:
+        head += [agreeing, ""]
+    first_contact = first_contact_line(plan)
+    if first_contact:
+        names = ", ".join(code(name, MARKDOWN_KEY_LIMIT) for name in plan.new_companies[:20])
+        more = f" and {len(plan.new_companies) - 20} more" if len(plan.new_companies) > 20 else ""
+        head += ["> [!CAUTION]", f"> {first_contact} New: {names}{more}.", ""]
     drift_head = (
         [f"**Drift:** {len(plan.drift)} difference(s) between the server and state.", ""]
         if plan.drift

@@ -47,8 +47,13 @@ class Source:
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    """One desired rule: ``key`` gives ``amount`` coins; ``source`` says where it was written."""
+    """One desired rule: ``key`` gives ``amount`` coins; ``source`` says where it was written.
+
+    ``coin_config_id`` is set when the file says the rule already exists on the server
+    under that id (``coinConfigId``): the plan then imports it instead of creating it.
+    """
 
     key: RuleKey
     amount: int
     source: Source
+    coin_config_id: str | None = None

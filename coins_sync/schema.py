@@ -351,6 +351,8 @@ class RuleFileValidator:
             return f"{value} is above the maximum of {error.validator_value} (max_amount)"
         if error.validator == "minimum":
             return f"{value} is below the minimum of {error.validator_value}"
+        if error.validator == "pattern" and list(error.absolute_path)[-1:] == ["coinConfigId"]:
+            return f"{value!r} is not a valid coinConfigId (1-64 letters, digits, '_' or '-')"
         if error.validator == "pattern":
             return (
                 f"{value!r} is not a valid identifier (1-64 letters, digits, '_', '.' or '-', "

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coins_sync.api import RemoteConfig
 from coins_sync.audit import AuditLog, AuditSink, audit_path_for, read_audit
@@ -21,6 +21,9 @@ from coins_sync.refresh import Reader, refresh, untouchable
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
 from coins_sync.state import State, StateEntry, StateStore, open_store
+
+if TYPE_CHECKING:
+    from coins_sync.adopt import BulkResult, ImportRow
 
 
 def open_backend(settings: Settings) -> StateStore:
@@ -179,3 +182,41 @@ class Workspace:
                 )
             entry = StateEntry(key, remote.amount, remote.coin_config_id)
             return self.store.write(state.with_entry(entry)), entry
+
+    def import_many(
+        self,
+        rows: Sequence[ImportRow],
+        fetch: Callable[[str], RemoteConfig],
+        command: str,
+        on_tick: Callable[[int, int], None] | None = None,
+    ) -> BulkResult:
+        """Record every row whose id the server confirms as its key, in one state write.
+
+        Takes the lock; GETs with the environment's parallelism. A row that fails is
+        reported in the result and never keeps a matching row from being recorded.
+        """
+        from coins_sync.adopt import BulkResult, check_rows, fetch_all
+
+        result = BulkResult()
+        with self.store.lock(command, self.settings.lock_timeout):
+            state, _ = self.store.recover()
+            todo, reasons = check_rows(rows, state)
+            for row, reason in zip(rows, reasons, strict=True):
+                if reason:
+                    result.failed.append((row, reason))
+            for row, got in fetch_all(todo, fetch, self.settings.parallelism, on_tick):
+                if isinstance(got, StateEntry):
+                    result.imported.append((row, got))
+                else:
+                    result.failed.append((row, got))
+            if result.imported:
+                entries = dict(state.entries)
+                uncertain = dict(state.uncertain)
+                for _, entry in result.imported:
+                    entries[entry.key] = entry
+                    uncertain.pop(entry.key, None)
+                state = self.store.write(replace(state, entries=entries, uncertain=uncertain))
+            result.state = state
+        order = {id(row): index for index, row in enumerate(rows)}
+        result.failed.sort(key=lambda item: order[id(item[0])])
+        return result

@@ -78,6 +78,7 @@ def test_json_plan_follows_the_schema_and_counts_exactly(project: Path, invoke: 
     jsonschema.Draft202012Validator(load_schema(PLAN_SCHEMA)).validate(data)
     assert data["summary"] == {
         "create": 1,
+        "import": 0,
         "update": 1,
         "uncertain": 0,
         "orphan": 1,

@@ -43,6 +43,7 @@ def test_every_action_is_planned() -> None:
     assert by_key["LOST"].action is Action.UNCERTAIN
     assert the_plan.summary() == {
         "create": 1,
+        "import": 0,
         "update": 1,
         "uncertain": 1,
         "orphan": 1,

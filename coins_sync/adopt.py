@@ -1,0 +1,195 @@
+"""Bulk adoption: ``state import --from FILE`` records many existing configs at once.
+
+The file is CSV (header ``companyId,configuration,event,coinConfigId``) or JSON lines
+(one object with those four fields a line). Every id is read back (GET) with bounded
+parallelism under the state lock, and its key checked. Every row that matches is
+recorded in one state write; every row that does not is reported with its line, and
+never costs a matching row its record.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coins_sync.api import RemoteConfig
+from coins_sync.errors import ApiError, CoinsSyncError, ConfigError, Problem
+from coins_sync.rules import RuleKey
+from coins_sync.state import State, StateEntry
+
+FIELDS = ("companyId", "configuration", "event", "coinConfigId")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+MAX_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    """One line of an import file: ``key`` is on the server as ``coin_config_id``."""
+
+    where: str  # path:line
+    key: RuleKey
+    coin_config_id: str
+
+
+@dataclass
+class BulkResult:
+    """What a bulk import recorded and what it refused (``where``, key, reason)."""
+
+    imported: list[tuple[ImportRow, StateEntry]] = field(default_factory=list)
+    failed: list[tuple[ImportRow, str]] = field(default_factory=list)
+    state: State | None = None
+
+
+def read_rows(path: Path, shown: str) -> list[ImportRow]:
+    """Parse an import file; every defect is a ConfigError naming its line."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise ConfigError([Problem(shown, 0, 0, f"cannot read: {e.strerror or e}")]) from e
+    except UnicodeDecodeError as e:
+        raise ConfigError([Problem(shown, 1, 1, "not valid UTF-8")]) from e
+    first = text.lstrip()[:1]
+    rows, problems = (_json_lines if first == "{" else _csv)(text, shown)
+    if problems:
+        raise ConfigError(problems)
+    if not rows:
+        raise ConfigError([Problem(shown, 1, 1, "no rows to import")])
+    return rows
+
+
+def _row(values: dict[str, object], shown: str, line: int) -> ImportRow | str:
+    missing = [name for name in FIELDS if not isinstance(values.get(name), str)]
+    if missing:
+        return f"missing or non-text field(s): {', '.join(missing)}"
+    texts = {name: str(values[name]).strip() for name in FIELDS}
+    empty = [name for name in FIELDS if not texts[name]]
+    if empty:
+        return f"empty field(s): {', '.join(empty)}"
+    if not _ID.fullmatch(texts["coinConfigId"]):
+        return f"coinConfigId {texts['coinConfigId'][:80]!r} is not 1-64 of A-Z, a-z, 0-9, _ or -"
+    key = RuleKey(texts["companyId"], texts["configuration"], texts["event"])
+    return ImportRow(f"{shown}:{line}", key, texts["coinConfigId"])
+
+
+def _csv(text: str, shown: str) -> tuple[list[ImportRow], list[Problem]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[ImportRow] = []
+    problems: list[Problem] = []
+    try:
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header] != list(FIELDS):
+            return [], [
+                Problem(shown, 1, 1, f"the header must be {','.join(FIELDS)}; got {header!r}")
+            ]
+        for values in reader:
+            line = reader.line_num
+            if len(rows) + len(problems) >= MAX_ROWS:
+                problems.append(Problem(shown, line, 1, f"more than {MAX_ROWS} rows"))
+                break
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) != len(FIELDS):
+                problems.append(
+                    Problem(shown, line, 1, f"expected {len(FIELDS)} fields, got {len(values)}")
+                )
+                continue
+            got = _row(dict(zip(FIELDS, values, strict=True)), shown, line)
+            if isinstance(got, str):
+                problems.append(Problem(shown, line, 1, got))
+            else:
+                rows.append(got)
+    except csv.Error as e:
+        problems.append(Problem(shown, reader.line_num, 1, f"not valid CSV: {e}"))
+    return rows, problems
+
+
+def _json_lines(text: str, shown: str) -> tuple[list[ImportRow], list[Problem]]:
+    rows: list[ImportRow] = []
+    problems: list[Problem] = []
+    for line, raw in enumerate(text.splitlines()[:MAX_ROWS], start=1):
+        if not raw.strip():
+            continue
+        try:
+            values = json.loads(raw)
+        except (ValueError, RecursionError) as e:
+            problems.append(Problem(shown, line, 1, f"not a JSON object: {e}"))
+            continue
+        if not isinstance(values, dict):
+            problems.append(Problem(shown, line, 1, "not a JSON object"))
+            continue
+        got = _row(values, shown, line)
+        if isinstance(got, str):
+            problems.append(Problem(shown, line, 1, got))
+        else:
+            rows.append(got)
+    return rows, problems
+
+
+def check_rows(rows: Sequence[ImportRow], state: State) -> tuple[list[ImportRow], list[str]]:
+    """The rows worth a GET, and why each other row is refused (without a call)."""
+    owner = {entry.coin_config_id: key for key, entry in state.entries.items()}
+    first_key: dict[RuleKey, ImportRow] = {}
+    first_id: dict[str, ImportRow] = {}
+    todo: list[ImportRow] = []
+    reasons: list[str] = []
+    for row in rows:
+        reason = None
+        entry = state.entries.get(row.key)
+        if row.key in first_key:
+            reason = f"{row.key} is listed again (first at {first_key[row.key].where})"
+        elif row.coin_config_id in first_id:
+            reason = (
+                f"{row.coin_config_id} is listed again (first at "
+                f"{first_id[row.coin_config_id].where})"
+            )
+        elif entry is not None and entry.coin_config_id != row.coin_config_id:
+            reason = (
+                f"{row.key} is already recorded as {entry.coin_config_id}, not "
+                f"{row.coin_config_id}; run `coins-sync state rm {row.key}` first if that "
+                "record is wrong"
+            )
+        elif owner.get(row.coin_config_id, row.key) != row.key:
+            reason = f"{row.coin_config_id} is already recorded as {owner[row.coin_config_id]}"
+        first_key.setdefault(row.key, row)
+        first_id.setdefault(row.coin_config_id, row)
+        reasons.append(reason or "")
+        if reason is None:
+            todo.append(row)
+    return todo, reasons
+
+
+def fetch_all(
+    rows: Sequence[ImportRow],
+    fetch: Callable[[str], RemoteConfig],
+    parallelism: int,
+    on_tick: Callable[[int, int], None] | None = None,
+) -> list[tuple[ImportRow, StateEntry | str]]:
+    """GET every row's id (``parallelism`` at once) and check its key."""
+
+    def one(row: ImportRow) -> StateEntry | str:
+        try:
+            remote = fetch(row.coin_config_id)
+        except ApiError as e:
+            if e.status == 404:
+                return f"config {row.coin_config_id} was not found on the server (404)"
+            return f"cannot read config {row.coin_config_id}: {e}"
+        except CoinsSyncError as e:
+            return f"cannot read config {row.coin_config_id}: {e}"
+        if remote.key != row.key:
+            return f"config {row.coin_config_id} on the server is {remote.key}, not {row.key}"
+        return StateEntry(row.key, remote.amount, remote.coin_config_id)
+
+    results: dict[int, StateEntry | str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
+        futures = {pool.submit(one, row): index for index, row in enumerate(rows)}
+        for done, future in enumerate(as_completed(futures), start=1):
+            results[futures[future]] = future.result()
+            if on_tick is not None:
+                on_tick(done, len(rows))
+    return [(row, results[index]) for index, row in enumerate(rows)]
