@@ -98,29 +98,33 @@ class CoinsGroup(click.Group):
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
+state_option = click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Override the environment's state file.",
+)
+env_option = click.option(
+    "--env",
+    "env_name",
+    metavar="NAME",
+    envvar="COINS_SYNC_ENV",
+    help="Environment from [tool.coins-sync.environments] (env: COINS_SYNC_ENV).",
+)
+
+
 def env_options(func: F) -> F:
     """The options every settings-aware command shares."""
     func = click.option("--api-url", metavar="URL", help="Override the environment's api_url.")(
         func
     )
-    func = click.option(
-        "--state",
-        "state_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Override the environment's state file.",
-    )(func)
+    func = state_option(func)
     func = click.option(
         "--configs",
         type=click.Path(path_type=Path, file_okay=False),
         help="Override the configs folder.",
     )(func)
-    func = click.option(
-        "--env",
-        "env_name",
-        metavar="NAME",
-        envvar="COINS_SYNC_ENV",
-        help="Environment from [tool.coins-sync.environments] (env: COINS_SYNC_ENV).",
-    )(func)
+    func = env_option(func)
     return func
 
 
@@ -1089,19 +1093,8 @@ def lease_options(func: F) -> F:
         envvar="COINS_SYNC_STATE_BRANCH",
         help="The state branch (env: COINS_SYNC_STATE_BRANCH).",
     )(func)
-    func = click.option(
-        "--state",
-        "state_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Override the environment's state file.",
-    )(func)
-    func = click.option(
-        "--env",
-        "env_name",
-        metavar="NAME",
-        envvar="COINS_SYNC_ENV",
-        help="Environment from [tool.coins-sync.environments] (env: COINS_SYNC_ENV).",
-    )(func)
+    func = state_option(func)
+    func = env_option(func)
     return func
 
 
