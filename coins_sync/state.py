@@ -36,13 +36,14 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
-
-import filelock
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coins_sync.errors import LockError, StateError
 from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.rules import RuleKey
+
+if TYPE_CHECKING:
+    import filelock
 
 log = logging.getLogger(__name__)
 
@@ -522,6 +523,8 @@ class FileStateStore:
 
     @contextlib.contextmanager
     def lock(self, command: str, timeout: float = 0.0) -> Iterator[None]:
+        import filelock  # only here: reading a state for a plan takes no lock
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.lock_path), timeout=timeout, is_singleton=False)
         try:

@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coins_sync.api import RemoteConfig
 from coins_sync.audit import AuditLog, AuditSink, audit_path_for, read_audit
 from coins_sync.errors import StateError
 from coins_sync.loader import ConfigSet, RuleLoader
@@ -19,6 +18,9 @@ from coins_sync.refresh import Reader, refresh, untouchable
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
 from coins_sync.state import State, StateEntry, StateStore, open_store
+
+if TYPE_CHECKING:  # validate and an offline plan never load the API client
+    from coins_sync.api import RemoteConfig
 
 
 def open_backend(settings: Settings) -> StateStore:
