@@ -20,7 +20,7 @@ import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
-from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # jsonschema is imported only to word the problems of a refused file
@@ -36,7 +36,12 @@ PLAN_SCHEMA = "plan.schema.json"
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     """Read a shipped schema by file name (works from an installed wheel too)."""
-    text = resources.files("coins_sync").joinpath("schemas", name).read_text("utf-8")
+    try:  # the package is a folder on disk, nearly always
+        text = (Path(__file__).parent / "schemas" / name).read_text("utf-8")
+    except OSError:  # zipped, or a loader without files: importlib.resources is slow to import
+        from importlib import resources
+
+        text = resources.files("coins_sync").joinpath("schemas", name).read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import getpass
 import json
 import logging
 import operator
 import os
-import socket
 import threading
 import time
 import uuid
@@ -523,7 +521,9 @@ class FileStateStore:
 
     @contextlib.contextmanager
     def lock(self, command: str, timeout: float = 0.0) -> Iterator[None]:
-        import filelock  # only here: reading a state for a plan takes no lock
+        import socket  # only here: reading a state for a plan takes no lock
+
+        import filelock
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.lock_path), timeout=timeout, is_singleton=False)
@@ -583,6 +583,8 @@ class FileStateStore:
 
 def _may_be_alive(holder: LockHolder) -> bool:
     """False only for a holder on this host whose process is surely gone."""
+    import socket
+
     if holder.host != socket.gethostname():
         return True
     try:
@@ -595,6 +597,8 @@ def _may_be_alive(holder: LockHolder) -> bool:
 
 
 def _user() -> str:
+    import getpass  # imports here keep the start-up of validate and plan short
+
     try:
         return getpass.getuser()
     except (OSError, KeyError):
