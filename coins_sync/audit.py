@@ -11,10 +11,8 @@ of every secret in the environment (:mod:`coins_sync.redact`) as a second line o
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
-import subprocess
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,6 +37,8 @@ def current_actor(environ: Mapping[str, str]) -> str:
     actor = environ.get("GITHUB_ACTOR")
     if actor:
         return actor
+    import getpass  # imports here keep the start-up of validate and plan short
+
     try:
         return getpass.getuser()
     except (OSError, KeyError):
@@ -49,6 +49,8 @@ def current_commit(environ: Mapping[str, str], cwd: Path | None = None) -> str |
     sha = environ.get("GITHUB_SHA")
     if sha:
         return sha
+    import subprocess
+
     try:
         done = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -18,16 +18,13 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from coins_sync import __version__
-from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
-from coins_sync.apply import ApplyReport, ApplyRequest, ApplyStoppedError, run_apply, to_send
 from coins_sync.audit import AuditRecord, AuditSink
 from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
-from coins_sync.gitlease import GitLease
 from coins_sync.plan import Action, Plan, check_safety
 from coins_sync.planfile import save_plan
 from coins_sync.redact import redact as scrub  # every encoding of every secret
@@ -35,6 +32,11 @@ from coins_sync.render import render
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings, is_loopback, load_settings
 from coins_sync.workspace import Workspace
+
+if TYPE_CHECKING:  # validate and an offline plan load none of these (tests/test_import_purity.py)
+    from coins_sync.api import CoinsClient
+    from coins_sync.apply import ApplyReport
+    from coins_sync.gitlease import GitLease
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -453,6 +455,8 @@ def state_rm(key: str, yes: bool, **options: Any) -> int:
 
 def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClient:
     """The API client for an environment; credentials come from the environment only."""
+    from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
+
     width = parallelism or settings.parallelism
     options = ClientOptions(
         api_url=settings.require_api_url(),
@@ -598,6 +602,8 @@ def apply_command(
       coins-sync plan --out plan.json && coins-sync apply plan.json --yes
       coins-sync apply --env prod --yes --parallelism 16
     """
+    from coins_sync.apply import ApplyRequest, ApplyStoppedError, run_apply, to_send
+
     workspace = workspace_from(options)
     settings = workspace.settings
     settings.require_api_url()
@@ -1099,6 +1105,8 @@ def lease_options(func: F) -> F:
 
 
 def lease_from(env_name: str | None, state_path: Path | None, branch: str, remote: str) -> GitLease:
+    from coins_sync.gitlease import GitLease
+
     settings = resolve_settings(env_name, None, state_path, None)
     return GitLease(settings.state, branch=branch, remote=remote)
 

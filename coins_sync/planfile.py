@@ -7,8 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from coins_sync.errors import CoinsSyncError, StalePlanError
 from coins_sync.loader import ConfigSet
 from coins_sync.plan import Action, Change, Plan, PlanContext, plan
@@ -47,6 +45,8 @@ def load_plan(path: Path) -> Plan:
         raise PlanFileError(f"{path}: no such plan file") from e
     except (OSError, ValueError, RecursionError) as e:
         raise PlanFileError(f"{path}: not a readable JSON plan ({e})") from e
+    import jsonschema  # only to load a saved plan; plan --out does not need it
+
     validator = jsonschema.Draft202012Validator(load_schema(PLAN_SCHEMA))
     error = jsonschema.exceptions.best_match(validator.iter_errors(data))
     if error is not None:

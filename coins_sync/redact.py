@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import html
 import json
 import os
 import re
@@ -67,6 +66,8 @@ def secrets_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
 
 def encodings(secret: str) -> set[str]:
     """Every form in which ``secret`` may appear in text."""
+    import html  # imports here keep the start-up of validate and plan short
+
     forms = {secret, secret.strip()}
     for value in list(forms):
         forms |= {

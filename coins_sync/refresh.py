@@ -16,14 +16,15 @@ rule afresh).
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from coins_sync.api import RemoteConfig
 from coins_sync.errors import ApiError
 from coins_sync.rules import RuleKey
 from coins_sync.state import State, StateEntry
+
+if TYPE_CHECKING:  # the plan imports Drift; the API client is needed only to refresh
+    from coins_sync.api import RemoteConfig
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, 
     Any error other than a 404 aborts the refresh: a plan on half-known data is worse
     than no plan.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     entries = sorted(state.entries.values(), key=lambda e: e.key)
     with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
         remotes = list(pool.map(lambda entry: _fetch(reader, entry), entries))

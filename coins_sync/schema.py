@@ -20,12 +20,12 @@ import numbers
 import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
-from importlib import resources
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-from jsonschema.exceptions import ValidationError
-from jsonschema.protocols import Validator
+if TYPE_CHECKING:  # jsonschema is imported only to word the problems of a refused file
+    from jsonschema.exceptions import ValidationError
+    from jsonschema.protocols import Validator
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,12 @@ PLAN_SCHEMA = "plan.schema.json"
 @cache
 def load_schema(name: str) -> dict[str, Any]:
     """Read a shipped schema by file name (works from an installed wheel too)."""
-    text = resources.files("coins_sync").joinpath("schemas", name).read_text("utf-8")
+    try:  # the package is a folder on disk, nearly always
+        text = (Path(__file__).parent / "schemas" / name).read_text("utf-8")
+    except OSError:  # zipped, or a loader without files: importlib.resources is slow to import
+        from importlib import resources
+
+        text = resources.files("coins_sync").joinpath("schemas", name).read_text("utf-8")
     schema: dict[str, Any] = json.loads(text)
     return schema
 
@@ -47,10 +52,16 @@ def _is_true_integer(_checker: object, instance: object) -> bool:
     return type(instance) is int
 
 
-_TYPE_CHECKER = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_true_integer)
-_StrictValidator = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
-    jsonschema.Draft202012Validator, type_checker=_TYPE_CHECKER
-)
+@cache
+def _strict_validator_class() -> Any:
+    """Draft 2020-12 with true integers (built on first use: importing jsonschema is slow)."""
+    import jsonschema
+
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_true_integer)
+    return jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        jsonschema.Draft202012Validator, type_checker=checker
+    )
+
 
 _TYPE_WORDS = {
     "integer": "a whole number",
@@ -90,7 +101,7 @@ def rules_schema(max_amount: int = 10_000) -> dict[str, Any]:
 
 def strict_validator(schema: Mapping[str, Any]) -> Validator:
     """The jsonschema validator (draft 2020-12, true integers) that words the problems."""
-    validator: Validator = _StrictValidator(schema)
+    validator: Validator = _strict_validator_class()(schema)
     return validator
 
 
@@ -123,7 +134,7 @@ _KEYWORDS = frozenset(
         "items",
     }
 )
-# Exactly the type checker of _StrictValidator: "integer" admits no float and no bool.
+# Exactly the type checker of strict_validator: "integer" admits no float and no bool.
 _TYPES: dict[str, Check] = {
     "integer": lambda v: type(v) is int,
     "number": lambda v: isinstance(v, numbers.Number) and not isinstance(v, bool),
@@ -170,7 +181,7 @@ def _only_for(kind: Check, check: Check) -> Check:
 def compile_checker(schema: Mapping[str, Any]) -> Check:
     """A function that says whether an instance is valid under ``schema``.
 
-    It agrees with :data:`_StrictValidator` (draft 2020-12, true integers) on every
+    It agrees with :func:`strict_validator` (draft 2020-12, true integers) on every
     instance, and raises UnsupportedSchema for a schema it cannot promise that for.
     """
     return _Compiler(schema).compile(schema)
@@ -297,7 +308,8 @@ class RuleFileValidator:
     def __init__(self, max_amount: int = 10_000) -> None:
         schema = rules_schema(max_amount)
         self.max_amount = max_amount
-        self._validator = strict_validator(schema)
+        self._schema = schema
+        self._validator: Validator | None = None  # built on the first refused file
         self._fast: Check | None
         try:
             self._fast = compile_checker(schema)
@@ -309,6 +321,8 @@ class RuleFileValidator:
         """Every schema problem in ``document`` as ``(line, col, message)``, sorted."""
         if self._fast is not None and self._fast(document):
             return []
+        if self._validator is None:
+            self._validator = strict_validator(self._schema)
         found: list[tuple[int, int, str]] = []
         for error in self._validator.iter_errors(document):
             found.extend(self._locate(document, error))

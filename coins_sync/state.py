@@ -25,25 +25,24 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
-import getpass
 import json
 import logging
 import operator
 import os
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
-
-import filelock
+from typing import TYPE_CHECKING, Any, Protocol
 
 from coins_sync.errors import LockError, StateError
 from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.rules import RuleKey
+
+if TYPE_CHECKING:
+    import filelock
 
 log = logging.getLogger(__name__)
 
@@ -602,6 +601,10 @@ class FileStateStore:
 
     @contextlib.contextmanager
     def lock(self, command: str, timeout: float = 0.0) -> Iterator[None]:
+        import socket  # only here: reading a state for a plan takes no lock
+
+        import filelock
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.lock_path), timeout=timeout, is_singleton=False)
         try:
@@ -661,6 +664,8 @@ class FileStateStore:
 
 def _may_be_alive(holder: LockHolder) -> bool:
     """False only for a holder on this host whose process is surely gone."""
+    import socket
+
     if holder.host != socket.gethostname():
         return True
     try:
@@ -673,6 +678,8 @@ def _may_be_alive(holder: LockHolder) -> bool:
 
 
 def _user() -> str:
+    import getpass  # imports here keep the start-up of validate and plan short
+
     try:
         return getpass.getuser()
     except (OSError, KeyError):

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coins_sync.api import RemoteConfig
 from coins_sync.audit import AuditLog, AuditSink, audit_path_for, read_audit
 from coins_sync.errors import StateError
 from coins_sync.loader import ConfigSet, RuleLoader
@@ -22,8 +21,9 @@ from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
 from coins_sync.state import State, StateEntry, StateStore, open_store
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # validate and an offline plan never load the API client
     from coins_sync.adopt import BulkResult, ImportRow
+    from coins_sync.api import RemoteConfig
 
 
 def open_backend(settings: Settings) -> StateStore:

@@ -18,6 +18,12 @@ Figures:
   0 ms latency. A create's time is the apply's wall time less that of the same apply
   run again with nothing to do (start-up, loading, planning), over the creates.
   Linear bookkeeping keeps it near 1; per-result state rewrites do not.
+* **validate startup ratio** (issue #11): the median wall time of ``coins-sync validate``
+  of the 3 example configs (the console script's own code, run by ``python -c``) over
+  that of ``python -c "import yaml, click"``, interleaved, after untimed warm-up runs.
+  It is what an import-pure core buys: neither loads the API client, crypto, locks or
+  jsonschema. ``bench.py --only startup`` measures it alone in a few seconds (the
+  pre-commit hook runs that).
 """
 
 from __future__ import annotations
@@ -50,6 +56,12 @@ TARGET_PLAN_RATIO = 2.0
 TARGET_RSS_MB = 300.0
 TARGET_APPLY_EFFICIENCY = 0.80
 TARGET_GROWTH = 1.3
+TARGET_STARTUP_RATIO = 2.0
+STARTUP_RUNS = 21
+
+#: Exactly what the ``coins-sync`` console script runs.
+STARTUP_CODE = "import sys; from coins_sync.cli import main; sys.argv[0] = 'coins-sync'; main()"
+STARTUP_FLOOR_CODE = "import yaml, click"
 
 FLOOR_CODE = """\
 import json, sys, yaml
@@ -283,6 +295,39 @@ def measure_plan(root: Path, env: dict[str, str], runs: int) -> tuple[float, flo
     )
 
 
+def measure_startup(root: Path, env: dict[str, str], runs: int) -> tuple[float, float]:
+    """Median seconds of ``coins-sync validate`` of the examples, and of the floor."""
+    work = root / "startup"
+    work.mkdir(parents=True, exist_ok=True)
+    validate_args = [PYTHON, "-c", STARTUP_CODE, "validate", str(REPO / "configs")]
+    floor_args = [PYTHON, "-c", STARTUP_FLOOR_CODE]
+    for _ in range(2):  # untimed: compiles bytecode and warms the page cache
+        first = run_timed(validate_args, work, env)
+        run_timed(floor_args, work, env)
+    if not first.stdout.startswith("valid: "):
+        raise BenchError(f"validate of the examples did not pass:\n{first.stdout[-1000:]}")
+    validates: list[float] = []
+    floors: list[float] = []
+    for _ in range(runs):  # interleaved, so drift hits both alike
+        validates.append(run_timed(validate_args, work, env).seconds)
+        floors.append(run_timed(floor_args, work, env).seconds)
+    return statistics.median(validates), statistics.median(floors)
+
+
+def startup_rows(validate_s: float, floor_s: float, runs: int) -> list[Row]:
+    ratio = validate_s / floor_s
+    return [
+        Row(f"validate, 3 example configs (median of {runs})", f"{validate_s * 1e3:.0f} ms"),
+        Row(f"floor: import yaml, click (median of {runs})", f"{floor_s * 1e3:.0f} ms"),
+        Row(
+            "validate startup ratio",
+            f"{ratio:.2f}x",
+            f"<= {TARGET_STARTUP_RATIO:.1f}x",
+            ratio <= TARGET_STARTUP_RATIO,
+        ),
+    ]
+
+
 def timed_apply(
     root: Path, env: dict[str, str], name: str, creates: int, latency_ms: int, parallelism: int
 ) -> tuple[float, float]:
@@ -339,8 +384,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="file",
         help="state backend; postgres starts a throw-away local cluster",
     )
+    parser.add_argument(
+        "--only",
+        choices=["startup"],
+        help="measure only this figure (startup: the validate startup ratio, a few seconds)",
+    )
     options = parser.parse_args(argv)
     runs = max(1, min(options.runs, 15))
+    if options.only == "startup":
+        return only_startup()
     if options.backend == "postgres":
         return on_postgres(argv or [])
 
@@ -348,6 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     try:
         env = child_env(root)
+        startup = measure_startup(root, env, STARTUP_RUNS) if BACKEND == "file" else None
         plan_s, floor_s, rss_mb = measure_plan(root, env, runs)
         p = APPLY_PARALLELISM
         apply_s, _ = timed_apply(root, env, "apply", APPLY_CREATES, APPLY_LATENCY_MS, p)
@@ -407,10 +460,32 @@ def main(argv: Sequence[str] | None = None) -> int:
             growth <= TARGET_GROWTH,
         ),
     ]
+    if startup is not None:  # the same on either backend: measured in the file run only
+        rows += startup_rows(*startup, STARTUP_RUNS)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = (
         f"coins-sync bench, {now}: {os.cpu_count()} CPUs, Python "
         f"{sys.version.split()[0]}, {time.perf_counter() - started:.0f} s in all"
+    )
+    print(render(rows, header))
+    return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def only_startup() -> int:
+    """The validate startup ratio alone (``--only startup``; the pre-commit hook)."""
+    root = Path(tempfile.mkdtemp(prefix="coins-sync-bench-startup-"))
+    started = time.perf_counter()
+    try:
+        validate_s, floor_s = measure_startup(root, child_env(root), STARTUP_RUNS)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    rows = startup_rows(validate_s, floor_s, STARTUP_RUNS)
+    header = (
+        f"coins-sync bench --only startup: {os.cpu_count()} CPUs, Python "
+        f"{sys.version.split()[0]}, {time.perf_counter() - started:.1f} s in all"
     )
     print(render(rows, header))
     return 0 if all(r.ok is not False for r in rows) else 1

@@ -1,0 +1,126 @@
+"""The import-pure core: `validate` and an offline `plan` load no network, crypto or lock code.
+
+Each command runs in a fresh interpreter (through ``coins_sync.cli.main`` with
+``sys.argv``, as the console script does), which then lists ``sys.modules``. That list
+is the proof: a module-level import anywhere on the path of these commands shows up in
+it, however deep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SAMPLE_RULES
+
+#: Never needed to read YAML, check it and compare it with a state file.
+HEAVY = ("httpx", "cryptography", "tenacity", "filelock", "psycopg")
+#: coins-sync's own modules of the network, apply, lock and backend paths.
+HEAVY_OWN = (
+    "coins_sync.api",
+    "coins_sync.crypto",
+    "coins_sync.apply",
+    "coins_sync.pgstate",
+    "coins_sync.gitlease",
+    "coins_sync.sandbox",
+)
+
+RUN = """\
+import json, sys
+out, args = sys.argv[1], sys.argv[2:]
+sys.argv = ["coins-sync", *args]
+from coins_sync.cli import main
+try:
+    main()
+    code = 0
+except SystemExit as e:
+    code = e.code
+with open(out, "w", encoding="utf-8") as handle:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, handle)
+"""
+
+
+def loaded_modules(cwd: Path, *args: str) -> tuple[int, set[str], str]:
+    """Run ``coins-sync ARGS`` in a fresh interpreter; its exit code, modules and output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINS_SYNC_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    out = cwd / ".modules.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, str(out), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.exists(), proc.stderr
+    data = json.loads(out.read_text("utf-8"))
+    out.unlink()
+    return data["code"], set(data["modules"]), proc.stdout + proc.stderr
+
+
+def offenders(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if any(m == n or m.startswith(n + ".") for n in names))
+
+
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """A project holding the repository's example configs (and no state yet)."""
+    shutil.copytree(REPO / "configs", tmp_path / "configs")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("validate",),
+        ("validate", "--format", "json"),
+        ("plan",),
+        ("plan", "--format", "json"),
+        ("plan", "--format", "markdown", "--detailed-exitcode"),
+    ],
+    ids=" ".join,
+)
+def test_validate_and_offline_plan_import_no_heavy_module(
+    examples: Path, args: tuple[str, ...]
+) -> None:
+    code, modules, output = loaded_modules(examples, *args)
+    assert code in (0, 2), output
+    assert offenders(modules, HEAVY) == []
+    assert offenders(modules, HEAVY_OWN) == []
+    # The compiled checker decides validity; jsonschema only words errors.
+    assert offenders(modules, ("jsonschema",)) == []
+
+
+def test_offline_plan_over_an_existing_state_stays_pure(examples: Path) -> None:
+    # A state written by an apply; reading it for a plan needs no lock.
+    state = {
+        "version": 1,
+        "lineage": "00000000-0000-4000-8000-000000000000",
+        "serial": 1,
+        "entries": [],
+    }
+    (examples / "state").mkdir()
+    (examples / "state" / "default.json").write_text(json.dumps(state), "utf-8")
+    code, modules, output = loaded_modules(examples, "plan", "--detailed-exitcode")
+    assert code == 2, output  # read, not ignored: the rules are all to create
+    assert offenders(modules, HEAVY + HEAVY_OWN + ("jsonschema",)) == []
+
+
+def test_an_invalid_file_is_worded_by_jsonschema(tmp_path: Path) -> None:
+    # The control: the probe does see a lazily imported module once it is needed.
+    (tmp_path / "configs").mkdir()
+    bad = SAMPLE_RULES.replace(b"amount: 6", b"amount: six")
+    (tmp_path / "configs" / "bad.yaml").write_bytes(bad)
+    code, modules, output = loaded_modules(tmp_path, "validate")
+    assert code == 1
+    assert "amount: must be a whole number" in output
+    assert "jsonschema" in modules
+    assert offenders(modules, HEAVY) == []
