@@ -18,7 +18,10 @@ What the rest of coins-sync may rely on:
   although nothing reached the server.
 * **GET and PATCH are idempotent** (PATCH sets an absolute amount) and are retried on
   connection problems, timeouts, 408, 429 and 5xx, up to ``max_retries`` times, with
-  exponential backoff and full jitter, honouring ``Retry-After`` on 429/503.
+  exponential backoff and full jitter, honouring ``Retry-After`` on 429/503. A PATCH
+  that fails for good after some attempt reached the server without a usable answer
+  (no response, a 5xx, a lost body) raises :class:`~coins_sync.errors.OutcomeUnknownError`:
+  the server may hold the new amount. A 4xx or ``response_code`` 1 alone is a failure.
 * **Retry-After is honoured up to ``retry_after_max``** (60 s by default), not only up
   to ``backoff_max``. A server that asks for a longer wait gets no retry: the call fails
   at once with an :class:`~coins_sync.errors.ApiError` saying so.
@@ -305,13 +308,17 @@ class _Retry(Exception):
         reason: str,
         status: int | None = None,
         retry_after: float | None = None,
+        *,
         unreached: bool = False,
+        maybe_applied: bool = False,
     ):
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
         self.unreached = unreached  # no connection was made: nothing was sent
+        # the request reached the server, which may have applied it (no answer, a 5xx)
+        self.maybe_applied = maybe_applied
 
 
 @dataclass(frozen=True)
@@ -329,6 +336,7 @@ class _Reply:
 @dataclass
 class _CallState:
     refreshed: bool = False
+    maybe_applied: bool = False  # some attempt may have been applied (see _Retry)
 
 
 class CoinsClient:
@@ -543,6 +551,12 @@ class CoinsClient:
         try:
             reply = retrying(self._attempt, method, path, content, create, state)
         except _Retry as e:
+            if method == "PATCH" and state.maybe_applied:
+                raise self._fail(
+                    OutcomeUnknownError,
+                    f"{self._gave_up(what, attempts, e.reason)}; {_PATCH_UNKNOWN}",
+                    status=e.status,
+                ) from e
             if e.unreached and not self._cancelled.is_set():
                 address = self._address()
                 raise UnreachableError(
@@ -555,6 +569,15 @@ class CoinsClient:
             raise self._fail(
                 ApiError, self._gave_up(what, attempts, e.reason), status=e.status
             ) from e
+        except OutcomeUnknownError:
+            raise
+        except AuthError:
+            raise
+        except ApiError as e:
+            # this attempt (a 5xx) or an earlier one may have been applied
+            if method == "PATCH" and (state.maybe_applied or (e.status or 0) >= 500):
+                raise OutcomeUnknownError(f"{e}; {_PATCH_UNKNOWN}", e.status, e.code) from e
+            raise
         return self._parse_config(reply, what, create)
 
     def _address(self) -> str:
@@ -578,6 +601,15 @@ class CoinsClient:
         return float(self._jitter(retry_state))
 
     def _attempt(
+        self, method: str, path: str, content: bytes | None, create: bool, state: _CallState
+    ) -> _Reply:
+        try:
+            return self._attempt_once(method, path, content, create, state)
+        except _Retry as e:
+            state.maybe_applied = state.maybe_applied or e.maybe_applied
+            raise
+
+    def _attempt_once(
         self, method: str, path: str, content: bytes | None, create: bool, state: _CallState
     ) -> _Reply:
         what = f"{method} {path}"
@@ -670,7 +702,7 @@ class CoinsClient:
                 "the config may or may not have been created",
             )
         if isinstance(e, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
-            return _Retry(reason)
+            return _Retry(reason, maybe_applied=True)  # sent; the answer was lost
         return self._fail(ApiError, f"{what}: {reason}")
 
     def _classify(self, reply: _Reply, what: str, create: bool) -> _Reply:
@@ -687,7 +719,7 @@ class CoinsClient:
                     status=status,
                 )
             if reply.transient:
-                raise _Retry(f"HTTP {status} but {reply.problem}", status)
+                raise _Retry(f"HTTP {status} but {reply.problem}", status, maybe_applied=True)
             raise self._fail(ApiError, f"{what}: HTTP {status} but {reply.problem}", status=status)
         message, code = self._server_message(reply)
         said = f": {message}" if message else ""
@@ -717,7 +749,7 @@ class CoinsClient:
                     status=status,
                     code=code,
                 )
-            raise _Retry(f"HTTP {status}{said}", status, retry_after)
+            raise _Retry(f"HTTP {status}{said}", status, retry_after, maybe_applied=True)
         if status == 408 and not create:
             raise _Retry(f"HTTP 408{said}", status)
         if 400 <= status < 500:
@@ -1049,6 +1081,8 @@ class CoinsClient:
 
 
 # -- helpers -------------------------------------------------------------------------
+
+_PATCH_UNKNOWN = "the server may or may not have applied the update; the next plan reads it back"
 
 
 def check_credentials(environ: Mapping[str, str], encryption: str | None) -> None:

@@ -18,8 +18,9 @@ memory of what exists. Every path here may be cut off at any instant; what is pr
   raised (see :func:`wait` and :meth:`Executor.halt`).
 * Right before a create or update is sent, the key must still be in the configs with
   that amount (``desired``); anything else is refused and nothing is sent.
-* Updates (PATCH) are idempotent, so they need no intent: at worst a lost result means
-  the next plan shows the same update again.
+* Updates (PATCH) are idempotent, so they need no intent. An update whose outcome is
+  unknown marks its entry ``pending`` (an "unverified" result): the next plan reads that
+  id back instead of trusting the amount in state, so drift cannot hide behind it.
 * An import (a rule with a ``coinConfigId`` not yet in the state) journals an intent,
   GETs the id and records it only when the server's companyId, configuration and event
   are the rule's, with the server's amount; a different amount is then PATCHed in the
@@ -33,7 +34,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,7 +61,7 @@ from coins_sync.state import (
     Uncertain,
     utc_now,
 )
-from coins_sync.workspace import Workspace
+from coins_sync.workspace import Workspace, unverified
 
 log = logging.getLogger(__name__)
 
@@ -369,6 +370,9 @@ class Executor:
             return
         try:
             remote = self.api.update(config_id, amount, key=key)
+        except OutcomeUnknownError as e:
+            self._update_unknown(change, config_id, str(e))
+            return
         except ApiError as e:
             reason = str(e)
             self.report.failed.append((key, reason))
@@ -387,6 +391,24 @@ class Executor:
             AuditRecord("update", key, "updated", change.before, amount, remote.coin_config_id)
         )
         self._record(record, updated)
+
+    def _update_unknown(self, change: Change, config_id: str, reason: str) -> None:
+        """The PATCH may or may not have been applied: the entry keeps its amount and is
+        marked ``pending``, so the next plan reads it back instead of trusting it."""
+        key, amount = change.key, change.amount
+
+        def unverified() -> None:
+            entry = self._entries.get(key)
+            if entry is not None:
+                self._entries[key] = replace(entry, pending=amount)
+            self.report.failed.append((key, f"outcome unknown: {reason}"))
+
+        self._audit(
+            AuditRecord("update", key, "uncertain", change.before, amount, config_id, reason)
+        )
+        self._record(
+            JournalRecord("result", key, amount, "unverified", config_id, utc_now()), unverified
+        )
 
     def _audit(self, item: AuditRecord) -> None:
         """Write an audit line; a failure is reported at the end, never allowed to stop
@@ -738,6 +760,9 @@ def run_apply(
             elif request.refresh:
                 api = api_factory()
                 the_plan = workspace.plan(state, configs, refresh_with=api)
+            elif unverified(state):  # read back the updates whose outcome is unknown
+                api = api_factory()
+                the_plan = workspace.plan(state, configs, verify_with=api)
             else:
                 the_plan = workspace.plan(state, configs)
             check_safety(the_plan, workspace.safety, force=request.force)

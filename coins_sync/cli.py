@@ -24,14 +24,14 @@ import click
 
 from coins_sync import __version__
 from coins_sync.audit import AuditRecord, AuditSink
-from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
+from coins_sync.errors import AuthError, CoinsSyncError, ConfigError, SettingsError
 from coins_sync.plan import Action, Plan, check_safety
 from coins_sync.planfile import save_plan
 from coins_sync.redact import redact as scrub  # every encoding of every secret
 from coins_sync.render import render
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings, is_loopback, load_settings
-from coins_sync.workspace import Workspace
+from coins_sync.workspace import Workspace, unverified
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these (tests/test_import_purity.py)
     from coins_sync.api import CoinsClient
@@ -323,7 +323,8 @@ def plan_command(
     refresh: bool,
     **options: Any,
 ) -> int:
-    """Show what apply would do. Changes nothing; no network call unless --refresh.
+    """Show what apply would do. Changes nothing; no network call unless --refresh,
+    except one GET for each config whose last update's outcome is unknown.
 
     \b
     Actions: + create, ~ update (PATCH), ! uncertain (an earlier create's outcome
@@ -349,20 +350,46 @@ def plan_command(
     workspace = workspace_from(options)
     if out is not None:
         refuse_state_target(out, workspace.settings.state)
+    unread = 0
     if refresh:
         with make_client(workspace.settings) as client:
             the_plan = workspace.plan(refresh_with=client)
     else:
-        the_plan = workspace.plan()
+        the_plan, unread = plan_verified(workspace)
     click.echo(render(the_plan, fmt, colour=use_colour() and fmt == "text"), nl=False)
     check_safety(the_plan, workspace.safety, force=force)
     if out is not None:
         save_plan(the_plan, out)
         command = " ".join(filter(None, ["coins-sync apply", shlex.quote(str(out)), same]))
         click.echo(f"Saved the plan to {out}; apply it with `{command}`.", err=True)
-    if detailed_exitcode and the_plan.has_changes:
+    if detailed_exitcode and (the_plan.has_changes or unread):
         return EXIT_CHANGES
     return EXIT_OK
+
+
+def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
+    """The offline plan, with each entry of an update whose outcome is unknown read back
+    (one GET each) when the API can be reached; else a warning names them. Returns the
+    plan and how many such entries could not be read back."""
+    state = workspace.read_state()
+    pending = unverified(state)
+    if not pending:
+        return workspace.plan(state), 0
+    try:
+        client = make_client(workspace.settings)
+    except (SettingsError, AuthError) as e:
+        for key, entry in sorted(pending.items()):
+            click.echo(
+                scrub(
+                    f"Warning: {key}: the outcome of its last update (amount {entry.pending}) "
+                    f"is unknown; the server holds {entry.amount} or {entry.pending}, and it "
+                    f"could not be read back ({e}). Set the API credentials and plan again."
+                ),
+                err=True,
+            )
+        return workspace.plan(state), len(pending)
+    with client:
+        return workspace.plan(state, verify_with=client), 0
 
 
 @cli.group()

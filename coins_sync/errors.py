@@ -18,7 +18,7 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     └── ApiError               the coins API refused or failed (carries .status, .code)
         ├── AuthError          no credentials, token refused, or 401 after a refresh
         ├── UnreachableError   no connection on any try; nothing was sent (.address)
-        └── OutcomeUnknownError  a create was sent and its result is unknown
+        └── OutcomeUnknownError  a create or update was sent and its result is unknown
 
 Messages never contain secrets: callers pass only public values into them.
 """
@@ -110,7 +110,7 @@ class UnreachableError(ApiError):
 
 
 class OutcomeUnknownError(ApiError):
-    """A create request was sent but whether the server processed it is unknown."""
+    """A create or update was sent but whether the server processed it is unknown."""
 
 
 class GitLeaseError(CoinsSyncError):

@@ -62,14 +62,23 @@ def valid_config_id(value: object) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class StateEntry:
-    """A config the server confirmed: ``key`` gives ``amount``, known as ``coin_config_id``."""
+    """A config the server confirmed: ``key`` gives ``amount``, known as ``coin_config_id``.
+
+    ``pending`` is the amount of an update (PATCH) whose outcome is unknown: the server
+    holds ``amount`` or ``pending``. A plan reads such an entry back before trusting it;
+    a confirmed update clears it.
+    """
 
     key: RuleKey
     amount: int
     coin_config_id: str
+    pending: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.key.as_dict(), "amount": self.amount, "coinConfigId": self.coin_config_id}
+        data = {**self.key.as_dict(), "amount": self.amount, "coinConfigId": self.coin_config_id}
+        if self.pending is not None:
+            data["pendingAmount"] = self.pending
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +208,14 @@ def _parse_state(raw: bytes, where: str) -> State:
         if key in entries:
             raise StateError(f"{where}: entries[{index}] repeats key {key}; {hint}")
         entries[key] = StateEntry(key, amount, str(config_id))
+        if "pendingAmount" in item:
+            pending = item["pendingAmount"]
+            if type(pending) is not int or pending < 0:
+                raise StateError(
+                    f"{where}: entries[{index}].pendingAmount must be a non-negative "
+                    f"integer; {hint}"
+                )
+            entries[key] = StateEntry(key, amount, str(config_id), pending)
     uncertain: dict[RuleKey, Uncertain] = {}
     uncertain_raw = data.get("uncertain", [])
     if not isinstance(uncertain_raw, list):
@@ -235,7 +252,9 @@ class JournalRecord:
     kind: str  # "intent" | "result"
     key: RuleKey
     amount: int
-    outcome: str = ""  # results: "created" | "updated" | "unknown" | "failed"
+    # results: "created" | "updated" | "unknown" | "failed", or "unverified": an update
+    # whose outcome is unknown (``amount`` is the amount sent)
+    outcome: str = ""
     coin_config_id: str | None = None
     at: str = ""
 
@@ -322,6 +341,8 @@ def fold(state: State, records: Iterable[JournalRecord]) -> State:
             uncertain.pop(record.key, None)
         elif record.outcome == "unknown":
             uncertain[record.key] = Uncertain(record.key, record.amount, record.at)
+        elif record.outcome == "unverified" and record.key in entries:
+            entries[record.key] = replace(entries[record.key], pending=record.amount)
     for key, intent in open_intents.items():
         if key not in entries:  # a create was sent and never answered
             uncertain[key] = Uncertain(key, intent.amount, intent.at)

@@ -36,6 +36,11 @@ def open_backend(settings: Settings) -> StateStore:
     return open_store(settings.state)
 
 
+def unverified(state: State) -> dict[RuleKey, StateEntry]:
+    """The entries of an update whose outcome is unknown: their server amount is unknown."""
+    return {key: entry for key, entry in state.entries.items() if entry.pending is not None}
+
+
 @dataclass
 class Workspace:
     """One environment: where its rules are, where its state is, and its guards."""
@@ -124,15 +129,23 @@ class Workspace:
         state: State | None = None,
         configs: ConfigSet | None = None,
         refresh_with: Reader | None = None,
+        verify_with: Reader | None = None,
     ) -> Plan:
         """Configs against state; never writes. Offline unless ``refresh_with`` is given,
-        in which case every managed config is read back first and drift is planned."""
+        in which case every managed config is read back first and drift is planned, or
+        ``verify_with``, which reads back only the entries of an update whose outcome is
+        unknown (one GET each) and plans from what the server really holds."""
         configs = configs or self.load_configs()
         state = state or self.read_state()
         context = self.context(state, configs)
-        if refresh_with is None:
+        reader = refresh_with or verify_with
+        pending = unverified(state)
+        if reader is None or (refresh_with is None and not pending):
             return plan(configs.rules, state, context)
-        refreshed, drift = refresh(state, refresh_with, self.settings.parallelism)
+        target = state if refresh_with is not None else replace(state, entries=pending)
+        read_back, drift = refresh(target, reader, self.settings.parallelism)
+        known = {key: replace(entry, pending=None) for key, entry in read_back.entries.items()}
+        refreshed = replace(state, entries={**state.entries, **known})
         fresh = plan(configs.rules, refreshed, context)
         blocked = untouchable(drift)
         kept = tuple(

@@ -1,0 +1,203 @@
+"""An update (PATCH) whose outcome is unknown is recorded as such and read back by the
+next plan, so a revert of the configs cannot hide the amount the server really holds."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
+from coins_sync.errors import ApiError, OutcomeUnknownError
+from coins_sync.rules import RuleKey
+from coins_sync.sandbox import SandboxOptions, SandboxServer
+from coins_sync.state import State, parse_state, serialize
+from tests.conftest import Invoke, write
+
+TOKEN = "unknown-patch-t0ken-never-shown"
+ENV = {"COINS_SYNC_TOKEN": TOKEN}
+KEY = RuleKey("ACME", "DEFAULT", "MEAL_CARD_PAYMENT")
+ID = "WCC1"
+
+
+def rules(amount: int) -> str:
+    return f"companyId: ACME\nrules:\n  - event: MEAL_CARD_PAYMENT\n    amount: {amount}\n"
+
+
+# --- the client: which PATCH failures leave the outcome unknown ----------------------
+
+
+def answer(status: int) -> httpx.Response:
+    if status == 200:
+        payload = {"coinConfigId": ID, **KEY.as_dict(), "amount": 6}
+        return httpx.Response(200, json={"payload": payload, "response_code": 0})
+    return httpx.Response(status, json={"response_message": "no"})
+
+
+@pytest.fixture
+def client_for() -> Iterator[Callable[[Callable[[httpx.Request], httpx.Response]], CoinsClient]]:
+    made: list[CoinsClient] = []
+
+    def make(handler: Callable[[httpx.Request], httpx.Response]) -> CoinsClient:
+        opts = ClientOptions(api_url="https://coins.test", max_retries=2)
+        http = make_http_client(opts, transport=httpx.MockTransport(handler))
+        client = CoinsClient(http, Credentials(token="t0ken"), opts, sleep=lambda _: None)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def scripted(*steps: int | Exception) -> Callable[[httpx.Request], httpx.Response]:
+    queue = list(steps)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        step = queue.pop(0) if queue else 200
+        if isinstance(step, Exception):
+            raise step
+        return answer(step)
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        (502, 502, 502),
+        (httpx.ReadTimeout("lost"), httpx.ReadTimeout("lost"), httpx.ReadTimeout("lost")),
+        (502, httpx.ConnectError("down"), httpx.ConnectError("down")),  # the 502 may stand
+        (httpx.RemoteProtocolError("dropped"), 400),  # the first may have been applied
+    ],
+)
+def test_patch_sent_without_a_usable_answer_is_outcome_unknown(
+    client_for: Callable[..., CoinsClient], steps: tuple[Any, ...]
+) -> None:
+    with pytest.raises(OutcomeUnknownError, match="may or may not have applied"):
+        client_for(scripted(*steps)).update(ID, 6, key=KEY)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        (400,),
+        (httpx.ConnectError("down"),) * 3,  # nothing was ever sent
+    ],
+)
+def test_patch_surely_not_applied_is_a_plain_failure(
+    client_for: Callable[..., CoinsClient], steps: tuple[Any, ...]
+) -> None:
+    with pytest.raises(ApiError) as raised:
+        client_for(scripted(*steps)).update(ID, 6, key=KEY)
+    assert not isinstance(raised.value, OutcomeUnknownError)
+
+
+def test_response_code_1_is_a_plain_failure(client_for: Callable[..., CoinsClient]) -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"response_code": 1, "response_message": "refused"})
+
+    with pytest.raises(ApiError) as raised:
+        client_for(refused).update(ID, 6, key=KEY)
+    assert not isinstance(raised.value, OutcomeUnknownError)
+
+
+# --- end to end: stored, answer lost, configs reverted --------------------------------
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast = functools.partial(ClientOptions, backoff_initial=0.001, backoff_max=0.002)
+    monkeypatch.setattr("coins_sync.api.ClientOptions", fast)
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., SandboxServer]]:
+    started: list[SandboxServer] = []
+
+    def start(**options: Any) -> SandboxServer:
+        server = SandboxServer(SandboxOptions(port=0, token=TOKEN, **options))
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def state_of(project: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((project / "state/default.json").read_text())
+    return data
+
+
+def server_amount(srv: SandboxServer) -> int:
+    (config,) = srv.configs()
+    return int(config["amount"])
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_lost_patch_answer_then_revert_is_not_no_changes(
+    project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
+) -> None:
+    data = project / "sandbox.json"
+    good = servers(data_file=data)
+    write(project / "configs/acme.yaml", rules(6))
+    assert invoke("apply", "--api-url", good.url, "--yes", env=ENV).exit_code == 0
+    good.stop()
+
+    # every PATCH is stored, then answered 502 or dropped
+    lossy = servers(data_file=data, fail_after_rate=1.0, seed=7)
+    write(project / "configs/acme.yaml", rules(9))
+    done = invoke("apply", "--api-url", lossy.url, "--yes", env=ENV)
+    assert done.exit_code == 1, done.output
+    assert "outcome unknown" in done.output
+    assert server_amount(lossy) == 9
+    (entry,) = state_of(project)["entries"]
+    assert (entry["amount"], entry["pendingAmount"]) == (6, 9)
+
+    write(project / "configs/acme.yaml", rules(6))  # the user reverts
+    gets = lossy.stats["gets"]
+    shown = invoke(
+        "plan", "--api-url", lossy.url, "--detailed-exitcode", "--format", "json", env=ENV
+    )
+    assert shown.exit_code == 2, shown.output
+    assert lossy.stats["gets"] == gets + 1  # only that id, once
+    doc = json.loads(shown.output)
+    assert doc["summary"]["update"] == 1
+    (change,) = [c for c in doc["changes"] if c["action"] == "update"]
+    assert (change["before"], change["amount"]) == (9, 6)  # the real amount, read back
+    assert TOKEN not in shown.output
+
+    # without a way to read it back, plan warns and still reports a change
+    blind = invoke("plan", "--detailed-exitcode")
+    assert blind.exit_code == 2, blind.output
+    assert "unknown" in blind.output and "ACME" in blind.output
+    lossy.stop()
+
+    fixed = servers(data_file=data)
+    again = invoke("apply", "--api-url", fixed.url, "--yes", env=ENV)
+    assert again.exit_code == 0, again.output
+    assert server_amount(fixed) == 6
+    (entry,) = state_of(project)["entries"]
+    assert entry["amount"] == 6 and "pendingAmount" not in entry  # a confirmed PATCH clears it
+    assert invoke("plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_pending_amount_round_trips_and_is_checked() -> None:
+    from coins_sync.state import StateEntry
+
+    state = State("lin", 1, {KEY: StateEntry(KEY, 6, ID, pending=9)})
+    assert parse_state(serialize(state), "s").entries[KEY].pending == 9
+    plain = serialize(State("lin", 1, {KEY: StateEntry(KEY, 6, ID)}))
+    assert b"pendingAmount" not in plain  # existing state files are unchanged
+    bad = serialize(state).replace(b'"pendingAmount": 9', b'"pendingAmount": -1')
+    from coins_sync.errors import StateError
+
+    with pytest.raises(StateError, match="pendingAmount"):
+        parse_state(bad, "s")
