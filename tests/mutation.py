@@ -45,7 +45,7 @@ SELECTED = (
     "coins_sync.api.x__retry_after__mutmut_*",
     "coins_sync.api.*ǁ_scrub__mutmut_*",
     "coins_sync.redact.*",
-    "coins_sync.cli.*_ScrubFilter*",
+    "coins_sync.console.*ScrubFilter*",
 )
 
 
@@ -65,7 +65,7 @@ GUARDS = (
         (
             "coins_sync.redact.*ǁRedactorǁ__call____mutmut_*",
             "coins_sync.redact.x_redact__mutmut_*",
-            "coins_sync.cli.*_ScrubFilter*",
+            "coins_sync.console.*ScrubFilter*",
             "coins_sync.api.*ǁ_scrub__mutmut_*",
         ),
     ),

@@ -341,7 +341,7 @@ def test_a_log_line_during_progress_starts_on_its_own_line(
 ) -> None:
     import logging
 
-    from coins_sync.cli import Progress, setup_logging
+    from coins_sync.console import Progress, setup_logging
 
     setup_logging(0)
     progress = Progress(enabled=True)

@@ -1,0 +1,36 @@
+"""The ``coins-sync`` command line: commands only, each a thin shell over the core.
+
+* :mod:`~coins_sync.cli.app`: the group, exit codes, error reporting, the entry point;
+* :mod:`~coins_sync.cli.options`: shared options and :func:`with_workspace`;
+* :mod:`~coins_sync.cli.plan`: ``validate``, ``plan`` and ``report`` (read-only);
+* :mod:`~coins_sync.cli.apply`: ``apply``;
+* :mod:`~coins_sync.cli.state`: ``state list|rm|import|push|pull|force-unlock|schema-sql``;
+* :mod:`~coins_sync.cli.git_lease`: ``git-lease acquire|push|restore|release|status``;
+* :mod:`~coins_sync.cli.sandbox`: ``sandbox``.
+
+What they print goes through :mod:`coins_sync.console` (scrubbed) or the plan
+renderers in :mod:`coins_sync.render`.
+"""
+
+from __future__ import annotations
+
+from coins_sync.cli import apply, git_lease, plan, sandbox, state  # noqa: F401  (registers)
+from coins_sync.cli.app import (
+    EXIT_CHANGES,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    cli,
+    main,
+)
+
+__all__ = [
+    "EXIT_CHANGES",
+    "EXIT_ERROR",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_TERMINATED",
+    "cli",
+    "main",
+]

@@ -1,0 +1,95 @@
+"""The ``coins-sync`` group: exit codes, error reporting, verbosity and the entry point.
+
+Only the command line turns errors into messages and exit codes: 0 success, 1 any
+error (usage errors included), 2 "changes present" under ``--detailed-exitcode``,
+130 after Ctrl-C and 143 after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from coins_sync import __version__, console
+from coins_sync.errors import CoinsSyncError, ConfigError
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_CHANGES = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
+
+_VERBOSE = re.compile(r"-v+|--verbose")
+
+
+def _report_error(error: CoinsSyncError) -> None:
+    if isinstance(error, ConfigError):
+        for problem in error.problems:
+            console.err(str(problem))
+    console.err(f"Error: {error}")
+
+
+def _verbosity_first(args: list[str]) -> list[str]:
+    """Accept -v/-vv/--verbose after the command too (`coins-sync plan -vv`), as people
+    type them; they are moved before it. Nothing after `--` is touched."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if _VERBOSE.fullmatch(a)]
+    rest = [a for a in args[:end] if not _VERBOSE.fullmatch(a)]
+    return flags + rest + args[end:]
+
+
+class CoinsGroup(click.Group):
+    """A group whose every error exits 1 (click uses 2 for usage errors)."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        args = _verbosity_first(list(sys.argv[1:] if args is None else args))
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except CoinsSyncError as e:
+            _report_error(e)
+            code = EXIT_ERROR
+        except click.ClickException as e:
+            shown = io.StringIO()
+            e.show(file=shown)
+            console.err(shown.getvalue(), nl=False)
+            code = EXIT_ERROR
+        except OSError as e:  # the machine said no: permissions, full disk, bad path
+            where = f": {e.filename}" if e.filename else ""
+            console.err(f"Error: {e.strerror or e}{where}")
+            code = EXIT_ERROR
+        except click.exceptions.Abort:
+            console.err("Aborted.")
+            code = EXIT_ERROR
+        if not standalone_mode:
+            return code
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(cls=CoinsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=__version__, prog_name="coins-sync")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Keep EnKash coin reward rules as code: validate, plan and apply.
+
+    \b
+    Example:
+      coins-sync validate && coins-sync plan && coins-sync apply
+    """
+    console.setup_logging(verbose)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="coins-sync")

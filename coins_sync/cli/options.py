@@ -1,0 +1,176 @@
+"""The options commands share, and the decorator that turns them into a workspace.
+
+Commands take typed parameters only: :func:`with_workspace` adds ``--env``,
+``--configs``, ``--state`` and ``--api-url`` (and ``--lock-timeout`` when asked) and
+hands the command a built :class:`~coins_sync.workspace.Workspace` instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
+
+import click
+
+from coins_sync.errors import SettingsError
+from coins_sync.rules import RuleKey
+from coins_sync.settings import Settings, load_settings
+from coins_sync.workspace import Workspace
+
+if TYPE_CHECKING:  # validate and an offline plan load none of these
+    from coins_sync.api import CoinsClient
+
+P = ParamSpec("P")
+R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
+
+state_option = click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Override the environment's state file.",
+)
+env_option = click.option(
+    "--env",
+    "env_name",
+    metavar="NAME",
+    envvar="COINS_SYNC_ENV",
+    help="Environment from [tool.coins-sync.environments] (env: COINS_SYNC_ENV).",
+)
+configs_option = click.option(
+    "--configs",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Override the configs folder.",
+)
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help=(
+        "Do not refuse a plan over the update threshold (apply: nor a new state "
+        "while one of the same name exists elsewhere in the project)."
+    ),
+)
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    type=click.FloatRange(min=0),
+    default=None,
+    metavar="SECONDS",
+    help="Wait this long for the state lock instead of failing at once.",
+)
+yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+
+#: The options that pick what a command works on; a hint repeats them (see same_flags).
+_SELECTION = (("env_name", "--env"), ("configs", "--configs"), ("state_path", "--state"))
+
+
+def resolve_settings(
+    env_name: str | None,
+    configs: Path | None = None,
+    state_path: Path | None = None,
+    api_url: str | None = None,
+    lock_timeout: float | None = None,
+) -> Settings:
+    settings = load_settings(env=env_name).with_overrides(
+        configs=configs, state=state_path, api_url=api_url, lock_timeout=lock_timeout
+    )
+    log = logging.getLogger("coins_sync.cli")
+    log.info("project root: %s", settings.root.resolve())
+    log.debug(
+        "environment %s: configs %s, state %s (%s backend), api_url %s",
+        settings.env,
+        settings.configs,
+        settings.state,
+        settings.backend,
+        settings.api_url or "(none)",
+    )
+    return settings
+
+
+def with_workspace(
+    *, lock_timeout: bool = False
+) -> Callable[[Callable[Concatenate[Workspace, P], R]], Callable[P, R]]:
+    """Add the selection options to a command and pass it the built workspace first."""
+
+    def decorate(command: Callable[Concatenate[Workspace, P], R]) -> Callable[P, R]:
+        @functools.wraps(command)
+        def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            settings = resolve_settings(
+                kwargs.pop("env_name"),  # type: ignore[arg-type]
+                kwargs.pop("configs"),  # type: ignore[arg-type]
+                kwargs.pop("state_path"),  # type: ignore[arg-type]
+                kwargs.pop("api_url"),  # type: ignore[arg-type]
+                kwargs.pop("lock_timeout", None),  # type: ignore[arg-type]
+            )
+            return command(Workspace(settings), *args, **kwargs)
+
+        wrapped: Callable[..., R] = run
+        if lock_timeout:
+            wrapped = lock_timeout_option(wrapped)
+        wrapped = click.option(
+            "--api-url", metavar="URL", help="Override the environment's api_url."
+        )(wrapped)
+        wrapped = env_option(configs_option(state_option(wrapped)))
+        return wrapped
+
+    return decorate
+
+
+def same_flags() -> str:
+    """The selection flags this command was given, quoted for a shell: a hint that
+    names another command repeats them, so it reads the same configs and state."""
+    params = click.get_current_context().params
+    return " ".join(
+        f"{flag} {shlex.quote(str(params[name]))}"
+        for name, flag in _SELECTION
+        if params.get(name) is not None
+    )
+
+
+def parse_key(text: str) -> RuleKey:
+    try:
+        return RuleKey.parse(text)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="KEY") from e
+
+
+def confirm_or_refuse(yes: bool, question: str, refusal: str) -> None:
+    """Ask ``question`` on a terminal (abort on no); without one, --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise SettingsError(refusal)
+    click.confirm(question, abort=True)
+
+
+def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClient:
+    """The API client for an environment; credentials come from the environment only."""
+    from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
+
+    width = parallelism or settings.parallelism
+    options = ClientOptions(
+        api_url=settings.require_api_url(),
+        connect_timeout=settings.connect_timeout,
+        read_timeout=settings.read_timeout,
+        encryption=None if settings.encryption == "none" else settings.encryption,
+        max_connections=max(width, 4),
+    )
+    credentials = Credentials.from_env(os.environ)
+    http = make_http_client(options)
+    try:
+        # Creates and token requests go out on fresh connections only (see CoinsClient).
+        create_http = make_http_client(options, keepalive=False)
+    except BaseException:
+        http.close()
+        raise
+    try:
+        return CoinsClient(http, credentials, options, create_http=create_http)
+    except BaseException:
+        create_http.close()
+        http.close()
+        raise

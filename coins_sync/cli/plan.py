@@ -1,0 +1,187 @@
+"""The read-only commands: ``validate``, ``plan`` and ``report``."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+
+from coins_sync import console
+from coins_sync.cli.app import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, cli
+from coins_sync.cli.options import (
+    configs_option,
+    force_option,
+    make_client,
+    same_flags,
+    with_workspace,
+)
+from coins_sync.errors import AuthError, ConfigError, SettingsError
+from coins_sync.plan import Plan, check_safety
+from coins_sync.planfile import refuse_state_target, save_plan
+from coins_sync.render import render
+from coins_sync.settings import load_settings
+from coins_sync.workspace import Workspace, unverified
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Output format.",
+)
+@click.option("--env", "env_name", metavar="NAME", envvar="COINS_SYNC_ENV", help="Environment.")
+@configs_option
+def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
+    """Check rule files against the schema and each other. No state, no network.
+
+    PATHS are files or folders (default: the configs folder, `configs/`). Every
+    problem is printed at once as `path:line:col: message`.
+
+    \b
+    Examples:
+      coins-sync validate
+      coins-sync validate configs/cekekcards.yaml --format json
+    """
+    workspace = Workspace(load_settings(env=env_name).with_overrides(configs=configs))
+    try:
+        config_set = workspace.load_configs(list(paths))
+    except ConfigError as e:
+        console.out(console.problems_report(e.problems, fmt))
+        return EXIT_ERROR
+    console.out(console.valid_report(len(config_set.files), len(config_set.rules), fmt))
+    return EXIT_OK
+
+
+@cli.command("plan")
+@with_workspace()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+    help="Output format; markdown is ready for a PR comment.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Also save the plan as JSON, for `apply PLANFILE`.",
+)
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 for no changes, 2 for changes, 1 for errors.",
+)
+@force_option
+@click.option(
+    "--refresh",
+    is_flag=True,
+    help="Read every managed config from the API first and show drift (needs credentials).",
+)
+def plan_command(
+    workspace: Workspace,
+    fmt: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+    force: bool,
+    refresh: bool,
+) -> int:
+    """Show what apply would do. Changes nothing; no network call unless --refresh,
+    except one GET for each config whose last update's outcome is unknown.
+
+    \b
+    Actions: + create, ~ update (PATCH), ! uncertain (an earlier create's outcome
+    is unknown), ! orphan (in state, not in configs; never acted on).
+
+    \b
+    Examples:
+      coins-sync plan
+      coins-sync plan --env prod --out plan.json
+      coins-sync plan --format markdown --detailed-exitcode > plan.md
+      coins-sync plan --refresh      # also GET every managed config to find drift
+    """
+    if out is not None:
+        refuse_state_target(out, workspace.settings.state)
+    unread = 0
+    if refresh:
+        with make_client(workspace.settings) as client:
+            the_plan = workspace.plan(refresh_with=client)
+    else:
+        the_plan, unread = plan_verified(workspace)
+    click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
+    check_safety(the_plan, workspace.safety, force=force)
+    if out is not None:
+        save_plan(the_plan, out)
+        command = " ".join(filter(None, ["coins-sync apply", shlex.quote(str(out)), same_flags()]))
+        console.err(f"Saved the plan to {out}; apply it with `{command}`.")
+    if detailed_exitcode and (the_plan.has_changes or unread):
+        return EXIT_CHANGES
+    return EXIT_OK
+
+
+def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
+    """The offline plan, with each entry of an update whose outcome is unknown read back
+    (one GET each) when the API can be reached; else a warning names them. Returns the
+    plan and how many such entries could not be read back."""
+    state = workspace.read_state()
+    pending = unverified(state)
+    if not pending:
+        return workspace.plan(state), 0
+    try:
+        client = make_client(workspace.settings)
+    except (SettingsError, AuthError) as e:
+        for key, entry in sorted(pending.items()):
+            console.err(
+                f"Warning: {key}: the outcome of its last update (amount {entry.pending}) "
+                f"is unknown; the server holds {entry.amount} or {entry.pending}, and it "
+                f"could not be read back ({e}). Set the API credentials and plan again."
+            )
+        return workspace.plan(state), len(pending)
+    with client:
+        return workspace.plan(state, verify_with=client), 0
+
+
+@cli.command()
+@with_workspace()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["markdown", "csv", "json"]),
+    default="markdown",
+    show_default=True,
+)
+def report(workspace: Workspace, fmt: str) -> int:
+    """The auditor's view: every rule per company, its status and last change.
+
+    Status is live (with its coinConfigId), pending, uncertain or orphan; the last
+    change comes from the audit log beside the state. No network.
+
+    \b
+    Examples:
+      coins-sync report > report.md
+      coins-sync report --env prod --format csv > rules.csv
+    """
+    from coins_sync import report as reports
+
+    configs = workspace.load_configs()
+    unreadable: list[str] = []
+    rows = reports.build_report(configs, workspace.read_state(), workspace.read_audit(unreadable))
+    if unreadable:  # never skipped silently: the report may miss their changes
+        shown = ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
+        console.err(
+            f"Warning: {len(unreadable)} unreadable audit line(s) not counted ({shown}); "
+            "the last change shown for a rule may be older than the real one"
+        )
+    env = workspace.settings.env
+    if fmt == "csv":
+        console.out(reports.render_csv(rows), nl=False)
+    elif fmt == "json":
+        console.out(reports.render_json(rows, env), nl=False)
+    else:
+        console.out(reports.render_markdown(rows, env))
+    return EXIT_OK

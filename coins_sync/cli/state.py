@@ -1,0 +1,323 @@
+"""``coins-sync state``: inspect, repair and move the state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from coins_sync import console
+from coins_sync.audit import AuditRecord
+from coins_sync.cli.app import EXIT_ERROR, EXIT_OK, cli
+from coins_sync.cli.options import (
+    confirm_or_refuse,
+    make_client,
+    parse_key,
+    with_workspace,
+    yes_option,
+)
+from coins_sync.errors import SettingsError, StateError
+from coins_sync.settings import load_settings
+from coins_sync.workspace import Workspace
+
+_NO_TERMINAL = "refusing to change state without a terminal; pass --yes"
+
+
+@cli.group()
+def state() -> None:
+    """Inspect and repair the state.
+
+    \b
+    Examples:
+      coins-sync state list --format json
+      coins-sync state rm CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT --yes
+    """
+
+
+@state.command("list")
+@with_workspace()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+)
+def state_list(workspace: Workspace, fmt: str) -> int:
+    """List what the state records: live entries and uncertain creates.
+
+    \b
+    Example:
+      coins-sync state list --env prod --format json
+    """
+    current = workspace.read_state()
+    console.out(console.state_listing(current, workspace.store.describe(), fmt))
+    return EXIT_OK
+
+
+@state.command("rm")
+@with_workspace(lock_timeout=True)
+@click.argument("key")
+@yes_option
+def state_rm(workspace: Workspace, key: str, yes: bool) -> int:
+    """Forget KEY (COMPANY/CONFIGURATION/EVENT). The config stays on the server.
+
+    Use it after a config was removed by other means; the next plan would
+    otherwise never show it again.
+
+    \b
+    Example:
+      coins-sync state rm CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT --yes
+    """
+    rule_key = parse_key(key)
+    confirm_or_refuse(yes, f"Forget {rule_key} in {workspace.store.describe()}?", _NO_TERMINAL)
+    written, forgotten = workspace.forget(rule_key, command=f"state rm {rule_key}")
+    audit = workspace.audit_log(os.environ)
+    audit.record(
+        AuditRecord(
+            "forget", rule_key, "forgotten", forgotten.amount, None, forgotten.coin_config_id
+        )
+    )
+    audit.close()
+    console.out(f"Forgot {rule_key} (state serial {written.serial}).")
+    return EXIT_OK
+
+
+@state.command("import")
+@with_workspace(lock_timeout=True)
+@click.argument("key", required=False)
+@click.argument("coin_config_id", required=False)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Import every row of a CSV (companyId,configuration,event,coinConfigId) or "
+    "JSON lines file.",
+)
+def state_import(
+    workspace: Workspace, key: str | None, coin_config_id: str | None, source: Path | None
+) -> int:
+    """Record an existing config COIN_CONFIG_ID as KEY, after checking it on the server.
+
+    Resolves an uncertain create that did reach the server, or brings a config made
+    by hand under management. The config is fetched (GET) and must match KEY.
+    With --from FILE, every row of FILE is checked and the matching ones recorded.
+
+    \b
+    Examples:
+      coins-sync state import CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT WCC817428
+      coins-sync state import --from existing.csv
+    """
+    if source is not None:
+        if key is not None or coin_config_id is not None:
+            raise click.UsageError("give either KEY COIN_CONFIG_ID or --from FILE, not both")
+        return import_file(workspace, source)
+    if key is None or coin_config_id is None:
+        raise click.UsageError("give KEY and COIN_CONFIG_ID, or --from FILE")
+    rule_key = parse_key(key)
+    with make_client(workspace.settings) as client:
+        written, entry = workspace.import_entry(
+            rule_key, coin_config_id, client.get, command=f"state import {rule_key}"
+        )
+    audit = workspace.audit_log(os.environ)
+    audit.record(
+        AuditRecord("import", rule_key, "imported", None, entry.amount, entry.coin_config_id)
+    )
+    audit.close()
+    console.out(
+        f"Imported {rule_key} as {entry.coin_config_id} (amount {entry.amount}; "
+        f"state serial {written.serial})."
+    )
+    return EXIT_OK
+
+
+def import_file(workspace: Workspace, source: Path) -> int:
+    """``state import --from FILE``: record every matching row, report every other."""
+    from coins_sync.adopt import read_rows
+    from coins_sync.loader import display_path
+
+    rows = read_rows(source, display_path(source))
+    progress = console.Progress()
+    try:
+        with make_client(workspace.settings) as client:
+            result = workspace.import_many(
+                rows, client.get, command=f"state import --from {source}", on_tick=progress
+            )
+    finally:
+        progress.close()
+    audit = workspace.audit_log(os.environ)
+    try:
+        for row, entry in result.imported:
+            audit.record(
+                AuditRecord("import", row.key, "imported", None, entry.amount, row.coin_config_id)
+            )
+        for row, reason in result.failed:
+            audit.record(
+                AuditRecord("import", row.key, "failed", None, None, row.coin_config_id, reason)
+            )
+    finally:
+        audit.close()
+    for row, reason in result.failed:
+        console.err(f"  failed  {row.where}: {row.key} {row.coin_config_id}: {reason}")
+    serial = f"; state serial {result.state.serial}" if result.state is not None else ""
+    console.out(
+        f"Import: {len(result.imported)} imported, {len(result.failed)} failed "
+        f"(of {len(rows)} rows{serial})."
+    )
+    return EXIT_ERROR if result.failed else EXIT_OK
+
+
+def postgres_store(workspace: Workspace, command: str) -> Any:
+    """The environment's PostgreSQL store, or a clear error for a file environment."""
+    from coins_sync.pgstate import PostgresStateStore
+
+    if not isinstance(workspace.store, PostgresStateStore):
+        raise SettingsError(
+            f'`state {command}` needs an environment with backend = "postgres"; '
+            f"{workspace.settings.env!r} keeps its state in {workspace.store.describe()}"
+        )
+    return workspace.store
+
+
+@state.command("push")
+@with_workspace(lock_timeout=True)
+@click.option(
+    "--from",
+    "source",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="The state file to move into the database (its journal is folded in).",
+)
+@yes_option
+@click.option(
+    "--force", is_flag=True, help="Push even a different lineage or a serial that is not newer."
+)
+def state_push(workspace: Workspace, source: Path, yes: bool, force: bool) -> int:
+    """Move a file state into the environment's PostgreSQL backend.
+
+    Both the file's lock and the database lock are held; the file's journal is
+    folded in. A state of another lineage, or a serial that is not newer than the
+    database's, is refused unless --force is given.
+
+    \b
+    Example:
+      coins-sync state push --env team --from state/prod.json --yes
+    """
+    from coins_sync.state import FileStateStore
+
+    store = postgres_store(workspace, "push")
+    timeout = workspace.settings.lock_timeout
+    file_store = FileStateStore(source)
+    with file_store.lock("state push", timeout):
+        pushed = file_store.read()
+        if not pushed.exists:
+            raise StateError(f"{source}: no state to push")
+        with store.lock(f"state push --from {source}", timeout):
+            current, _ = store.recover()
+            if current.exists and not force:
+                if current.lineage != pushed.lineage:
+                    raise StateError(
+                        f"{source} is lineage {pushed.lineage}, but {store.describe()} holds "
+                        f"lineage {current.lineage}: another state. Nothing was pushed; "
+                        "pass --force to replace it"
+                    )
+                if pushed.serial <= current.serial:
+                    raise StateError(
+                        f"{source} is serial {pushed.serial}, not newer than the database's "
+                        f"serial {current.serial}. Nothing was pushed; pass --force to "
+                        "replace it"
+                    )
+            confirm_or_refuse(
+                yes,
+                f"Replace {len(current.entries)} entries in {store.describe()} with "
+                f"{len(pushed.entries)} from {source}?",
+                _NO_TERMINAL,
+            )
+            written = store.replace_state(pushed)
+    console.out(
+        f"Pushed {len(written.entries)} entries and {len(written.uncertain)} uncertain from "
+        f"{source} to {store.describe()} (lineage {written.lineage}, serial {written.serial})."
+    )
+    return EXIT_OK
+
+
+@state.command("pull")
+@with_workspace()
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The file to write the state to (deterministic JSON).",
+)
+def state_pull(workspace: Workspace, target: Path) -> int:
+    """Write the environment's state to a file: for backups, audits or a move back.
+
+    \b
+    Example:
+      coins-sync state pull --env team --to backup/team.json
+    """
+    from coins_sync.state import atomic_write, serialize
+
+    current = workspace.read_state()
+    if not current.exists:
+        raise StateError(f"{workspace.store.describe()} holds no state yet; nothing to pull")
+    atomic_write(target, serialize(current))
+    console.out(
+        f"Wrote {len(current.entries)} entries (serial {current.serial}) from "
+        f"{workspace.store.describe()} to {target}."
+    )
+    return EXIT_OK
+
+
+@state.command("force-unlock")
+@with_workspace()
+@yes_option
+def state_force_unlock(workspace: Workspace, yes: bool) -> int:
+    """End a stuck holder's database session and fence its writes (postgres only).
+
+    The lock epoch is bumped, so the old run can never write again, even if its
+    process lives on. Use it only when the holder is surely stuck: a live run is
+    stopped half-way (what it had done is recorded; it exits 1).
+
+    \b
+    Example:
+      coins-sync state force-unlock --env team --yes
+    """
+    store = postgres_store(workspace, "force-unlock")
+    confirm_or_refuse(
+        yes,
+        f"End the lock holder of {store.describe()}?",
+        "refusing to force the lock without a terminal; pass --yes",
+    )
+    who = store.force_unlock()
+    if who is None:
+        console.out(f"Nobody held the lock of {store.describe()}; its epoch was bumped anyway.")
+    else:
+        console.out(f"Ended {who}; its writes are fenced out.")
+    return EXIT_OK
+
+
+@state.command("schema-sql")
+@click.option("--env", "env_name", metavar="NAME", envvar="COINS_SYNC_ENV", help="Environment.")
+@click.option("--schema", metavar="NAME", help="Schema name (default: the environment's).")
+def state_schema_sql(env_name: str | None, schema: str | None) -> int:
+    """Print the SQL of the postgres backend's schema, for a DBA to apply by hand.
+
+    coins-sync applies the same migrations itself, under a lock, when it has the
+    rights; either way the checksums it records must match.
+
+    \b
+    Example:
+      coins-sync state schema-sql --env team > coins-sync-schema.sql
+    """
+    from coins_sync.pgschema import full_sql, valid_schema_name
+
+    name = schema or load_settings(env=env_name).pg_schema
+    if not valid_schema_name(name):
+        raise SettingsError(f"--schema must be a lower-case SQL name, got {name!r}")
+    click.echo(full_sql(name), nl=False)
+    return EXIT_OK

@@ -1,0 +1,202 @@
+"""Terminal output for everything that is not a plan: the one funnel to stdout/stderr.
+
+Every line the command line prints goes through :func:`out` or :func:`err`, which pass
+it through :func:`coins_sync.redact.redact` first, and log lines go through
+:class:`ScrubFilter`. So no secret reaches a terminal or a CI log, whatever a message
+quotes. The renderers here turn results (validation problems, the state, an apply
+report) into lines; the plan renderers live in :mod:`coins_sync.render`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import click
+
+from coins_sync.redact import redact
+
+if TYPE_CHECKING:  # validate and an offline plan load none of these
+    from coins_sync.apply import ApplyReport
+    from coins_sync.errors import Problem
+    from coins_sync.state import State
+
+
+def out(text: str, *, nl: bool = True) -> None:
+    """Print to stdout, secrets redacted."""
+    click.echo(redact(text), nl=nl)
+
+
+def err(text: str, *, nl: bool = True) -> None:
+    """Print to stderr, secrets redacted."""
+    click.echo(redact(text), err=True, nl=nl)
+
+
+def use_colour() -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' if count != 1 else ''}"
+
+
+# -- validate -----------------------------------------------------------------------
+
+
+def problems_report(problems: Sequence[Problem], fmt: str) -> str:
+    """``validate``'s answer for invalid files: every problem, then a summary."""
+    files = len({p.path for p in problems})
+    if fmt == "json":
+        data = {
+            "valid": False,
+            "problems": [
+                # each value is scrubbed before JSON escapes it (a secret's escaped
+                # form inside an escaped message is escaped twice)
+                {"path": redact(p.path), "line": p.line, "col": p.col, "message": redact(p.message)}
+                for p in problems
+            ],
+            "summary": {"problems": len(problems), "files_with_problems": files},
+        }
+        return json.dumps(data, indent=2)
+    lines = [str(problem) for problem in problems]
+    lines.append(f"invalid: {plural(len(problems), 'problem')} in {plural(files, 'file')}")
+    return "\n".join(lines)
+
+
+def valid_report(files: int, rules: int, fmt: str) -> str:
+    """``validate``'s answer when every file is valid."""
+    if fmt == "json":
+        data = {"valid": True, "problems": [], "summary": {"files": files, "rules": rules}}
+        return json.dumps(data, indent=2)
+    return f"valid: {plural(rules, 'rule')} in {plural(files, 'file')}"
+
+
+# -- state list ---------------------------------------------------------------------
+
+
+def state_listing(state: State, where: str, fmt: str) -> str:
+    """``state list``: live entries and uncertain creates, as a table or JSON."""
+    if fmt == "json":
+        data = state.to_json()
+        data.setdefault("uncertain", [])
+        return json.dumps(data, indent=2)
+    rows = [
+        (str(entry.key), str(entry.amount), entry.coin_config_id)
+        for entry in sorted(state.entries.values(), key=lambda e: e.key)
+    ]
+    rows += [
+        (str(item.key), str(item.amount), "(uncertain)")
+        for item in sorted(state.uncertain.values(), key=lambda u: u.key)
+    ]
+    width = max((len(r[0]) for r in rows), default=3)
+    lines = []
+    if rows:
+        lines.append(f"{'KEY':<{width}}  {'AMOUNT':>6}  COIN_CONFIG_ID")
+        lines.extend(f"{key:<{width}}  {amount:>6}  {cid}" for key, amount, cid in rows)
+    lines.append(
+        f"{len(state.entries)} entries, {len(state.uncertain)} uncertain "
+        f"in {where} (serial {state.serial})"
+    )
+    return "\n".join(lines)
+
+
+# -- apply --------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line progress display on a terminal (stderr); silent otherwise.
+
+    While its line is open, a log line (the Ctrl-C warning, a retry) first ends it, so
+    the message never lands on the bar's line.
+    """
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.shown = False
+        self.line_open = False
+        self._filter = _EndProgressLine(self)
+        for handler in logging.getLogger("coins_sync").handlers:
+            handler.addFilter(self._filter)
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled or total < 2:
+            return
+        width = 30
+        filled = width * done // max(total, 1)
+        bar = "#" * filled + "-" * (width - filled)
+        click.echo(f"\r  [{bar}] {done}/{total}", err=True, nl=False)
+        self.shown = self.line_open = True
+
+    def end_line(self) -> None:
+        if self.line_open:
+            self.line_open = False
+            click.echo("", err=True)
+
+    def close(self) -> None:
+        for handler in logging.getLogger("coins_sync").handlers:
+            handler.removeFilter(self._filter)
+        self.end_line()
+
+
+class _EndProgressLine(logging.Filter):
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.progress.end_line()
+        return True
+
+
+def print_report(report: ApplyReport) -> None:
+    """What an apply did: failures and uncertain creates (stderr), then the summary."""
+    for key, reason in report.failed:
+        if reason != report.stopped_by:  # said once, below
+            err(f"  failed     {key}: {reason}")
+    for key, reason in report.uncertain:
+        err(f"  uncertain  {key}: {reason}")
+    if report.uncertain or report.skipped_uncertain:
+        err(
+            "  Uncertain creates may exist on the server. If one does, record it with "
+            "`coins-sync state import KEY COIN_CONFIG_ID`; to send it again, use "
+            "`coins-sync apply --retry-uncertain`."
+        )
+    if report.unrecorded:
+        err(f"  Confirmed by the server but not in the state file ({len(report.unrecorded)}):")
+        for key, config_id in report.unrecorded:
+            err(f"  confirmed  {key} coinConfigId={config_id}")
+    if report.interrupted:
+        err("  Interrupted: nothing new was sent; every result so far is recorded.")
+    click.echo(report.summary())
+    if report.stopped_by is not None:
+        err(f"Error: {report.stopped_by}. The run stopped; nothing more was sent.")
+
+
+# -- logging ------------------------------------------------------------------------
+
+
+class ScrubFilter(logging.Filter):
+    """Redacts every log line, its arguments merged in first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = redact(record.getMessage())
+        record.args = None
+        return True
+
+
+def setup_logging(verbosity: int) -> None:
+    """``coins_sync`` logs to stderr, scrubbed: warnings, -v info, -vv debug."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(ScrubFilter())
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("coins_sync")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(
+        logging.DEBUG if verbosity > 1 else logging.INFO if verbosity else logging.WARNING
+    )
