@@ -21,7 +21,7 @@ from pathlib import Path
 from coins_sync.api import RemoteConfig
 from coins_sync.errors import ApiError, CoinsSyncError, ConfigError, Problem
 from coins_sync.rules import RuleKey
-from coins_sync.state import State, StateEntry
+from coins_sync.state.model import State, StateEntry
 
 FIELDS = ("companyId", "configuration", "event", "coinConfigId")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

@@ -39,28 +39,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from coins_sync.api import RemoteConfig
-from coins_sync.audit import AuditRecord, AuditSink
 from coins_sync.errors import (
     ApiError,
     AuthError,
     CoinsSyncError,
     OutcomeUnknownError,
+    StateConflictError,
     StateError,
     UnreachableError,
 )
 from coins_sync.plan import Action, Change, Plan, check_safety
 from coins_sync.planfile import check_consistent, check_fresh, load_plan
 from coins_sync.rules import RuleKey
-from coins_sync.state import (
-    FileStateStore,
-    Journal,
-    JournalRecord,
-    State,
-    StateConflictError,
-    StateEntry,
-    Uncertain,
-    utc_now,
-)
+from coins_sync.state.audit import AuditRecord, AuditSink
+from coins_sync.state.file import FileStateStore
+from coins_sync.state.journal import Journal, JournalKind, JournalRecord
+from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 from coins_sync.workspace import Workspace, unverified
 
 log = logging.getLogger(__name__)
@@ -262,7 +256,7 @@ class Executor:
         if self._refused("create", change):
             return
         key, amount = change.key, change.amount
-        intent = JournalRecord("intent", key, amount, at=utc_now())
+        intent = JournalRecord(JournalKind.INTENT, key, amount, at=utc_now())
         self.journal.append(intent, lambda: self._inflight.__setitem__(key, intent))
         try:
             remote = self.api.create(key, amount)
@@ -275,7 +269,9 @@ class Executor:
                 self.report.uncertain.append((key, reason))
 
             self._audit(AuditRecord("create", key, "uncertain", None, amount, message=reason))
-            self._record(JournalRecord("result", key, amount, "unknown", at=utc_now()), unknown)
+            self._record(
+                JournalRecord(JournalKind.RESULT, key, amount, "unknown", at=utc_now()), unknown
+            )
             return
         except ApiError as e:
             reason = str(e)
@@ -285,7 +281,9 @@ class Executor:
                 self.report.failed.append((key, reason))
 
             self._audit(AuditRecord("create", key, "failed", None, amount, message=reason))
-            self._record(JournalRecord("result", key, amount, "failed", at=utc_now()), failed)
+            self._record(
+                JournalRecord(JournalKind.RESULT, key, amount, "failed", at=utc_now()), failed
+            )
             self._stop_if_hopeless(e)
             return
 
@@ -295,7 +293,9 @@ class Executor:
             self._uncertain.pop(key, None)
             self.report.created.append(key)
 
-        record = JournalRecord("result", key, amount, "created", remote.coin_config_id, utc_now())
+        record = JournalRecord(
+            JournalKind.RESULT, key, amount, "created", remote.coin_config_id, utc_now()
+        )
         # the audit line goes first: if we die between the two, the audit log still
         # says what the server created, and the journal's open intent makes it uncertain
         self._audit(AuditRecord("create", key, "created", None, amount, remote.coin_config_id))
@@ -308,7 +308,7 @@ class Executor:
         if config_id is None:  # a plan always carries it; a hand-edited one may not
             self.report.failed.append((key, "import without a coinConfigId"))
             return
-        intent = JournalRecord("intent", key, amount, at=utc_now())
+        intent = JournalRecord(JournalKind.INTENT, key, amount, at=utc_now())
         self.journal.append(intent, lambda: self._inflight.__setitem__(key, intent))
         reason: str | None = None
         remote: RemoteConfig | None = None
@@ -334,7 +334,9 @@ class Executor:
 
             log.error("%s: %s", key, why)
             self._audit(AuditRecord("import", key, "failed", None, amount, config_id, why))
-            self._record(JournalRecord("result", key, amount, "failed", at=utc_now()), refused)
+            self._record(
+                JournalRecord(JournalKind.RESULT, key, amount, "failed", at=utc_now()), refused
+            )
             return
         found = remote
 
@@ -345,7 +347,7 @@ class Executor:
             self.report.imported.append(key)
 
         record = JournalRecord(
-            "result", key, found.amount, "imported", found.coin_config_id, utc_now()
+            JournalKind.RESULT, key, found.amount, "imported", found.coin_config_id, utc_now()
         )
         self._audit(AuditRecord("import", key, "imported", None, found.amount, config_id))
         self._record(record, imported)
@@ -386,7 +388,9 @@ class Executor:
             self._entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
             self.report.updated.append(key)
 
-        record = JournalRecord("result", key, amount, "updated", remote.coin_config_id, utc_now())
+        record = JournalRecord(
+            JournalKind.RESULT, key, amount, "updated", remote.coin_config_id, utc_now()
+        )
         self._audit(
             AuditRecord("update", key, "updated", change.before, amount, remote.coin_config_id)
         )
@@ -407,7 +411,8 @@ class Executor:
             AuditRecord("update", key, "uncertain", change.before, amount, config_id, reason)
         )
         self._record(
-            JournalRecord("result", key, amount, "unverified", config_id, utc_now()), unverified
+            JournalRecord(JournalKind.RESULT, key, amount, "unverified", config_id, utc_now()),
+            unverified,
         )
 
     def _audit(self, item: AuditRecord) -> None:

@@ -23,7 +23,7 @@ from coins_sync.redact import redact
 if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.apply import ApplyReport
     from coins_sync.errors import Problem
-    from coins_sync.state import State
+    from coins_sync.state.model import State
 
 
 def out(text: str, *, nl: bool = True) -> None:

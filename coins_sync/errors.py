@@ -9,7 +9,8 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     ├── SettingsError          bad [tool.coins-sync] settings or options
     ├── ConfigError            rule files that cannot be used (carries .problems)
     ├── StateError             unreadable, corrupt or unknown-version state / journal
-    │   └── LockError          the state is locked by another holder (carries .holder)
+    │   ├── LockError          the state is locked by another holder (carries .holder)
+    │   └── StateConflictError another writer replaced the state; nothing was overwritten
     ├── StalePlanError         a saved plan no longer matches state or configs
     ├── UnsafePlanError        a plan over the safety threshold without --force
     ├── GitLeaseError          the git state-branch lease protocol cannot go on
@@ -73,6 +74,11 @@ class LockError(StateError):
     def __init__(self, message: str, holder: str | None = None) -> None:
         super().__init__(message)
         self.holder = holder
+
+
+class StateConflictError(StateError):
+    """The state on disk is not the one this command read: another writer (a ``git pull``,
+    another working copy) replaced it. Nothing was overwritten."""
 
 
 class StalePlanError(CoinsSyncError):

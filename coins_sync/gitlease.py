@@ -39,9 +39,12 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from coins_sync.audit import audit_path_for, current_actor
 from coins_sync.errors import GitLeaseError, LeaseHeldError, LeasePushError, StateError
-from coins_sync.state import FileStateStore, atomic_write, parse_journal, parse_state, utc_now
+from coins_sync.state.audit import audit_path_for, current_actor
+from coins_sync.state.file import FileStateStore
+from coins_sync.state.files import atomic_write
+from coins_sync.state.journal import parse_journal
+from coins_sync.state.model import parse_state, utc_now
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from coins_sync.errors import CoinsSyncError, UnsafePlanError
 from coins_sync.refresh import Drift
 from coins_sync.rules import Rule, RuleKey, Source
-from coins_sync.state import State
+from coins_sync.state.model import State
 
 
 class Action(enum.Enum):

@@ -14,7 +14,8 @@ from coins_sync.refresh import Drift
 from coins_sync.render import plan_to_json
 from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.schema import PLAN_SCHEMA, load_schema
-from coins_sync.state import State, atomic_write
+from coins_sync.state.files import atomic_write
+from coins_sync.state.model import State
 
 
 class PlanFileError(CoinsSyncError):
@@ -288,8 +289,8 @@ def _lineage(lineage: str) -> str:
 
 def refuse_state_target(out: Path, state_path: Path) -> None:
     """A saved plan must never land on the state or a file that travels with it."""
-    from coins_sync.audit import audit_path_for
-    from coins_sync.state import FileStateStore
+    from coins_sync.state.audit import audit_path_for
+    from coins_sync.state.file import FileStateStore
 
     store = FileStateStore(state_path)
     guarded = (

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from coins_sync.errors import ApiError
 from coins_sync.rules import RuleKey
-from coins_sync.state import State, StateEntry
+from coins_sync.state.model import State, StateEntry
 
 if TYPE_CHECKING:  # the plan imports Drift; the API client is needed only to refresh
     from coins_sync.api import RemoteConfig

@@ -14,7 +14,7 @@ from typing import Any
 from coins_sync.loader import ConfigSet
 from coins_sync.markdown import code
 from coins_sync.rules import RuleKey
-from coins_sync.state import State
+from coins_sync.state.model import State
 
 STATUSES = ("live", "pending", "uncertain", "orphan")
 #: How much of a key, a path or an audit entry the Markdown report shows.

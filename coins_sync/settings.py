@@ -32,7 +32,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from coins_sync.errors import SettingsError
-from coins_sync.pgschema import valid_schema_name
+from coins_sync.state.pgschema import valid_schema_name
 
 DEFAULT_ENVIRONMENT = "default"
 ENCRYPTIONS = ("none", "aes-128-ecb")

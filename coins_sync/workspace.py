@@ -12,14 +12,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coins_sync.audit import AuditLog, AuditSink, audit_path_for, read_audit
 from coins_sync.errors import StateError
 from coins_sync.loader import ConfigSet, RuleLoader
 from coins_sync.plan import Action, Plan, PlanContext, SafetyRules, plan
 from coins_sync.refresh import Reader, refresh, untouchable
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
-from coins_sync.state import State, StateEntry, StateStore, open_store
+from coins_sync.state.audit import AuditLog, AuditSink, audit_path_for, read_audit
+from coins_sync.state.file import open_store
+from coins_sync.state.model import State, StateEntry
+from coins_sync.state.store import StateStore
 
 if TYPE_CHECKING:  # validate and an offline plan never load the API client
     from coins_sync.adopt import BulkResult, ImportRow
@@ -29,7 +31,7 @@ if TYPE_CHECKING:  # validate and an offline plan never load the API client
 def open_backend(settings: Settings) -> StateStore:
     """The state store of an environment: its file, or its PostgreSQL schema."""
     if settings.backend == "postgres":
-        from coins_sync.pgstate import PostgresStateStore
+        from coins_sync.state.postgres import PostgresStateStore
 
         rescue = settings.state.with_name(settings.state.stem + ".pg-rescue.jsonl")
         return PostgresStateStore(settings.env, settings.pg_schema, rescue_path=rescue)
@@ -82,7 +84,7 @@ class Workspace:
 
     def audit_log(self, environ: Mapping[str, str]) -> AuditSink:
         """Where this environment's audit records go (file beside the state, or table)."""
-        from coins_sync.pgstate import PostgresStateStore
+        from coins_sync.state.postgres import PostgresStateStore
 
         if isinstance(self.store, PostgresStateStore):
             return self.store.audit_log(environ)
@@ -91,7 +93,7 @@ class Workspace:
     def read_audit(self, unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every audit record of this environment, oldest first; lines of an audit log
         file that cannot be read are named in ``unreadable``."""
-        from coins_sync.pgstate import PostgresStateStore
+        from coins_sync.state.postgres import PostgresStateStore
 
         if isinstance(self.store, PostgresStateStore):
             return self.store.read_audit()

@@ -52,7 +52,8 @@ from click.testing import CliRunner  # noqa: E402
 from coins_sync.cli import cli  # noqa: E402
 from coins_sync.rules import RuleKey  # noqa: E402
 from coins_sync.sandbox import SandboxOptions, SandboxServer  # noqa: E402
-from coins_sync.state import FileStateStore, State  # noqa: E402
+from coins_sync.state.file import FileStateStore  # noqa: E402
+from coins_sync.state.model import State  # noqa: E402
 
 TOKEN = "chaos-bearer-t0ken-never-printed"
 SECRET_VARIABLES = ("COINS_SYNC_TOKEN", "COINS_SYNC_CLIENT_SECRET", "COINS_SYNC_PASSWORD")

@@ -22,9 +22,9 @@ if str(REPO) not in sys.path:  # run as a script: make the package importable
 
 import psycopg  # noqa: E402
 
-from coins_sync.pgstate import PostgresStateStore  # noqa: E402
 from coins_sync.sandbox import SandboxOptions, SandboxServer  # noqa: E402
-from coins_sync.state import State  # noqa: E402
+from coins_sync.state.model import State  # noqa: E402
+from coins_sync.state.postgres import PostgresStateStore  # noqa: E402
 from tests import chaos  # noqa: E402
 
 PYPROJECT = """\

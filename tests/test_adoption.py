@@ -15,7 +15,8 @@ import pytest
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.schema import PLAN_SCHEMA, load_schema
-from coins_sync.state import FileStateStore, State, StateEntry, Uncertain
+from coins_sync.state.file import FileStateStore
+from coins_sync.state.model import State, StateEntry, Uncertain
 from tests.conftest import SANDBOX_TOKEN, Invoke, write
 
 TOKEN = {"COINS_SYNC_TOKEN": SANDBOX_TOKEN}

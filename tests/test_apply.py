@@ -13,7 +13,8 @@ from click.testing import Result
 
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxOptions, SandboxServer
-from coins_sync.state import FileStateStore, State
+from coins_sync.state.file import FileStateStore
+from coins_sync.state.model import State
 from tests import chaos
 from tests.conftest import Invoke, write
 

@@ -11,7 +11,7 @@ import random
 import re
 from pathlib import Path
 
-from coins_sync.state import FileStateStore
+from coins_sync.state.file import FileStateStore
 from tests import chaos
 
 

@@ -19,8 +19,8 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from coins_sync.audit import AuditLog, AuditRecord, audit_path_for
 from coins_sync.rules import RuleKey
+from coins_sync.state.audit import AuditLog, AuditRecord, audit_path_for
 from tests.conftest import REPO, Invoke, write
 
 PASSWORD = "Tr0ub4dor&3 horse!"

@@ -22,7 +22,8 @@ import pytest
 from coins_sync.api import CoinsClient, RemoteConfig
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
-from coins_sync.state import FileStateStore, State, StateEntry, serialize
+from coins_sync.state.file import FileStateStore
+from coins_sync.state.model import State, StateEntry, serialize
 from tests import chaos
 from tests.conftest import SANDBOX_TOKEN, Invoke, write
 

@@ -42,14 +42,10 @@ from coins_sync.plan import Action, Change, Plan
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.settings import load_settings
-from coins_sync.state import (
-    FileStateStore,
-    JournalRecord,
-    Snapshot,
-    State,
-    StateEntry,
-    StateStore,
-)
+from coins_sync.state.file import FileStateStore
+from coins_sync.state.journal import JournalRecord, Snapshot
+from coins_sync.state.model import State, StateEntry
+from coins_sync.state.store import StateStore
 from coins_sync.workspace import Workspace
 from tests.conftest import REPO, SANDBOX_TOKEN, write
 

@@ -26,7 +26,7 @@ HEAVY_OWN = (
     "coins_sync.api",
     "coins_sync.crypto",
     "coins_sync.apply",
-    "coins_sync.pgstate",
+    "coins_sync.state.postgres",
     "coins_sync.gitlease",
     "coins_sync.sandbox",
 )

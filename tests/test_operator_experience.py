@@ -319,7 +319,7 @@ def test_settings_type_message_uses_the_right_article(project: Path) -> None:
 
 def test_lock_message_offers_lock_timeout_only_when_it_was_not_given(project: Path) -> None:
     from coins_sync.errors import LockError
-    from coins_sync.state import FileStateStore
+    from coins_sync.state.file import FileStateStore
 
     store = FileStateStore(project / "state" / "default.json")
     with store.lock("first holder"):

@@ -7,10 +7,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from coins_sync.pgstate import PostgresStateStore
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
-from coins_sync.state import JournalRecord, State
+from coins_sync.state.journal import JournalKind, JournalRecord
+from coins_sync.state.model import State
+from coins_sync.state.postgres import PostgresStateStore
 from tests.conftest import Invoke
 from tests.test_postgres_state import team_project, token
 
@@ -25,8 +26,8 @@ def key(i: int) -> RuleKey:
 
 def create(journal: object, i: int) -> None:
     append = journal.append  # type: ignore[attr-defined]
-    append(JournalRecord("intent", key(i), i, at="t"))
-    append(JournalRecord("result", key(i), i, "created", f"ID{i}", "t"))
+    append(JournalRecord(JournalKind.INTENT, key(i), i, at="t"))
+    append(JournalRecord(JournalKind.RESULT, key(i), i, "created", f"ID{i}", "t"))
 
 
 def snapshot_of(state: State) -> object:

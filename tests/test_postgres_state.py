@@ -12,10 +12,12 @@ import psycopg
 import pytest
 
 from coins_sync.errors import LockError, StateError
-from coins_sync.pgstate import PostgresStateStore
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
-from coins_sync.state import FileStateStore, JournalRecord, State, StateEntry
+from coins_sync.state.file import FileStateStore
+from coins_sync.state.journal import JournalKind, JournalRecord
+from coins_sync.state.model import State, StateEntry
+from coins_sync.state.postgres import PostgresStateStore
 from tests.conftest import SANDBOX_TOKEN, Invoke, write
 
 RULES = """\
@@ -212,14 +214,14 @@ def test_fenced_write_after_force_unlock(pg_dsn: str) -> None:
         state, _ = old.recover()
         state = old.write(state)
         journal = old.journal(state)
-        journal.append(JournalRecord("intent", MEAL, 6, at="t"))
-        journal.append(JournalRecord("result", MEAL, 6, "created", "ID1", "t"))
+        journal.append(JournalRecord(JournalKind.INTENT, MEAL, 6, at="t"))
+        journal.append(JournalRecord(JournalKind.RESULT, MEAL, 6, "created", "ID1", "t"))
 
         who = store_for(pg_dsn).force_unlock()
         assert who is not None and "old run" in who
 
         with pytest.raises(StateError, match="lost the state lock"):
-            journal.append(JournalRecord("intent", INVOICE, 10, at="t"))
+            journal.append(JournalRecord(JournalKind.INTENT, INVOICE, 10, at="t"))
         with pytest.raises(StateError):
             old.write(state.with_entry(StateEntry(INVOICE, 10, "ID2")))
         journal.close()
@@ -238,7 +240,7 @@ def test_fencing_by_epoch_alone_when_the_lock_is_retaken(pg_dsn: str) -> None:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute("UPDATE coins_sync.environment SET lock_epoch = lock_epoch + 1")
         with pytest.raises(StateError, match="lost the state lock"):
-            journal.append(JournalRecord("intent", MEAL, 6, at="t"))
+            journal.append(JournalRecord(JournalKind.INTENT, MEAL, 6, at="t"))
         journal.close()
     assert not store_for(pg_dsn).read().uncertain
 

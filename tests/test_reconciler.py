@@ -7,7 +7,7 @@ import pytest
 from coins_sync.errors import UnsafePlanError
 from coins_sync.plan import Action, SafetyRules, check_safety, plan
 from coins_sync.rules import Rule, RuleKey, Source
-from coins_sync.state import State, StateEntry, Uncertain
+from coins_sync.state.model import State, StateEntry, Uncertain
 
 
 def key(event: str, company: str = "ACME") -> RuleKey:

@@ -12,7 +12,9 @@ import pytest
 
 from coins_sync.errors import LockError, StateError
 from coins_sync.rules import RuleKey
-from coins_sync.state import FileStateStore, JournalRecord, State, StateEntry
+from coins_sync.state.file import FileStateStore
+from coins_sync.state.journal import JournalKind, JournalRecord
+from coins_sync.state.model import State, StateEntry
 
 K1 = RuleKey("ACME", "DEFAULT", "A")
 K2 = RuleKey("ACME", "DEFAULT", "B")
@@ -90,9 +92,9 @@ def test_journal_results_fold_and_open_intents_become_uncertain(tmp_path: Path) 
     store = FileStateStore(tmp_path / "s.json")
     base = store.write(State.new())
     journal = store.journal(base)
-    journal.append(JournalRecord("intent", K1, 5))
-    journal.append(JournalRecord("result", K1, 5, "created", "WCC1"))
-    journal.append(JournalRecord("intent", K2, 7))
+    journal.append(JournalRecord(JournalKind.INTENT, K1, 5))
+    journal.append(JournalRecord(JournalKind.RESULT, K1, 5, "created", "WCC1"))
+    journal.append(JournalRecord(JournalKind.INTENT, K2, 7))
     journal.close()
     seen = store.read()  # read-only view
     assert seen.entries[K1].coin_config_id == "WCC1"
@@ -109,7 +111,7 @@ def test_torn_journal_tail_is_dropped_and_reported(tmp_path: Path) -> None:
     store = FileStateStore(tmp_path / "s.json")
     base = store.write(State.new())
     journal = store.journal(base)
-    journal.append(JournalRecord("result", K1, 5, "created", "WCC1"))
+    journal.append(JournalRecord(JournalKind.RESULT, K1, 5, "created", "WCC1"))
     journal.close()
     with open(store.journal_path, "ab") as handle:
         handle.write(b'{"kind":"result","lin')
@@ -133,7 +135,7 @@ HOLD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from coins_sync.state import FileStateStore
+    from coins_sync.state.file import FileStateStore
     with FileStateStore(Path(sys.argv[1])).lock("apply --yes"):
         print("locked", flush=True)
         time.sleep(30)

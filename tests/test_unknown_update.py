@@ -16,7 +16,7 @@ from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_cl
 from coins_sync.errors import ApiError, OutcomeUnknownError
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxOptions, SandboxServer
-from coins_sync.state import State, parse_state, serialize
+from coins_sync.state.model import State, parse_state, serialize
 from tests.conftest import Invoke, write
 
 TOKEN = "unknown-patch-t0ken-never-shown"
@@ -190,7 +190,7 @@ def test_lost_patch_answer_then_revert_is_not_no_changes(
 
 
 def test_pending_amount_round_trips_and_is_checked() -> None:
-    from coins_sync.state import StateEntry
+    from coins_sync.state.model import StateEntry
 
     state = State("lin", 1, {KEY: StateEntry(KEY, 6, ID, pending=9)})
     assert parse_state(serialize(state), "s").entries[KEY].pending == 9

@@ -9,7 +9,6 @@ from typing import Any
 import click
 
 from coins_sync import console
-from coins_sync.audit import AuditRecord
 from coins_sync.cli.app import EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     confirm_or_refuse,
@@ -20,6 +19,7 @@ from coins_sync.cli.options import (
 )
 from coins_sync.errors import SettingsError, StateError
 from coins_sync.settings import load_settings
+from coins_sync.state.audit import AuditRecord
 from coins_sync.workspace import Workspace
 
 _NO_TERMINAL = "refusing to change state without a terminal; pass --yes"
@@ -172,7 +172,7 @@ def import_file(workspace: Workspace, source: Path) -> int:
 
 def postgres_store(workspace: Workspace, command: str) -> Any:
     """The environment's PostgreSQL store, or a clear error for a file environment."""
-    from coins_sync.pgstate import PostgresStateStore
+    from coins_sync.state.postgres import PostgresStateStore
 
     if not isinstance(workspace.store, PostgresStateStore):
         raise SettingsError(
@@ -206,7 +206,7 @@ def state_push(workspace: Workspace, source: Path, yes: bool, force: bool) -> in
     Example:
       coins-sync state push --env team --from state/prod.json --yes
     """
-    from coins_sync.state import FileStateStore
+    from coins_sync.state.file import FileStateStore
 
     store = postgres_store(workspace, "push")
     timeout = workspace.settings.lock_timeout
@@ -260,7 +260,8 @@ def state_pull(workspace: Workspace, target: Path) -> int:
     Example:
       coins-sync state pull --env team --to backup/team.json
     """
-    from coins_sync.state import atomic_write, serialize
+    from coins_sync.state.files import atomic_write
+    from coins_sync.state.model import serialize
 
     current = workspace.read_state()
     if not current.exists:
@@ -314,7 +315,7 @@ def state_schema_sql(env_name: str | None, schema: str | None) -> int:
     Example:
       coins-sync state schema-sql --env team > coins-sync-schema.sql
     """
-    from coins_sync.pgschema import full_sql, valid_schema_name
+    from coins_sync.state.pgschema import full_sql, valid_schema_name
 
     name = schema or load_settings(env=env_name).pg_schema
     if not valid_schema_name(name):

@@ -11,7 +11,7 @@ from typing import Any
 
 from coins_sync.errors import CoinsSyncError
 from coins_sync.sandbox.messages import HttpError
-from coins_sync.state import atomic_write
+from coins_sync.state.files import atomic_write
 
 __all__ = ["FIELDS", "Store", "validate_fields"]
 

@@ -10,10 +10,7 @@ of every secret in the environment (:mod:`coins_sync.redact`) as a second line o
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +19,8 @@ from typing import Any, Protocol
 from coins_sync.errors import StateError
 from coins_sync.redact import redact
 from coins_sync.rules import RuleKey
-from coins_sync.state import repair_tail, utc_now, write_all
+from coins_sync.state.files import AppendLog
+from coins_sync.state.model import utc_now
 
 #: Outcomes written to the log; ``action`` is what was attempted.
 OUTCOMES = ("created", "updated", "imported", "forgotten", "uncertain", "failed")
@@ -122,8 +120,7 @@ class AuditLog:
         self.actor = actor
         self.commit = commit
         self._environ = environ  # whose secrets messages are scrubbed of; None: os.environ
-        self._mutex = threading.Lock()
-        self._fd: int | None = None
+        self._log = AppendLog(path, "audit log")
 
     @classmethod
     def beside(cls, state_path: Path, env: str, environ: Mapping[str, str]) -> AuditLog:
@@ -143,26 +140,10 @@ class AuditLog:
         if item.message:
             data["message"] = redact(item.message, self._environ)
         line = (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode()
-        with self._mutex:
-            try:
-                if self._fd is None:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-                    repair_tail(self._fd)  # a line torn by a full disk is ended first
-                write_all(self._fd, line)
-                os.fsync(self._fd)
-            except OSError as e:
-                if self._fd is not None:  # reopened next time, its torn tail ended first
-                    with contextlib.suppress(OSError):
-                        os.close(self._fd)
-                    self._fd = None
-                raise StateError(f"{self.path}: cannot append to the audit log: {e}") from e
+        self._log.append(line)
 
     def close(self) -> None:
-        with self._mutex:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+        self._log.close()
 
 
 def read_audit(path: Path, unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:

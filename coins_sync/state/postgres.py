@@ -49,22 +49,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from coins_sync.audit import AuditRecord, audit_data, current_actor, current_commit
 from coins_sync.errors import LockError, StateError
-from coins_sync.pgschema import LATEST, MIGRATIONS, bookkeeping_sql, checksum, render
 from coins_sync.rules import RuleKey
-from coins_sync.state import (
-    JournalRecord,
-    LockHolder,
-    Snapshot,
-    State,
-    StateEntry,
-    Uncertain,
-    _user,
-    atomic_write,
-    parse_journal,
-    utc_now,
-)
+from coins_sync.state.audit import AuditRecord, audit_data, current_actor, current_commit
+from coins_sync.state.file import _user
+from coins_sync.state.files import atomic_write
+from coins_sync.state.journal import JournalRecord, Snapshot, parse_journal
+from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
+from coins_sync.state.pgschema import LATEST, MIGRATIONS, bookkeeping_sql, checksum, render
+from coins_sync.state.store import LockHolder
 
 log = logging.getLogger(__name__)
 
@@ -1004,6 +997,6 @@ class PostgresAudit:
 
 def write_file_state(path: Path, state: State) -> None:
     """``state pull``: the deterministic JSON of ``state``."""
-    from coins_sync.state import serialize
+    from coins_sync.state.model import serialize
 
     atomic_write(path, serialize(state))

@@ -1,0 +1,336 @@
+"""The file backend: ``<name>.json`` with ``.backup``, ``.journal.jsonl``, ``.lock``
+and ``.rescue.jsonl`` beside it.
+
+Writes are atomic and compare the serial on disk with the one read (a newer state is
+never overwritten), the lock is an OS lock a killed holder releases, and a refused
+caller is told who holds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from coins_sync.errors import LockError, StateConflictError, StateError
+from coins_sync.state.files import AppendLog, _fsync_dir, atomic_write, repair_tail, write_all
+from coins_sync.state.journal import (
+    JournalRecord,
+    JournalReplay,
+    Snapshot,
+    fold,
+    parse_journal,
+)
+from coins_sync.state.model import (
+    State,
+    parse_state,
+    serialize,
+    utc_now,
+)
+from coins_sync.state.store import LockHolder
+
+if TYPE_CHECKING:
+    import filelock
+
+log = logging.getLogger(__name__)
+
+
+class FileStateStore:
+    """State in ``<name>.json`` with ``.backup``, ``.journal.jsonl`` and ``.lock`` beside it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.backup_path = path.with_name(path.name + ".backup")
+        self.journal_path = path.with_name(path.stem + ".journal.jsonl")
+        #: Results an apply could not fold into the state (a newer state on disk, a full
+        #: disk): appended, never rewritten; the next command folds it in and removes it.
+        self.rescue_path = path.with_name(path.stem + ".rescue.jsonl")
+        self.lock_path = path.with_name(path.name + ".lock")
+        self.holder_path = path.with_name(path.name + ".lock.json")
+        self._lock: filelock.FileLock | None = None
+
+    def __repr__(self) -> str:
+        return f"FileStateStore({str(self.path)!r})"
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    # reading -------------------------------------------------------------------
+
+    def _read_raw(self) -> bytes | None:
+        try:
+            return self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateError(f"{self.path}: cannot read state: {e.strerror or e}") from e
+
+    def read_stored(self) -> State:
+        """The state file as written, without the journal."""
+        raw = self._read_raw()
+        if raw is None:
+            return State.new()
+        return parse_state(raw, str(self.path))
+
+    def _replay_file(self, path: Path, state: State, what: str) -> JournalReplay | None:
+        if path.is_dir():
+            raise StateError(
+                f"{path}: the {what} path is a directory, not a file; move it aside. "
+                "Nothing was sent"
+            )
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StateError(f"{path}: cannot read {what}: {e}") from e
+        return parse_journal(raw, state.lineage, str(path))
+
+    def _replay(self, state: State) -> JournalReplay | None:
+        """The rescue file's records, then the journal's: both folded, in that order."""
+        rescue = self._replay_file(self.rescue_path, state, "rescue file")
+        journal = self._replay_file(self.journal_path, state, "journal")
+        if rescue is None:
+            return journal
+        if journal is None:
+            return rescue
+        return JournalReplay(rescue.records + journal.records, rescue.damaged + journal.damaged)
+
+    def read(self) -> State:
+        state = self.read_stored()
+        replay = self._replay(state)
+        if replay is None:
+            return state
+        for message in replay.damaged:
+            log.warning("%s", message)
+        return fold(state, replay.records)
+
+    def write_rescue(self, lineage: str, records: Iterable[JournalRecord]) -> Path:
+        """Append ``records`` to the rescue file beside the state (fsynced); the next
+        command folds it into the state. Raises OSError when it cannot be written."""
+        data = b"".join(record.to_line(lineage) for record in records)
+        fd = os.open(self.rescue_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            repair_tail(fd)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(self.rescue_path.parent)
+        return self.rescue_path
+
+    def has_journal(self) -> bool:
+        return self.journal_path.exists()
+
+    # writing -------------------------------------------------------------------
+
+    def write(self, state: State) -> State:
+        """Compare-and-swap: write only over the state ``state`` was read from (same
+        lineage and serial); otherwise raise :class:`StateConflictError`, writing nothing."""
+        current_raw = self._read_raw()
+        if current_raw is not None:
+            current = parse_state(current_raw, str(self.path))
+            if current.lineage != state.lineage:
+                raise StateConflictError(
+                    f"{self.path}: lineage changed underneath us "
+                    f"({current.lineage or 'none'} != {state.lineage or 'none'}); "
+                    "refusing to overwrite"
+                )
+            if current.content() == state.content():
+                return replace(state, serial=current.serial, exists=True)
+            if current.serial != state.serial:
+                raise StateConflictError(
+                    f"{self.path} changed while this command ran (serial {state.serial} "
+                    f"was read, {current.serial} is on disk, e.g. after a git pull); "
+                    "refusing to overwrite the newer state"
+                )
+            new = replace(state, serial=current.serial + 1, exists=True)
+            atomic_write(self.backup_path, current_raw)
+        else:
+            lineage = state.lineage or str(uuid.uuid4())
+            new = replace(state, lineage=lineage, serial=state.serial + 1, exists=True)
+        atomic_write(self.path, serialize(new))
+        return new
+
+    def recover(self) -> tuple[State, tuple[str, ...]]:
+        stored = self.read_stored()
+        replay = self._replay(stored)
+        if replay is None:
+            return stored, ()
+        folded = self.write(fold(stored, replay.records))
+        # both are folded into the state just written: only now may they go. A file
+        # with damaged lines is kept aside for a person, never deleted.
+        messages: list[str] = list(replay.damaged)
+        for path in (self.rescue_path, self.journal_path):
+            if not path.exists():
+                continue
+            if any(message.startswith(f"{path}:") for message in replay.damaged):
+                aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+                os.replace(path, aside)
+                messages.append(f"damaged {path.name} kept as {aside}")
+            else:
+                path.unlink()
+        _fsync_dir(self.journal_path.parent)
+        for message in messages:
+            log.warning("%s", message)
+        return folded, tuple(messages)
+
+    def journal(self, state: State) -> FileJournal:
+        return FileJournal(self, state.lineage)
+
+    # locking -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, command: str, timeout: float = 0.0) -> Iterator[None]:
+        import socket  # only here: reading a state for a plan takes no lock
+
+        import filelock
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(self.lock_path), timeout=timeout, is_singleton=False)
+        try:
+            lock.acquire(timeout=timeout, poll_interval=0.1)
+        except filelock.Timeout as e:
+            holder = self._read_holder()
+            who = holder.describe() if holder else "another process (details unknown)"
+            waited = f" after waiting {timeout:g}s" if timeout else ""
+            hint = "" if timeout else ", or pass --lock-timeout SECONDS to wait"
+            raise LockError(
+                f"state {self.path} is locked by {who}{waited}. Wait for it to finish{hint}. "
+                "A lock left by a killed process is released by the operating system, so a "
+                "stuck lock means a live holder.",
+                holder=who,
+            ) from e
+        try:
+            holder = LockHolder(
+                pid=os.getpid(),
+                host=socket.gethostname(),
+                user=_user(),
+                command=command,
+                since=utc_now(),
+            )
+            atomic_write(
+                self.holder_path,
+                json.dumps(holder.__dict__, sort_keys=True).encode("utf-8"),
+            )
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                self.holder_path.unlink()
+            lock.release()
+
+    def _read_holder(self, patience: float = 1.0) -> LockHolder | None:
+        """Who holds the lock, for the message of a refused caller.
+
+        A new holder writes its record just after it takes the lock, so a caller refused
+        in that instant finds no record yet, or one left by a killed process. It waits up
+        to ``patience`` seconds for a live holder's record rather than name a dead pid.
+        """
+        deadline = time.monotonic() + patience
+        while True:
+            holder = self._read_holder_once()
+            if holder is not None and _may_be_alive(holder):
+                return holder
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
+
+    def _read_holder_once(self) -> LockHolder | None:
+        try:
+            data = json.loads(self.holder_path.read_text("utf-8"))
+            return LockHolder(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def _may_be_alive(holder: LockHolder) -> bool:
+    """False only for a holder on this host whose process is surely gone."""
+    import socket
+
+    if holder.host != socket.gethostname():
+        return True
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: alive, under another user
+        return True
+    return True
+
+
+def _user() -> str:
+    import getpass  # imports here keep the start-up of validate and plan short
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
+class FileJournal:
+    """Append-only, fsynced journal lines; ``checkpoint`` folds results into the state."""
+
+    def __init__(self, store: FileStateStore, lineage: str) -> None:
+        self._store = store
+        self._lineage = lineage
+        self._log = AppendLog(store.journal_path, "journal")
+
+    def append(
+        self,
+        record: JournalRecord,
+        book: Callable[[], None] | None = None,
+        *,
+        book_on_failure: bool = False,
+    ) -> None:
+        """Append and fsync ``record``; ``book`` runs under the same mutex, so that a
+        concurrent checkpoint sees the record and its bookkeeping together or neither.
+
+        When the write fails, a StateError is raised; ``book`` still runs if
+        ``book_on_failure`` is set, so a result the server confirmed is kept in memory
+        for the final fold rather than lost with the failed line.
+        """
+        line = record.to_line(self._lineage)
+        with self._log.mutex:
+            try:
+                self._log.append_locked(line)
+            except StateError:
+                if book is not None and book_on_failure:
+                    book()
+                raise
+            if book is not None:
+                book()
+
+    def checkpoint(self, snapshot: Snapshot) -> State:
+        """Write the state from ``snapshot`` and restart the journal with only the
+        records it keeps (intents still in flight).
+
+        Crash-safe in either order: the state is written first, and replaying the old
+        journal over it is idempotent.
+        """
+        with self._log.mutex:
+            state, keep = snapshot()
+            written = self._store.write(state)
+            fresh = b"".join(record.to_line(self._lineage) for record in keep)
+            self._log.close_locked()
+            if fresh:
+                atomic_write(self._store.journal_path, fresh)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self._store.journal_path.unlink()
+                _fsync_dir(self._store.journal_path.parent)
+            return written
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def open_store(location: Path) -> FileStateStore:
+    """The state backend for a configured location (only files, for now)."""
+    return FileStateStore(location)

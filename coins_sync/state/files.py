@@ -1,0 +1,120 @@
+"""Durable bytes on disk: one atomic write and one append-and-fsync log.
+
+The state, its journal, the rescue file and the audit log all go through these, so a
+full disk or a kill never leaves a file half-written: a whole file is replaced by
+rename, and a line log ends a torn last line before appending the next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import threading
+from pathlib import Path
+
+from coins_sync.errors import StateError
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data``: ``os.write`` may write fewer (a full disk, a signal).
+
+    Bounded: each round writes at least one byte, or raises."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, f"short write ({len(data) - len(view)} of {len(data)})")
+        view = view[written:]
+
+
+def repair_tail(fd: int) -> None:
+    """Before appending to a line file (``fd`` open for reading and appending): when an
+    earlier write was cut short and left a torn last line, end it, so that the next record
+    starts on a line of its own instead of being glued to the torn one."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        write_all(fd, b"\n")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old bytes or the new, never a mix.
+
+    A symbolic link is written through: its target gets the new bytes and the link stays,
+    so working copies that share one state file keep sharing it."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(path.parent)
+
+
+class AppendLog:
+    """An append-only file of lines, each written whole and fsynced before ``append``
+    returns; safe to share between threads. A write that fails closes the file, and
+    the next one reopens it and ends its torn last line first.
+
+    ``mutex`` is public so that a caller can do its own bookkeeping under the same lock
+    (see :meth:`append_locked`)."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what  # for messages: "journal", "audit log"
+        self.mutex = threading.Lock()
+        self._fd: int | None = None
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_dir():
+                raise IsADirectoryError(
+                    errno.EISDIR, f"the {self.what} path is a directory", str(self.path)
+                )
+            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            repair_tail(self._fd)  # a line torn by a full disk is ended first
+            _fsync_dir(self.path.parent)
+        return self._fd
+
+    def append_locked(self, line: bytes) -> None:
+        """Append and fsync ``line``; the caller holds :attr:`mutex`."""
+        try:
+            fd = self._open()
+            write_all(fd, line)
+            os.fsync(fd)
+        except OSError as e:
+            self.close_locked()  # reopened next time, its torn tail ended first
+            raise StateError(f"{self.path}: cannot append to the {self.what}: {e}") from e
+
+    def append(self, line: bytes) -> None:
+        with self.mutex:
+            self.append_locked(line)
+
+    def close_locked(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        with self.mutex:
+            self.close_locked()

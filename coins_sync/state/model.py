@@ -1,0 +1,213 @@
+"""The state's values: entries, uncertain creates, and their deterministic JSON.
+
+Pure: no files, no locks. A corrupt, truncated or unknown-version state is a
+:class:`~coins_sync.errors.StateError`, never a guess.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from coins_sync.errors import StateError
+from coins_sync.gcpause import cyclic_gc_paused
+from coins_sync.rules import RuleKey
+
+STATE_VERSION = 1
+_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+def utc_now() -> str:
+    """An ISO 8601 UTC timestamp with second precision, for records people read."""
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def valid_config_id(value: object) -> bool:
+    """A coinConfigId we are willing to store and put in a URL path."""
+    return isinstance(value, str) and 0 < len(value) <= 64 and set(value) <= _ID_CHARS
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    """A config the server confirmed: ``key`` gives ``amount``, known as ``coin_config_id``.
+
+    ``pending`` is the amount of an update (PATCH) whose outcome is unknown: the server
+    holds ``amount`` or ``pending``. A plan reads such an entry back before trusting it;
+    a confirmed update clears it.
+    """
+
+    key: RuleKey
+    amount: int
+    coin_config_id: str
+    pending: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = {**self.key.as_dict(), "amount": self.amount, "coinConfigId": self.coin_config_id}
+        if self.pending is not None:
+            data["pendingAmount"] = self.pending
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Uncertain:
+    """A create that was sent and whose outcome is unknown; never re-sent silently."""
+
+    key: RuleKey
+    amount: int
+    since: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.key.as_dict(), "amount": self.amount, "since": self.since}
+
+
+@dataclass(frozen=True)
+class State:
+    """An immutable snapshot of one environment's state."""
+
+    lineage: str
+    serial: int = 0
+    entries: Mapping[RuleKey, StateEntry] = field(default_factory=dict)
+    uncertain: Mapping[RuleKey, Uncertain] = field(default_factory=dict)
+    exists: bool = True
+
+    @classmethod
+    def new(cls) -> State:
+        """The state of an environment never written: no lineage until its first write."""
+        return cls(lineage="", serial=0, exists=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "lineage": self.lineage,
+            "serial": self.serial,
+            "entries": [self.entries[k].to_json() for k in sorted(self.entries)],
+        }
+        if self.uncertain:
+            data["uncertain"] = [self.uncertain[k].to_json() for k in sorted(self.uncertain)]
+        return data
+
+    def content(self) -> tuple[Any, ...]:
+        """What a write compares to decide whether the serial must grow."""
+        return (
+            tuple(sorted(self.entries.values(), key=lambda e: e.key)),
+            tuple(sorted(self.uncertain.values(), key=lambda u: u.key)),
+        )
+
+    def with_entry(self, entry: StateEntry) -> State:
+        entries = dict(self.entries)
+        entries[entry.key] = entry
+        uncertain = {k: v for k, v in self.uncertain.items() if k != entry.key}
+        return replace(self, entries=entries, uncertain=uncertain)
+
+    def without(self, key: RuleKey) -> State:
+        entries = {k: v for k, v in self.entries.items() if k != key}
+        uncertain = {k: v for k, v in self.uncertain.items() if k != key}
+        return replace(self, entries=entries, uncertain=uncertain)
+
+
+def serialize(state: State) -> bytes:
+    """Deterministic bytes: the same content always gives the same file."""
+    text = json.dumps(state.to_json(), indent=2, sort_keys=True, ensure_ascii=False)
+    return (text + "\n").encode("utf-8")
+
+
+def parse_state(raw: bytes, where: str) -> State:
+    """Parse and check state bytes; every defect is a StateError naming ``where``."""
+    with cyclic_gc_paused():
+        return _parse_state(raw, where)
+
+
+def _parse_state(raw: bytes, where: str) -> State:
+    # Not "restore .backup": it is one write behind, and the creates of that last write
+    # would vanish from the state and be sent again.
+    hint = f"{where} was left untouched; fix it, or restore the copy in git"
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))  # a BOM from a hand-edited file is fine
+    except UnicodeDecodeError as e:
+        raise StateError(f"{where}: not UTF-8 text ({e.reason}); {hint}") from e
+    except json.JSONDecodeError as e:
+        raise StateError(
+            f"{where}:{e.lineno}:{e.colno}: corrupt or truncated state ({e.msg}); {hint}"
+        ) from e
+    except (ValueError, RecursionError) as e:  # absurd numbers or nesting
+        raise StateError(f"{where}: not a usable state file ({e}); {hint}") from e
+    if not isinstance(data, dict):
+        raise StateError(f"{where}: state must be a JSON object; {hint}")
+    version = data.get("version")
+    if type(version) is not int or version != STATE_VERSION:
+        raise StateError(
+            f"{where}: unknown state version {version!r} (this coins-sync reads version "
+            f"{STATE_VERSION}); {hint}"
+        )
+    lineage, serial = data.get("lineage"), data.get("serial")
+    if not isinstance(lineage, str) or not lineage:
+        raise StateError(f"{where}: 'lineage' must be a non-empty string; {hint}")
+    if type(serial) is not int or serial < 0:
+        raise StateError(f"{where}: 'serial' must be a non-negative integer; {hint}")
+    entries_raw = data.get("entries")
+    if not isinstance(entries_raw, list):
+        raise StateError(f"{where}: 'entries' must be a list; {hint}")
+    entries: dict[RuleKey, StateEntry] = {}
+    for index, item in enumerate(entries_raw):
+        # The common case checked inline (states hold 100k entries); any doubt goes to
+        # the checks below, which word the problem.
+        if type(item) is dict and item.keys() >= _ENTRY_KEYS:
+            company, configuration, event, amount, config_id = _ENTRY_FIELDS(item)
+        else:
+            company = configuration = event = amount = config_id = None
+        if (
+            type(company) is str
+            and type(configuration) is str
+            and type(event) is str
+            and company
+            and configuration
+            and event
+            and type(amount) is int
+            and amount >= 0
+            and valid_config_id(config_id)
+        ):
+            key = RuleKey(company, configuration, event)
+        else:
+            key, amount = _parse_keyed(item, f"{where}: entries[{index}]", hint)
+            config_id = item.get("coinConfigId")
+            if not valid_config_id(config_id):
+                raise StateError(f"{where}: entries[{index}].coinConfigId is invalid; {hint}")
+        if key in entries:
+            raise StateError(f"{where}: entries[{index}] repeats key {key}; {hint}")
+        entries[key] = StateEntry(key, amount, str(config_id))
+        if "pendingAmount" in item:
+            pending = item["pendingAmount"]
+            if type(pending) is not int or pending < 0:
+                raise StateError(
+                    f"{where}: entries[{index}].pendingAmount must be a non-negative "
+                    f"integer; {hint}"
+                )
+            entries[key] = StateEntry(key, amount, str(config_id), pending)
+    uncertain: dict[RuleKey, Uncertain] = {}
+    uncertain_raw = data.get("uncertain", [])
+    if not isinstance(uncertain_raw, list):
+        raise StateError(f"{where}: 'uncertain' must be a list; {hint}")
+    for index, item in enumerate(uncertain_raw):
+        key, amount = _parse_keyed(item, f"{where}: uncertain[{index}]", hint)
+        uncertain[key] = Uncertain(key, amount, str(item.get("since", "")))
+    return State(lineage=lineage, serial=serial, entries=entries, uncertain=uncertain)
+
+
+_ENTRY_KEYS = frozenset({"companyId", "configuration", "event", "amount", "coinConfigId"})
+_ENTRY_FIELDS = operator.itemgetter("companyId", "configuration", "event", "amount", "coinConfigId")
+
+
+def _parse_keyed(item: object, where: str, hint: str) -> tuple[RuleKey, int]:
+    if not isinstance(item, dict):
+        raise StateError(f"{where} must be an object; {hint}")
+    fields = [item.get(name) for name in ("companyId", "configuration", "event")]
+    if not all(isinstance(f, str) and f for f in fields):
+        raise StateError(f"{where} needs string companyId, configuration and event; {hint}")
+    amount = item.get("amount")
+    if type(amount) is not int or amount < 0:
+        raise StateError(f"{where}.amount must be a non-negative integer; {hint}")
+    return RuleKey(str(fields[0]), str(fields[1]), str(fields[2])), amount
