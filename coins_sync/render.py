@@ -146,6 +146,11 @@ def change_to_json(change: Change) -> dict[str, Any]:
     return data
 
 
+def drift_value(drift: Drift, value: str) -> int | str:
+    """A drift value in its natural JSON type: amounts are numbers, the rest text."""
+    return int(value) if drift.field == "amount" else value
+
+
 def plan_to_json(plan: Plan) -> dict[str, Any]:
     """The JSON plan of SPEC §5; also the saved-plan format (schemas/plan.schema.json)."""
     context = plan.context
@@ -167,8 +172,8 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "key": d.key.as_dict(),
                 "coinConfigId": d.coin_config_id,
                 "field": d.field,
-                "state": d.in_state,
-                "server": d.on_server,
+                "state": drift_value(d, d.in_state),
+                "server": drift_value(d, d.on_server),
             }
             for d in plan.drift
         ],
