@@ -28,7 +28,7 @@ from coins_sync.errors import CoinsSyncError, ConfigError, SettingsError
 from coins_sync.plan import Action, Plan, check_safety
 from coins_sync.planfile import save_plan
 from coins_sync.redact import redact as scrub  # every encoding of every secret
-from coins_sync.render import render
+from coins_sync.render import RENDERERS, render
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings, is_loopback, load_settings
 from coins_sync.workspace import Workspace
@@ -294,7 +294,7 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: P
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
+    type=click.Choice(list(RENDERERS)),
     default="text",
     show_default=True,
     help="Output format; markdown is ready for a PR comment.",
