@@ -7,6 +7,7 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
 
     CoinsSyncError
     ├── SettingsError          bad [tool.coins-sync] settings or options
+    │   └── UnknownFormatError  an output format no renderer has
     ├── ConfigError            rule files that cannot be used (carries .problems)
     ├── StateError             unreadable, corrupt or unknown-version state / journal
     │   ├── LockError          the state is locked by another holder (carries .holder)
@@ -53,6 +54,10 @@ class CoinsSyncError(Exception):
 
 class SettingsError(CoinsSyncError):
     """The settings in pyproject.toml or the command-line options are invalid."""
+
+
+class UnknownFormatError(SettingsError, ValueError):
+    """An output format name that no renderer has."""
 
 
 class ConfigError(CoinsSyncError):

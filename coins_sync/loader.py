@@ -91,14 +91,21 @@ class _RuleLoader(_BaseLoader):  # type: ignore[misc,valid-type,unused-ignore]
     """Safe loader that records locations and reports YAML 1.1 surprises as problems."""
 
     problems: list[tuple[int, int, str]]
+    spelled: dict[tuple[int, int], str]
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.problems = []
+        self.spelled = {}  # where YAML 1.1 read a value oddly -> the text written there
 
     def surprise(self, node: yaml.Node, message: str) -> None:
         line, col = _mark(node)
         self.problems.append((line, col, message))
+
+    def misread(self, node: yaml.Node, message: str) -> None:
+        """A YAML 1.1 reading of a scalar: a problem that the schema may word better."""
+        self.surprise(node, message)
+        self.spelled[_mark(node)] = str(node.value)
 
 
 def _construct_map(loader: _RuleLoader, node: yaml.MappingNode) -> Iterator[LocatedMap]:
@@ -142,7 +149,7 @@ def _construct_int(loader: _RuleLoader, node: yaml.ScalarNode) -> int:
         return 0  # the file is invalid already; 0 adds no second problem for an amount
     value = loader.construct_yaml_int(node)
     if not _STRICT_INT.match(text):
-        loader.surprise(
+        loader.misread(
             node,
             f"{text!r} is read by YAML 1.1 as the integer {value}; "
             "write a plain decimal integer, or quote it if you mean a string",
@@ -161,7 +168,7 @@ def _construct_bool(loader: _RuleLoader, node: yaml.ScalarNode) -> bool:
     text = str(node.value)
     value = bool(loader.construct_yaml_bool(node))
     if text not in _STRICT_BOOL:
-        loader.surprise(
+        loader.misread(
             node,
             f"{text!r} is read by YAML 1.1 as the boolean {str(value).lower()}; "
             f"quote it ('{text}') if you mean a string",
@@ -462,9 +469,10 @@ class RuleLoader:
             line = raw.count(b"\n", 0, e.start) + 1
             col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
             return fail(line, col, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})")
-        document, located = self._parse(text)
-        for line, col, message in located:
-            result.problems.append(Problem(shown, line, col, message))
+        document, located, spelled = self._parse(text)
+        if document is None or not isinstance(document, LocatedMap):
+            for line, col, message in located:
+                result.problems.append(Problem(shown, line, col, message))
         if document is None:
             if not located:
                 fail(1, 1, "file is empty; expected a mapping with companyId and rules")
@@ -477,10 +485,16 @@ class RuleLoader:
                 f"the top level is {_describe_type(document)}; "
                 "expected a mapping with companyId and rules",
             )
-        schema_problems = self.validator.problems(document)
+        schema_problems = self.validator.problems(document, spelled)
         # A too long integer was read as 0; what the schema says of that 0 is noise.
         too_long = {(line, col) for line, col, message in located if _TOO_LONG in message}
         schema_problems = [p for p in schema_problems if (p[0], p[1]) not in too_long]
+        # A schema problem where YAML 1.1 misread a value names what was written there
+        # and how it was read: the loader's own note at that place would say it twice.
+        worded = {(line, col) for line, col, _ in schema_problems} & spelled.keys()
+        for line, col, message in located:
+            if (line, col) not in worded:
+                result.problems.append(Problem(shown, line, col, message))
         for line, col, message in schema_problems:
             result.problems.append(Problem(shown, line, col, message))
         if schema_problems or located:
@@ -488,12 +502,15 @@ class RuleLoader:
         result.rules.extend(_rules_from(document, shown))
         return result
 
-    def _parse(self, text: str) -> tuple[Any, list[tuple[int, int, str]]]:
-        """Parse one document; return it (or None) with located problems."""
+    def _parse(
+        self, text: str
+    ) -> tuple[Any, list[tuple[int, int, str]], dict[tuple[int, int], str]]:
+        """Parse one document; return it (or None) with located problems and the places
+        where YAML 1.1 misread a value (with the text written there)."""
         document = read_plain(text, self._plain)
         if document is not NOT_PLAIN:
-            return document, []
-        return read_full(text)
+            return document, [], {}
+        return _read_full(text)
 
 
 def read_full(text: str) -> tuple[Any, list[tuple[int, int, str]]]:
@@ -501,17 +518,22 @@ def read_full(text: str) -> tuple[Any, list[tuple[int, int, str]]]:
 
     It builds the node tree, refuses alias bombs and words every YAML problem.
     """
+    document, problems, _ = _read_full(text)
+    return document, problems
+
+
+def _read_full(text: str) -> tuple[Any, list[tuple[int, int, str]], dict[tuple[int, int], str]]:
     loader = _RuleLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
-            return None, []
+            return None, [], {}
         if "&" in text:  # only anchored files can hold aliases
             limit = _ALIAS_EXPANSION_SLACK + 2 * text.count("\n")
             bomb = _expanded_size(node, limit)
             if bomb:
                 line, col = _mark(node)
-                return None, [(line, col, bomb)]
+                return None, [(line, col, bomb)], {}
         document = loader.construct_document(node)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
@@ -525,14 +547,14 @@ def read_full(text: str) -> tuple[Any, list[tuple[int, int, str]]]:
             mark = e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         message = " ".join(str(part) for part in (e.context, e.problem) if part)
-        return None, [(line, col, f"YAML error: {message or 'invalid YAML'}")]
+        return None, [(line, col, f"YAML error: {message or 'invalid YAML'}")], {}
     except yaml.YAMLError as e:
-        return None, [(1, 1, f"YAML error: {e}")]
+        return None, [(1, 1, f"YAML error: {e}")], {}
     except RecursionError:
-        return None, [(1, 1, "nesting is too deep to read")]
+        return None, [(1, 1, "nesting is too deep to read")], {}
     finally:
         loader.dispose()
-    return document, loader.problems
+    return document, loader.problems, loader.spelled
 
 
 def _describe_type(value: Any) -> str:

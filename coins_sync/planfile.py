@@ -81,8 +81,14 @@ def load_plan(path: Path) -> Plan:
         configs_digest=data["configs_digest"],
     )
     drift = tuple(
-        Drift(_key(d["key"]), d["coinConfigId"], d["field"], d["state"], d["server"])
-        for d in data.get("drift", [])
+        Drift(
+            _key(d["key"]),
+            d["coinConfigId"],
+            d["field"],
+            _drift_text(path, index, "state", d),
+            _drift_text(path, index, "server", d),
+        )
+        for index, d in enumerate(data.get("drift", []))
     )
     changes.sort(key=lambda c: c.sort_key)
     return Plan(
@@ -92,6 +98,16 @@ def load_plan(path: Path) -> Plan:
         drift=drift,
         new_companies=tuple(data.get("new_companies", ())),
     )
+
+
+def _drift_text(path: Path, index: int, name: str, item: dict[str, Any]) -> str:
+    """A drift value as the plan holds it (text); an amount must be a JSON whole number."""
+    value = item[name]
+    if item["field"] == "amount" and type(value) is not int:  # the schema lets 6.0 pass
+        raise PlanFileError(
+            f"{path}: not a coins-sync plan: drift/{index}/{name}: {value!r} is not a whole number"
+        )
+    return str(value)
 
 
 def _key(item: dict[str, str]) -> RuleKey:

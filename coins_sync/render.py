@@ -1,13 +1,18 @@
 """Plan renderers: text for terminals, JSON for machines, Markdown for PR comments.
 
-They only read a :class:`Plan`; none of them changes it or performs I/O.
+Each is a :class:`PlanRenderer` (:class:`PlanText`, :class:`PlanJson`,
+:class:`PlanMarkdown`, in octoDNS's manner) registered under its format name in
+:data:`RENDERERS`; an unknown name is an :class:`UnknownFormatError`, never a silent
+fallback. They only read a :class:`Plan`; none of them changes it or performs I/O.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
+from coins_sync.errors import UnknownFormatError
 from coins_sync.markdown import code
 from coins_sync.plan import Action, Change, Plan
 from coins_sync.refresh import Drift
@@ -146,6 +151,11 @@ def change_to_json(change: Change) -> dict[str, Any]:
     return data
 
 
+def drift_value(drift: Drift, value: str) -> int | str:
+    """A drift value in its natural JSON type: amounts are numbers, the rest text."""
+    return int(value) if drift.field == "amount" else value
+
+
 def plan_to_json(plan: Plan) -> dict[str, Any]:
     """The JSON plan of SPEC §5; also the saved-plan format (schemas/plan.schema.json)."""
     context = plan.context
@@ -167,8 +177,8 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "key": d.key.as_dict(),
                 "coinConfigId": d.coin_config_id,
                 "field": d.field,
-                "state": d.in_state,
-                "server": d.on_server,
+                "state": drift_value(d, d.in_state),
+                "server": drift_value(d, d.on_server),
             }
             for d in plan.drift
         ],
@@ -302,9 +312,70 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(plan: Plan, fmt: str, colour: bool = False) -> str:
-    if fmt == "json":
+class PlanRenderer(ABC):
+    """One output format of a plan: ``render(plan)`` returns the whole text.
+
+    ``colour`` asks for terminal colours; a format that has none ignores it.
+    """
+
+    #: The format's name, as ``--format`` takes it.
+    name: ClassVar[str]
+
+    def __init__(self, *, colour: bool = False) -> None:
+        self.colour = colour
+
+    @abstractmethod
+    def render(self, plan: Plan) -> str:
+        """The plan in this format, ending with a newline."""
+
+
+class PlanText(PlanRenderer):
+    """Terraform-like lines for a terminal, coloured when ``colour`` is set."""
+
+    name = "text"
+
+    def render(self, plan: Plan) -> str:
+        return render_text(plan, colour=self.colour)
+
+
+class PlanJson(PlanRenderer):
+    """The JSON plan (schemas/plan.schema.json), for machines and ``plan --out``."""
+
+    name = "json"
+
+    def render(self, plan: Plan) -> str:
         return render_json(plan)
-    if fmt == "markdown":
-        return render_markdown(plan)
-    return render_text(plan, colour=colour)
+
+
+class PlanMarkdown(PlanRenderer):
+    """A PR comment that fits in ``budget`` characters."""
+
+    name = "markdown"
+
+    def __init__(self, *, colour: bool = False, budget: int = MARKDOWN_BUDGET) -> None:
+        super().__init__(colour=colour)
+        self.budget = budget
+
+    def render(self, plan: Plan) -> str:
+        return render_markdown(plan, budget=self.budget)
+
+
+#: Every plan format by name, in the order ``--format`` lists them.
+RENDERERS: dict[str, type[PlanRenderer]] = {
+    cls.name: cls for cls in (PlanText, PlanJson, PlanMarkdown)
+}
+
+
+def renderer_for(fmt: str, *, colour: bool = False) -> PlanRenderer:
+    """The renderer of format ``fmt``; an unknown name raises UnknownFormatError."""
+    renderer = RENDERERS.get(fmt)
+    if renderer is None:
+        raise UnknownFormatError(
+            f"unknown plan format {fmt!r}; choose one of {', '.join(RENDERERS)}"
+        )
+    return renderer(colour=colour)
+
+
+def render(plan: Plan, fmt: str, colour: bool = False) -> str:
+    """The plan in format ``fmt`` (see :func:`renderer_for`)."""
+    return renderer_for(fmt, colour=colour).render(plan)

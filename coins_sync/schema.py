@@ -317,18 +317,33 @@ class RuleFileValidator:
             log.debug("rule files are checked by jsonschema alone: %s", e)
             self._fast = None
 
-    def problems(self, document: Any) -> list[tuple[int, int, str]]:
-        """Every schema problem in ``document`` as ``(line, col, message)``, sorted."""
+    def problems(
+        self, document: Any, spelled: Mapping[tuple[int, int], str] | None = None
+    ) -> list[tuple[int, int, str]]:
+        """Every schema problem in ``document`` as ``(line, col, message)``, sorted.
+
+        ``spelled`` maps the ``(line, col)`` of a value that YAML 1.1 read as something
+        other than a string (``yes``, ``0x10``) to the text written there; a problem at
+        such a place names that text, so that one message says all there is to say.
+        """
         if self._fast is not None and self._fast(document):
             return []
         if self._validator is None:
             self._validator = strict_validator(self._schema)
+        errors = list(self._validator.iter_errors(document))
+        # A value of the wrong type has nothing more to fix: "must be a whole number, got
+        # the float inf" says it all, so its range is not reported at the same place too.
+        mistyped = {tuple(e.absolute_path) for e in errors if e.validator == "type"}
         found: list[tuple[int, int, str]] = []
-        for error in self._validator.iter_errors(document):
-            found.extend(self._locate(document, error))
+        for error in errors:
+            if error.validator != "type" and tuple(error.absolute_path) in mistyped:
+                continue
+            found.extend(self._locate(document, error, spelled or {}))
         return sorted(set(found))
 
-    def _locate(self, document: Any, error: ValidationError) -> Iterator[tuple[int, int, str]]:
+    def _locate(
+        self, document: Any, error: ValidationError, spelled: Mapping[tuple[int, int], str]
+    ) -> Iterator[tuple[int, int, str]]:
         path = list(error.absolute_path)
         parent: Any = None
         node: Any = document
@@ -345,7 +360,13 @@ class RuleFileValidator:
                 kline, kcol = getattr(node, "key_marks", {}).get(key, (line, col))
                 where = f"{field}: " if field else ""
                 hint = ", ".join(sorted(allowed))
-                yield kline, kcol, f"{where}unknown field {key!r} (allowed: {hint})"
+                spelling = spelled.get((kline, kcol))
+                if spelling is not None:  # `yes: 1` is the key True
+                    hint = f"{_yaml11(spelling, key)}; allowed: {hint}"
+                    key = spelling
+                else:
+                    hint = f"allowed: {hint}"
+                yield kline, kcol, f"{where}unknown field {key!r} ({hint})"
             return
         if error.validator == "required" and isinstance(node, dict):
             missing = [k for k in schema.get("required", []) if k not in node]
@@ -353,7 +374,17 @@ class RuleFileValidator:
             for key in missing:
                 yield line, col, f"{where}missing required field {key!r}"
             return
-        yield line, col, f"{field or 'file'}: {self._wording(error)}"
+        spelling = spelled.get((line, col))
+        if spelling is None:
+            yield line, col, f"{field or 'file'}: {self._wording(error)}"
+        elif error.validator == "type":
+            expected = error.validator_value
+            words = _TYPE_WORDS.get(str(expected), str(expected))
+            quote = f"; quote it ('{spelling}')" if expected == "string" else ""
+            read = _yaml11(spelling, node)
+            yield line, col, f"{read}, but {field} must be {words}{quote}"
+        else:
+            yield line, col, f"{_yaml11(spelling, node)}; {field}: {self._wording(error)}"
 
     def _wording(self, error: ValidationError) -> str:
         value = error.instance
@@ -373,6 +404,11 @@ class RuleFileValidator:
                 "starting with a letter or digit)"
             )
         return str(error.message)
+
+
+def _yaml11(spelling: str, value: Any) -> str:
+    """A value as written and as YAML 1.1 read it."""
+    return f"{spelling!r} is read by YAML 1.1 as {describe_value(value)}"
 
 
 def _field_name(path: list[Any]) -> str:

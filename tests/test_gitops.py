@@ -106,8 +106,8 @@ def test_refresh_finds_drift_and_plans_the_fix(
             "key": {"companyId": "ACME", "configuration": "DEFAULT", "event": "MEAL"},
             "coinConfigId": meal["coinConfigId"],
             "field": "amount",
-            "state": "6",
-            "server": "60",
+            "state": 6,
+            "server": 60,
         }
     ]
     assert data["summary"]["update"] == 1

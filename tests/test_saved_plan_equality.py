@@ -397,7 +397,7 @@ def _drop_drift(event: str) -> Edit:
     return edit
 
 
-def _set_drift(event: str, field: str, value: str) -> Edit:
+def _set_drift(event: str, field: str, value: object) -> Edit:
     def edit(data: dict[str, Any]) -> None:
         _drift(data, event)[field] = value
 
@@ -422,8 +422,8 @@ def _claim_missing(data: dict[str, Any]) -> None:
         ),
         (_set("update", "MEAL", "before", 61), "update of ACME/DEFAULT/MEAL (amount 6, before 61"),
         (_drop_drift("MEAL"), "update of ACME/DEFAULT/MEAL (amount 6, before 60"),
-        (_set_drift("MEAL", "server", "61"), "update of ACME/DEFAULT/MEAL (amount 6, before 60"),
-        (_set_drift("MEAL", "state", "7"), "drift for ACME/DEFAULT/MEAL (amount: '7' in state"),
+        (_set_drift("MEAL", "server", 61), "update of ACME/DEFAULT/MEAL (amount 6, before 60"),
+        (_set_drift("MEAL", "state", 7), "drift for ACME/DEFAULT/MEAL (amount: '7' in state"),
         (_set_drift("MEAL", "coinConfigId", "WCC999"), "drift for ACME/DEFAULT/MEAL"),
         (_claim_missing, "update of ACME/DEFAULT/FUEL (amount 4, before 30"),
     ],

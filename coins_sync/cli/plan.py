@@ -19,7 +19,7 @@ from coins_sync.cli.options import (
 from coins_sync.errors import AuthError, ConfigError, SettingsError
 from coins_sync.plan import Plan, check_safety
 from coins_sync.planfile import refuse_state_target, save_plan
-from coins_sync.render import render
+from coins_sync.render import RENDERERS, render
 from coins_sync.settings import load_settings
 from coins_sync.workspace import Workspace, unverified
 
@@ -62,7 +62,7 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: P
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["text", "json", "markdown"]),
+    type=click.Choice(list(RENDERERS)),
     default="text",
     show_default=True,
     help="Output format; markdown is ready for a PR comment.",
