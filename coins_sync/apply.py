@@ -38,8 +38,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from coins_sync.api import RemoteConfig
 from coins_sync.audit import AuditRecord, AuditSink
+from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import (
     ApiError,
     AuthError,

@@ -34,8 +34,8 @@ from coins_sync.settings import Settings, is_loopback, load_settings
 from coins_sync.workspace import Workspace, unverified
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these (tests/test_import_purity.py)
-    from coins_sync.api import CoinsClient
     from coins_sync.apply import ApplyReport
+    from coins_sync.enkash import CoinsClient
     from coins_sync.gitlease import GitLease
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -482,7 +482,7 @@ def state_rm(key: str, yes: bool, **options: Any) -> int:
 
 def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClient:
     """The API client for an environment; credentials come from the environment only."""
-    from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
+    from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 
     width = parallelism or settings.parallelism
     options = ClientOptions(
@@ -634,7 +634,7 @@ def apply_command(
     workspace = workspace_from(options)
     settings = workspace.settings
     settings.require_api_url()
-    from coins_sync.api import check_credentials
+    from coins_sync.enkash import check_credentials
 
     check_credentials(os.environ, settings.encryption)
     if planfile is not None and refresh:

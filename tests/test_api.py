@@ -16,7 +16,8 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
-from coins_sync.api import (
+from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
+from coins_sync.enkash import (
     CREATE_PATH,
     ClientOptions,
     CoinsClient,
@@ -24,7 +25,6 @@ from coins_sync.api import (
     RemoteConfig,
     make_http_client,
 )
-from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
 from coins_sync.errors import (
     ApiError,
     AuthError,
