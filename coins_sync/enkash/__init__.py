@@ -1,7 +1,9 @@
 """The EnKash coins API client, in four parts.
 
 * :mod:`~coins_sync.enkash.client`: :class:`CoinsClient` (create, get, update), its
-  :class:`ClientOptions` and :class:`Credentials`, :func:`make_http_client`.
+  :class:`ClientOptions`, :func:`make_http_client` and :func:`check_credentials`.
+* :mod:`~coins_sync.enkash.credentials`: the ``COINS_SYNC_*`` secrets
+  (:class:`Credentials`) and whether they can work.
 * :mod:`~coins_sync.enkash.auth`: the bearer token as an ``httpx.Auth``: fetch, refresh
   before expiry, one refresh and resend after a 401.
 * :mod:`~coins_sync.enkash.wire`: envelopes, bodies (AES when configured), reading
@@ -15,22 +17,26 @@ Importing this package pulls in httpx; ``validate`` and an offline ``plan`` neve
 from __future__ import annotations
 
 from coins_sync.enkash.client import (
-    CONFIG_PATH,
-    CREATE_PATH,
-    ENCRYPTION_AES_128_ECB,
+    ClientOptions,
+    CoinsClient,
+    check_credentials,
+    make_http_client,
+)
+from coins_sync.enkash.credentials import (
     ENV_CLIENT_ID,
     ENV_CLIENT_SECRET,
     ENV_COOKIE,
     ENV_PASSWORD,
     ENV_TOKEN,
     ENV_USERNAME,
-    TOKEN_PATH,
-    ClientOptions,
-    CoinsClient,
     Credentials,
+)
+from coins_sync.enkash.wire import (
+    CONFIG_PATH,
+    CREATE_PATH,
+    ENCRYPTION_AES_128_ECB,
+    TOKEN_PATH,
     RemoteConfig,
-    check_credentials,
-    make_http_client,
 )
 
 __all__ = [
