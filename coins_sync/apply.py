@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from coins_sync.api import RemoteConfig
+from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import (
     ApiError,
     AuthError,
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 
 class CoinsApi(Protocol):
-    """The calls apply needs; :class:`coins_sync.api.CoinsClient` provides them."""
+    """The calls apply needs; :class:`coins_sync.enkash.CoinsClient` provides them."""
 
     def create(self, key: RuleKey, amount: int) -> RemoteConfig: ...
 

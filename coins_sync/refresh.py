@@ -24,7 +24,7 @@ from coins_sync.rules import RuleKey
 from coins_sync.state.model import State, StateEntry
 
 if TYPE_CHECKING:  # the plan imports Drift; the API client is needed only to refresh
-    from coins_sync.api import RemoteConfig
+    from coins_sync.enkash import RemoteConfig
 
 log = logging.getLogger(__name__)
 

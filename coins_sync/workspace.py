@@ -25,7 +25,7 @@ from coins_sync.state.store import StateStore
 
 if TYPE_CHECKING:  # validate and an offline plan never load the API client
     from coins_sync.adopt import BulkResult, ImportRow
-    from coins_sync.api import RemoteConfig
+    from coins_sync.enkash import RemoteConfig
 
 
 def open_backend(settings: Settings) -> StateStore:

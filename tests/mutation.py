@@ -30,20 +30,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MUTMUT = Path(sys.executable).with_name("mutmut")
 
-#: Which mutants run: every function of apply, planfile and state, and of api.py and
-#: cli.py the functions of the retry policy and of secret scrubbing (all of redact.py).
+#: Which mutants run: every function of apply, planfile and state, and of the enkash
+#: client and cli.py the functions of the retry policy and of secret scrubbing (all of
+#: redact.py).
 SELECTED = (
     "coins_sync.apply.*",
     "coins_sync.planfile.*",
     "coins_sync.state.*",
-    "coins_sync.api.*ǁ_classify__mutmut_*",
-    "coins_sync.api.*ǁ_transport_failure__mutmut_*",
-    "coins_sync.api.*ǁ_retrying__mutmut_*",
-    "coins_sync.api.*ǁ_call__mutmut_*",
-    "coins_sync.api.*ǁ_wait__mutmut_*",
-    "coins_sync.api.*ǁ_too_long_to_wait__mutmut_*",
-    "coins_sync.api.x__retry_after__mutmut_*",
-    "coins_sync.api.*ǁ_scrub__mutmut_*",
+    "coins_sync.enkash.retry.x_classify__mutmut_*",
+    "coins_sync.enkash.retry.x_transport_failure__mutmut_*",
+    "coins_sync.enkash.retry.*ǁretrying__mutmut_*",
+    "coins_sync.enkash.client.*ǁ_call__mutmut_*",
+    "coins_sync.enkash.retry.*ǁwait__mutmut_*",
+    "coins_sync.enkash.retry.*ǁtoo_long_to_wait__mutmut_*",
+    "coins_sync.enkash.wire.x_parse_retry_after__mutmut_*",
+    "coins_sync.enkash.wire.*ǁscrub__mutmut_*",
     "coins_sync.redact.*",
     "coins_sync.console.*ScrubFilter*",
 )
@@ -66,7 +67,7 @@ GUARDS = (
             "coins_sync.redact.*ǁRedactorǁ__call____mutmut_*",
             "coins_sync.redact.x_redact__mutmut_*",
             "coins_sync.console.*ScrubFilter*",
-            "coins_sync.api.*ǁ_scrub__mutmut_*",
+            "coins_sync.enkash.wire.*ǁscrub__mutmut_*",
         ),
     ),
     Guard("the mid-run fold", ("coins_sync.apply.*ǁ_maybe_fold__mutmut_*",)),
@@ -79,7 +80,11 @@ GUARDS = (
         "the saved plan's consistency checks",
         ("coins_sync.planfile.x_check_consistent__mutmut_*",),
     ),
-    Guard("the 408 retry for GET and PATCH", ("coins_sync.api.*ǁ_classify__mutmut_*",), "408"),
+    Guard(
+        "the 408 retry for GET and PATCH",
+        ("coins_sync.enkash.retry.x_classify__mutmut_*",),
+        "408",
+    ),
 )
 
 KILLED = {"killed", "timeout", "caught by type check"}

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from coins_sync.api import CoinsClient, RemoteConfig
+from coins_sync.enkash import CoinsClient, RemoteConfig
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.state.file import FileStateStore

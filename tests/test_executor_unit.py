@@ -22,20 +22,20 @@ from pathlib import Path
 import httpx
 import pytest
 
-from coins_sync.api import (
-    TOKEN_PATH,
-    ClientOptions,
-    CoinsClient,
-    Credentials,
-    RemoteConfig,
-    make_http_client,
-)
 from coins_sync.apply import (
     ApplyRequest,
     ApplyStoppedError,
     Executor,
     run_apply,
     wait,
+)
+from coins_sync.enkash import (
+    TOKEN_PATH,
+    ClientOptions,
+    CoinsClient,
+    Credentials,
+    RemoteConfig,
+    make_http_client,
 )
 from coins_sync.errors import ApiError, LockError, StateError
 from coins_sync.plan import Action, Change, Plan

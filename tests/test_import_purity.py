@@ -23,7 +23,7 @@ from tests.conftest import REPO, SAMPLE_RULES
 HEAVY = ("httpx", "cryptography", "tenacity", "filelock", "psycopg")
 #: coins-sync's own modules of the network, apply, lock and backend paths.
 HEAVY_OWN = (
-    "coins_sync.api",
+    "coins_sync.enkash",
     "coins_sync.crypto",
     "coins_sync.apply",
     "coins_sync.state.postgres",

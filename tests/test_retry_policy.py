@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from coins_sync.api import CREATE_PATH, ClientOptions, CoinsClient, Credentials, make_http_client
+from coins_sync.enkash import CREATE_PATH, ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.errors import ApiError, OutcomeUnknownError
 from coins_sync.rules import RuleKey
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from coins_sync.api import (
+from coins_sync.enkash import (
     ENCRYPTION_AES_128_ECB,
     ClientOptions,
     CoinsClient,

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
+from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.errors import ApiError, OutcomeUnknownError
 from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxOptions, SandboxServer
@@ -113,7 +113,7 @@ def test_response_code_1_is_a_plain_failure(client_for: Callable[..., CoinsClien
 @pytest.fixture
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     fast = functools.partial(ClientOptions, backoff_initial=0.001, backoff_max=0.002)
-    monkeypatch.setattr("coins_sync.api.ClientOptions", fast)
+    monkeypatch.setattr("coins_sync.enkash.ClientOptions", fast)
 
 
 @pytest.fixture

@@ -56,8 +56,8 @@ def apply_command(
       coins-sync plan --out plan.json && coins-sync apply plan.json --yes
       coins-sync apply --env prod --yes --parallelism 16
     """
-    from coins_sync.api import check_credentials
     from coins_sync.apply import ApplyRequest, ApplyStoppedError, run_apply, to_send
+    from coins_sync.enkash import check_credentials
 
     settings = workspace.settings
     settings.require_api_url()

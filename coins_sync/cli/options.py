@@ -24,7 +24,7 @@ from coins_sync.settings import Settings, load_settings
 from coins_sync.workspace import Workspace
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
-    from coins_sync.api import CoinsClient
+    from coins_sync.enkash import CoinsClient
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -150,7 +150,7 @@ def confirm_or_refuse(yes: bool, question: str, refusal: str) -> None:
 
 def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClient:
     """The API client for an environment; credentials come from the environment only."""
-    from coins_sync.api import ClientOptions, CoinsClient, Credentials, make_http_client
+    from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 
     width = parallelism or settings.parallelism
     options = ClientOptions(
