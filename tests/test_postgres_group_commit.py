@@ -9,10 +9,11 @@ from pathlib import Path
 
 import psycopg
 
-from coins_sync.audit import AuditRecord
-from coins_sync.pgstate import PostgresStateStore
 from coins_sync.rules import RuleKey
-from coins_sync.state import JournalRecord, utc_now
+from coins_sync.state.audit import AuditRecord
+from coins_sync.state.journal import JournalKind, JournalRecord
+from coins_sync.state.model import utc_now
+from coins_sync.state.postgres import PostgresStateStore
 
 WORKERS, PER_WORKER = 12, 15
 
@@ -39,7 +40,7 @@ def test_concurrent_appends_are_each_committed_before_they_return(
 
                 for i in range(PER_WORKER):
                     key = RuleKey(f"CO{n:02d}", "DEFAULT", f"EVENT_{i}")
-                    journal.append(JournalRecord("intent", key, 5, at=utc_now()))
+                    journal.append(JournalRecord(JournalKind.INTENT, key, 5, at=utc_now()))
                     if (
                         seen(
                             "SELECT count(*) FROM gc.operation WHERE company_id = %s "
@@ -51,7 +52,9 @@ def test_concurrent_appends_are_each_committed_before_they_return(
                         problems.append(f"{key}: intent not committed when append returned")
                     config_id = f"WCC{n:02d}{i:03d}"
                     journal.stash(AuditRecord("create", key, "created", None, 5, config_id))
-                    journal.append(JournalRecord("result", key, 5, "created", config_id, utc_now()))
+                    journal.append(
+                        JournalRecord(JournalKind.RESULT, key, 5, "created", config_id, utc_now())
+                    )
                     if (
                         seen(
                             "SELECT count(*) FROM gc.entry e JOIN gc.audit a "
