@@ -94,19 +94,32 @@ class Settings:
                 f"no api_url for environment {self.env!r}: set "
                 f"[tool.coins-sync.environments.{self.env}] api_url or pass --api-url"
             )
-        try:
-            parts = urlsplit(self.api_url)
-            hostname = parts.hostname
-        except ValueError as e:
-            raise SettingsError(f"api_url {self.api_url!r} is not a valid URL ({e})") from e
-        if parts.scheme not in ("http", "https") or not hostname:
-            raise SettingsError(f"api_url {self.api_url!r} is not an http(s) URL")
-        if parts.scheme == "http" and not is_loopback(hostname) and not self.allow_insecure_http:
-            raise SettingsError(
-                f"api_url {self.api_url!r} is plain http to a non-loopback host; use https, "
-                "or set allow_insecure_http = true for this environment"
-            )
-        return self.api_url.rstrip("/")
+        return check_api_url(self.api_url, allow_insecure_http=self.allow_insecure_http)
+
+
+def check_api_url(url: str, *, allow_insecure_http: bool) -> str:
+    """The one check of an API base URL, for settings, overrides and the client: an
+    http(s) URL with a host, no user name or password, no query or fragment, and https
+    unless the host is loopback or plain http is explicitly allowed. Returns it without
+    a trailing slash."""
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as e:
+        raise SettingsError(f"api_url {url!r} is not a valid URL ({e})") from e
+    if "@" in parts.netloc:
+        # Said without quoting the URL: it holds a secret.
+        raise SettingsError("api_url must not contain a user name or password")
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise SettingsError(f"api_url {url!r} is not an http(s) URL")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise SettingsError(f"api_url {url!r} must not have a query or fragment")
+    if parts.scheme == "http" and not is_loopback(hostname) and not allow_insecure_http:
+        raise SettingsError(
+            f"api_url {url!r} is plain http to a non-loopback host; use https, "
+            "or set allow_insecure_http = true for this environment"
+        )
+    return url.rstrip("/")
 
 
 def is_loopback(hostname: str) -> bool:

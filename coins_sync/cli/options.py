@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
+from coins_sync import envvars
 from coins_sync.errors import SettingsError
 from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings, load_settings
@@ -40,7 +41,7 @@ env_option = click.option(
     "--env",
     "env_name",
     metavar="NAME",
-    envvar="COINS_SYNC_ENV",
+    envvar=envvars.ENV,
     help="Environment from [tool.coins-sync.environments] (env: COINS_SYNC_ENV).",
 )
 configs_option = click.option(
