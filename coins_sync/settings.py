@@ -27,6 +27,7 @@ import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,7 +36,16 @@ from coins_sync.errors import SettingsError
 from coins_sync.state.pgschema import valid_schema_name
 
 DEFAULT_ENVIRONMENT = "default"
-ENCRYPTIONS = ("none", "aes-128-ecb")
+
+
+class Encryption(StrEnum):
+    """How request and response bodies travel: plain JSON, or EnKash's AES-128-ECB."""
+
+    NONE = "none"
+    AES_128_ECB = "aes-128-ecb"
+
+
+ENCRYPTIONS = tuple(Encryption)
 BACKENDS = ("file", "postgres")
 
 
@@ -47,7 +57,7 @@ class Settings:
     configs: Path = Path("configs")
     state: Path = Path("state/default.json")
     api_url: str | None = None
-    encryption: str = "none"
+    encryption: Encryption = Encryption.NONE
     max_amount: int = 10_000
     max_file_bytes: int = 10 * 1024 * 1024
     update_threshold: float = 0.3
@@ -287,7 +297,7 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
         configs=Path(table.get("configs", "configs")),
         state=Path(values.get("state", f"state/{name}.json")),
         api_url=values.get("api_url"),
-        encryption=encryption,
+        encryption=Encryption(encryption),
         max_amount=values.get("max_amount", 10_000),
         max_file_bytes=table.get("max_file_bytes", 10 * 1024 * 1024),
         update_threshold=float(values.get("update_threshold", 0.3)),

@@ -21,7 +21,7 @@ import click
 from coins_sync import envvars
 from coins_sync.errors import SettingsError
 from coins_sync.rules import RuleKey
-from coins_sync.settings import Settings, load_settings
+from coins_sync.settings import Encryption, Settings, load_settings
 from coins_sync.workspace import Workspace
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
@@ -158,7 +158,7 @@ def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClie
         api_url=settings.require_api_url(),
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
-        encryption=None if settings.encryption == "none" else settings.encryption,
+        encryption=None if settings.encryption is Encryption.NONE else settings.encryption,
         max_connections=max(width, 4),
     )
     credentials = Credentials.from_env(os.environ)
