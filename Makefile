@@ -22,8 +22,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check coins_sync tests
 	$(BIN)/mypy --strict coins_sync
 
+# The suite mostly waits (subprocesses, a sandbox's latency, a PostgreSQL cluster per
+# worker), so 4 workers overlap well even on 2 cores; PYTEST_WORKERS=0 runs it serially.
+PYTEST_WORKERS ?= 4
 test: lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 validate: $(STAMP)
 	$(CS) validate

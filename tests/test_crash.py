@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from pathlib import Path
 
 from coins_sync.state import FileStateStore
@@ -72,12 +73,17 @@ def test_sigint_mid_apply_exits_130_folds_state_and_leaves_no_journal(project: P
 
 
 def test_two_applies_at_once_one_fails_on_the_lock_naming_the_holder(project: Path) -> None:
-    with chaos.lab(project, latency_ms=50) as the_lab:
+    with chaos.lab(project) as the_lab:
         chaos.write_rules(project / "configs", 20)
         with (
+            chaos.creates_held(the_lab.server) as release,  # the lock holder stays mid-flight
             the_lab.spawn("apply", "--yes", "--parallelism", "4") as one,
             the_lab.spawn("apply", "--yes", "--parallelism", "4") as two,
         ):
+            deadline = time.monotonic() + 30
+            while one.poll() is None and two.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the loser has given up
+            release.set()
             codes = {one.pid: one.wait(timeout=30), two.pid: two.wait(timeout=30)}
         assert sorted(codes.values()) == [0, 1], the_lab.outputs
         winner = next(pid for pid, code in codes.items() if code == 0)
