@@ -38,12 +38,12 @@ def test_kill_9_at_random_instants_loses_no_record_and_duplicates_nothing(
     figures = chaos.Figures("kill -9", rules=60)
     with chaos.lab(project, latency_ms=40, fail_after_rate=0.05, seed=11) as the_lab:
         desired = chaos.write_rules(project / "configs", 60)
-        for _ in range(5):
+        for _ in range(3):  # `make chaos` runs the long campaigns
             # Right after the kill, before any recovery, the state file plus the journal
             # left behind must account for every config the server holds.
             found = chaos.kill_apply(the_lab, rng, figures, window=0.2)
             assert (found.duplicates, found.lost, found.wrong) == (0, 0, 0), figures.report()
-        assert figures.kills_mid_flight >= 3, figures.report()  # killed while sending
+        assert figures.kills_mid_flight >= 2, figures.report()  # killed while sending
 
         the_lab.converge(figures, desired)  # the next apply recovers the journal
         assert not the_lab.store.journal_path.exists()

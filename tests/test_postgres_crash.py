@@ -37,12 +37,12 @@ def test_kill_9_at_random_instants_loses_no_record_and_duplicates_nothing(
     figures = chaos.Figures("kill -9 (postgres)", rules=60)
     with pg_chaos.lab(project, pg_dsn, latency_ms=40, fail_after_rate=0.05, seed=11) as the_lab:
         desired = chaos.write_rules(project / "configs", 60)
-        for _ in range(5):
+        for _ in range(3):  # `make chaos` runs the long campaigns
             # right after the kill, before any recovery, the database alone must account
             # for every config the server holds (open intents read as uncertain)
             found = chaos.kill_apply(the_lab, rng, figures, window=0.2)
             assert (found.duplicates, found.lost, found.wrong) == (0, 0, 0), figures.report()
-        assert figures.kills_mid_flight >= 3, figures.report()
+        assert figures.kills_mid_flight >= 2, figures.report()
         the_lab.converge(figures, desired)
         assert_converged_without_loss(the_lab, figures)
     assert not (project / "state").exists()  # nothing on disk for a postgres environment
