@@ -37,7 +37,7 @@ PLAN_SCHEMA = "plan.schema.json"
 def load_schema(name: str) -> dict[str, Any]:
     """Read a shipped schema by file name (works from an installed wheel too)."""
     try:  # the package is a folder on disk, nearly always
-        text = (Path(__file__).parent / "schemas" / name).read_text("utf-8")
+        text = (Path(__file__).parent.parent / "schemas" / name).read_text("utf-8")
     except OSError:  # zipped, or a loader without files: importlib.resources is slow to import
         from importlib import resources
 

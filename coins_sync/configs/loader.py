@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
+from coins_sync.configs.model import Rule, RuleKey, Source
+from coins_sync.configs.schema import RuleFileValidator
 from coins_sync.errors import ConfigError, Problem
 from coins_sync.gcpause import cyclic_gc_paused
-from coins_sync.rules import Rule, RuleKey, Source
-from coins_sync.schema import RuleFileValidator
 
 log = logging.getLogger(__name__)
 
