@@ -7,8 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coins_sync.configs.loader import ConfigSet
-from coins_sync.configs.model import Rule, RuleKey, Source
+from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from coins_sync.errors import CoinsSyncError, SettingsError, StalePlanError
 from coins_sync.plan import Action, Change, Plan, PlanContext, plan

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
-from coins_sync.configs.loader import ConfigSet
-from coins_sync.configs.model import RuleKey
+from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.markdown import code
 from coins_sync.state.model import State
 

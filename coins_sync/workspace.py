@@ -12,8 +12,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coins_sync.configs.loader import ConfigSet, RuleLoader
-from coins_sync.configs.model import RuleKey
+from coins_sync.configs.loader import RuleLoader
+from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.errors import StateError
 from coins_sync.plan import Action, Plan, PlanContext, SafetyRules, plan
 from coins_sync.refresh import Reader, refresh, untouchable
