@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coins_sync import defaults
 from coins_sync.configs.discovery import discover, display_path
 from coins_sync.configs.events import NOT_PLAIN, read_plain
 from coins_sync.configs.located import TOO_LONG, LocatedList, LocatedMap, read_located
@@ -31,7 +32,6 @@ from coins_sync.gcpause import cyclic_gc_paused
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_FILE_BYTES = 10 * 1024 * 1024
 DEFAULT_CONFIGURATION = "DEFAULT"
 
 # RuleKey's own order, compared as plain tuples of strings (much faster than RuleKey.__lt__).
@@ -50,8 +50,8 @@ class RuleLoader:
     def __init__(
         self,
         *,
-        max_amount: int = 10_000,
-        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_amount: int = defaults.MAX_AMOUNT,
+        max_file_bytes: int = defaults.MAX_FILE_BYTES,
         cwd: Path | None = None,
     ) -> None:
         self.max_amount = max_amount

@@ -20,6 +20,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coins_sync import defaults
 from coins_sync.configs.checker import Check, UnsupportedSchema, compile_checker
 
 if TYPE_CHECKING:  # jsonschema is imported only to word the problems of a refused file
@@ -91,7 +92,7 @@ def describe_value(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def rules_schema(max_amount: int = 10_000) -> dict[str, Any]:
+def rules_schema(max_amount: int = defaults.MAX_AMOUNT) -> dict[str, Any]:
     """The shipped rules schema with ``max_amount`` as the maximum of ``amount``."""
     schema = copy.deepcopy(load_schema(RULES_SCHEMA))
     schema["$defs"]["rule"]["properties"]["amount"]["maximum"] = max_amount
@@ -111,7 +112,7 @@ class RuleFileValidator:
     setting and the schema never disagree.
     """
 
-    def __init__(self, max_amount: int = 10_000) -> None:
+    def __init__(self, max_amount: int = defaults.MAX_AMOUNT) -> None:
         schema = rules_schema(max_amount)
         self.max_amount = max_amount
         self._schema = schema
