@@ -12,9 +12,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from coins_sync.configs.model import Rule, RuleKey, Source
 from coins_sync.errors import CoinsSyncError, UnsafePlanError
 from coins_sync.refresh import Drift
-from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state.model import State
 
 

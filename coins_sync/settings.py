@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from coins_sync import defaults
 from coins_sync.errors import SettingsError
 from coins_sync.state.pgschema import valid_schema_name
 
@@ -58,11 +59,11 @@ class Settings:
     state: Path = Path("state/default.json")
     api_url: str | None = None
     encryption: Encryption = Encryption.NONE
-    max_amount: int = 10_000
-    max_file_bytes: int = 10 * 1024 * 1024
-    update_threshold: float = 0.3
-    update_threshold_min_entries: int = 10
-    parallelism: int = 8
+    max_amount: int = defaults.MAX_AMOUNT
+    max_file_bytes: int = defaults.MAX_FILE_BYTES
+    update_threshold: float = defaults.UPDATE_THRESHOLD
+    update_threshold_min_entries: int = defaults.UPDATE_THRESHOLD_MIN_ENTRIES
+    parallelism: int = defaults.PARALLELISM
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     lock_timeout: float = 0.0
@@ -298,11 +299,13 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
         state=Path(values.get("state", f"state/{name}.json")),
         api_url=values.get("api_url"),
         encryption=Encryption(encryption),
-        max_amount=values.get("max_amount", 10_000),
-        max_file_bytes=table.get("max_file_bytes", 10 * 1024 * 1024),
-        update_threshold=float(values.get("update_threshold", 0.3)),
-        update_threshold_min_entries=values.get("update_threshold_min_entries", 10),
-        parallelism=values.get("parallelism", 8),
+        max_amount=values.get("max_amount", defaults.MAX_AMOUNT),
+        max_file_bytes=table.get("max_file_bytes", defaults.MAX_FILE_BYTES),
+        update_threshold=float(values.get("update_threshold", defaults.UPDATE_THRESHOLD)),
+        update_threshold_min_entries=values.get(
+            "update_threshold_min_entries", defaults.UPDATE_THRESHOLD_MIN_ENTRIES
+        ),
+        parallelism=values.get("parallelism", defaults.PARALLELISM),
         connect_timeout=float(values.get("connect_timeout", 5.0)),
         read_timeout=float(values.get("read_timeout", 30.0)),
         lock_timeout=float(values.get("lock_timeout", 0.0)),

@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:  # run as a script: make the package importable
 from click.testing import CliRunner  # noqa: E402
 
 from coins_sync.cli import cli  # noqa: E402
-from coins_sync.rules import RuleKey  # noqa: E402
+from coins_sync.configs.model import RuleKey  # noqa: E402
 from coins_sync.sandbox import SandboxOptions, SandboxServer  # noqa: E402
 from coins_sync.sandbox.messages import SandboxRequest, SandboxResponse  # noqa: E402
 from coins_sync.state.file import FileStateStore  # noqa: E402

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import LockError, StateError
-from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.journal import JournalKind, JournalRecord

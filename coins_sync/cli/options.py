@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import click
 
 from coins_sync import envvars
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import SettingsError
-from coins_sync.rules import RuleKey
 from coins_sync.settings import Encryption, Settings, load_settings
 from coins_sync.workspace import Workspace
 

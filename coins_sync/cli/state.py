@@ -137,7 +137,7 @@ def state_import(
 def import_file(workspace: Workspace, source: Path) -> int:
     """``state import --from FILE``: record every matching row, report every other."""
     from coins_sync.adopt import read_rows
-    from coins_sync.loader import display_path
+    from coins_sync.configs.discovery import display_path
 
     rows = read_rows(source, display_path(source))
     progress = console.Progress()

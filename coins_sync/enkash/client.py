@@ -41,6 +41,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.crypto import key_from_secret
 from coins_sync.enkash.auth import CallAuth, TokenAuth
 from coins_sync.enkash.credentials import (
@@ -73,7 +74,6 @@ from coins_sync.errors import (
     SettingsError,
     UnreachableError,
 )
-from coins_sync.rules import RuleKey
 from coins_sync.settings import check_api_url
 
 __all__ = [

@@ -27,11 +27,11 @@ from typing import Final, TypeGuard
 
 import httpx
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.crypto import decrypt_to_text, encrypt_json_text
 from coins_sync.enkash.credentials import ENV_CLIENT_SECRET
 from coins_sync.errors import ApiError, OutcomeUnknownError
 from coins_sync.redact import Redactor
-from coins_sync.rules import RuleKey
 from coins_sync.settings import Encryption
 
 TOKEN_PATH: Final = "/oauth/token"

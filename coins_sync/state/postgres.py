@@ -49,8 +49,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import LockError, StateError
-from coins_sync.rules import RuleKey
 from coins_sync.state.audit import AuditRecord, audit_data, current_actor, current_commit
 from coins_sync.state.file import _user
 from coins_sync.state.files import atomic_write
