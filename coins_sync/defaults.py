@@ -20,3 +20,10 @@ UPDATE_THRESHOLD: Final = 0.3
 UPDATE_THRESHOLD_MIN_ENTRIES: Final = 10
 #: Requests in flight during apply and refresh (``parallelism``).
 PARALLELISM: Final = 8
+#: Seconds to wait for a connection to the API, and for each answer.
+CONNECT_TIMEOUT: Final = 5.0
+READ_TIMEOUT: Final = 30.0
+#: Seconds to wait for the state lock (0: fail at once, naming the holder).
+LOCK_TIMEOUT: Final = 0.0
+#: Apply folds its journal into the state after this many results.
+FOLD_EVERY: Final = 500

@@ -64,11 +64,11 @@ class Settings:
     update_threshold: float = defaults.UPDATE_THRESHOLD
     update_threshold_min_entries: int = defaults.UPDATE_THRESHOLD_MIN_ENTRIES
     parallelism: int = defaults.PARALLELISM
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    lock_timeout: float = 0.0
+    connect_timeout: float = defaults.CONNECT_TIMEOUT
+    read_timeout: float = defaults.READ_TIMEOUT
+    lock_timeout: float = defaults.LOCK_TIMEOUT
     allow_insecure_http: bool = False
-    fold_every: int = 500
+    fold_every: int = defaults.FOLD_EVERY
     backend: str = "file"
     pg_schema: str = "coins_sync"
     #: The project root the settings' paths were resolved against (see find_root).
@@ -306,11 +306,11 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
             "update_threshold_min_entries", defaults.UPDATE_THRESHOLD_MIN_ENTRIES
         ),
         parallelism=values.get("parallelism", defaults.PARALLELISM),
-        connect_timeout=float(values.get("connect_timeout", 5.0)),
-        read_timeout=float(values.get("read_timeout", 30.0)),
-        lock_timeout=float(values.get("lock_timeout", 0.0)),
+        connect_timeout=float(values.get("connect_timeout", defaults.CONNECT_TIMEOUT)),
+        read_timeout=float(values.get("read_timeout", defaults.READ_TIMEOUT)),
+        lock_timeout=float(values.get("lock_timeout", defaults.LOCK_TIMEOUT)),
         allow_insecure_http=values.get("allow_insecure_http", False),
-        fold_every=values.get("fold_every", 500),
+        fold_every=values.get("fold_every", defaults.FOLD_EVERY),
         backend=values.get("backend", "file"),
         pg_schema=values.get("pg_schema", "coins_sync"),
     )

@@ -41,6 +41,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from coins_sync import defaults
 from coins_sync.configs.model import RuleKey
 from coins_sync.crypto import key_from_secret
 from coins_sync.enkash.auth import CallAuth, TokenAuth
@@ -101,8 +102,8 @@ class ClientOptions:
     """
 
     api_url: str
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
+    connect_timeout: float = defaults.CONNECT_TIMEOUT
+    read_timeout: float = defaults.READ_TIMEOUT
     encryption: str | None = None
     max_retries: int = 5
     backoff_initial: float = 0.2
