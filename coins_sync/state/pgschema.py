@@ -83,6 +83,15 @@ CREATE INDEX audit_by_env ON {s}.audit (env, id);
 ALTER TABLE {s}.environment ADD COLUMN dirty boolean NOT NULL DEFAULT false;
 """,
     ),
+    (
+        3,
+        """\
+-- An update (PATCH) whose outcome is unknown: the server holds amount or
+-- pending_amount, so the next plan reads that config back. A confirmed write clears it.
+ALTER TABLE {s}.entry ADD COLUMN pending_amount bigint
+    CHECK (pending_amount IS NULL OR (pending_amount >= 0 AND coin_config_id IS NOT NULL));
+""",
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -327,14 +327,16 @@ class PostgresStateStore:
         entries: dict[RuleKey, StateEntry] = {}
         uncertain: dict[RuleKey, Uncertain] = {}
         cursor = conn.execute(
-            f"SELECT company_id, configuration, event, amount, coin_config_id, uncertain_since "
-            f"FROM {s}.entry WHERE env = %s",
+            f"SELECT company_id, configuration, event, amount, coin_config_id, uncertain_since, "
+            f"pending_amount FROM {s}.entry WHERE env = %s",
             (self.env,),
         )
-        for company, configuration, event, amount, config_id, since in cursor:
+        for company, configuration, event, amount, config_id, since, pending in cursor:
             key = RuleKey(company, configuration, event)
             if config_id is not None:
-                entries[key] = StateEntry(key, int(amount), config_id)
+                entries[key] = StateEntry(
+                    key, int(amount), config_id, None if pending is None else int(pending)
+                )
             else:
                 uncertain[key] = Uncertain(key, int(amount), since)
         cursor = conn.execute(
@@ -559,16 +561,16 @@ class PostgresStateStore:
 
     def _replace_entries(self, conn: Any, current: State, state: State) -> None:
         s = self.schema
-        rows: dict[RuleKey, tuple[int, str | None, str | None]] = {}
+        rows: dict[RuleKey, tuple[int, str | None, str | None, int | None]] = {}
         for key, u in state.uncertain.items():
-            rows[key] = (u.amount, None, u.since or utc_now())
+            rows[key] = (u.amount, None, u.since or utc_now(), None)
         for key, entry in state.entries.items():
-            rows[key] = (entry.amount, entry.coin_config_id, None)
-        old: dict[RuleKey, tuple[int, str | None, str | None]] = {}
+            rows[key] = (entry.amount, entry.coin_config_id, None, entry.pending)
+        old: dict[RuleKey, tuple[int, str | None, str | None, int | None]] = {}
         for key, u in current.uncertain.items():
-            old[key] = (u.amount, None, u.since or utc_now())
+            old[key] = (u.amount, None, u.since or utc_now(), None)
         for key, entry in current.entries.items():
-            old[key] = (entry.amount, entry.coin_config_id, None)
+            old[key] = (entry.amount, entry.coin_config_id, None, entry.pending)
         gone = [k for k in old if k not in rows]
         changed = [(k, v) for k, v in rows.items() if old.get(k) != v]
         with conn.cursor() as cur:
@@ -581,10 +583,12 @@ class PostgresStateStore:
             if changed:
                 cur.executemany(
                     f"INSERT INTO {s}.entry (env, company_id, configuration, event, amount, "
-                    "coin_config_id, uncertain_since) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                    "coin_config_id, uncertain_since, pending_amount) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                     "ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET "
                     "amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id, "
-                    "uncertain_since = EXCLUDED.uncertain_since",
+                    "uncertain_since = EXCLUDED.uncertain_since, "
+                    "pending_amount = EXCLUDED.pending_amount",
                     [(self.env, k.company_id, k.configuration, k.event, *v) for k, v in changed],
                 )
 
@@ -687,8 +691,10 @@ class PostgresStateStore:
             for record in replay.records:
                 if record.kind != "result":
                     continue
-                action = "update" if record.outcome == "updated" else "create"
-                outcome = {"unknown": "uncertain"}.get(record.outcome, record.outcome)
+                action = "update" if record.outcome in ("updated", "unverified") else "create"
+                outcome = {"unknown": "uncertain", "unverified": "uncertain"}.get(
+                    record.outcome, record.outcome
+                )
                 note = "recorded from the rescue file after a lost database connection"
                 journal.stash(
                     AuditRecord(
@@ -828,8 +834,15 @@ class PostgresJournal:
                 "    r.config_id, r.since FROM fence f, r WHERE f.dirty AND r.write_entry "
                 "  ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET "
                 "    amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id, "
-                "    uncertain_since = EXCLUDED.uncertain_since "
+                "    uncertain_since = EXCLUDED.uncertain_since, pending_amount = NULL "
                 "  WHERE EXCLUDED.coin_config_id IS NOT NULL OR e.coin_config_id IS NULL "
+                "  RETURNING 1), "
+                # an update whose outcome is unknown: the entry keeps its amount, marked
+                f"pend AS (UPDATE {s}.entry AS p SET pending_amount = r.amount "
+                "  FROM fence f, r WHERE f.dirty AND r.outcome = 'unverified' "
+                "    AND p.env = f.name AND p.company_id = r.company "
+                "    AND p.configuration = r.configuration AND p.event = r.event "
+                "    AND p.coin_config_id IS NOT NULL "
                 "  RETURNING 1), "
                 f"aud AS (INSERT INTO {s}.audit (env, run_id, record) "
                 "  SELECT f.name, %(run)s, r.audit FROM fence f, r "
@@ -1054,7 +1067,7 @@ class PostgresAudit:
     def record(self, item: AuditRecord) -> None:
         journal = self.store._journal
         followed_by_result = item.action == "create" or (
-            item.action == "update" and item.outcome == "updated"
+            item.action == "update" and item.outcome in ("updated", "uncertain")
         )
         if journal is not None and followed_by_result:
             journal.stash(item)
