@@ -24,6 +24,7 @@ ever read from this file; secrets come from environment variables only.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -32,11 +33,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from coins_sync.errors import SettingsError
-from coins_sync.state.pgschema import valid_schema_name
 
 DEFAULT_ENVIRONMENT = "default"
 ENCRYPTIONS = ("none", "aes-128-ecb")
 BACKENDS = ("file", "postgres")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def valid_schema_name(name: str) -> bool:
+    """A ``pg_schema``: a lower-case SQL identifier that needs no quoting and is not a
+    system schema (the postgres backend puts it into its SQL as it is)."""
+    return bool(_SCHEMA_NAME.fullmatch(name)) and not name.startswith("pg_")
 
 
 @dataclass(frozen=True)

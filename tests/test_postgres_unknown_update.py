@@ -142,7 +142,7 @@ def test_pending_amount_survives_push_pull_and_the_rescue_file(
 
 
 def test_a_version_2_database_is_migrated_and_keeps_its_entries(pg_dsn: str) -> None:
-    from coins_sync.state.pgschema import MIGRATIONS, bookkeeping_sql, checksum, render
+    from coins_sync.state.postgres.migrations import MIGRATIONS, bookkeeping_sql, checksum, render
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:  # as the previous release left it
         conn.execute(bookkeeping_sql("coins_sync"))

@@ -11,7 +11,6 @@ same SQL for a DBA who applies schema changes by hand.
 from __future__ import annotations
 
 import hashlib
-import re
 
 #: (version, SQL). ``{s}`` stands for the schema name. Append only.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -95,13 +94,6 @@ ALTER TABLE {s}.entry ADD COLUMN pending_amount bigint
 )
 
 LATEST = MIGRATIONS[-1][0]
-
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-def valid_schema_name(name: str) -> bool:
-    """A lower-case SQL identifier that needs no quoting and is not a system schema."""
-    return bool(_SCHEMA_NAME.fullmatch(name)) and not name.startswith("pg_")
 
 
 def checksum(sql: str) -> str:

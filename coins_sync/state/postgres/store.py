@@ -56,7 +56,13 @@ from coins_sync.state.file import _user
 from coins_sync.state.files import atomic_write
 from coins_sync.state.journal import JournalRecord, Snapshot, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
-from coins_sync.state.pgschema import LATEST, MIGRATIONS, bookkeeping_sql, checksum, render
+from coins_sync.state.postgres.migrations import (
+    LATEST,
+    MIGRATIONS,
+    bookkeeping_sql,
+    checksum,
+    render,
+)
 from coins_sync.state.store import LockHolder
 
 log = logging.getLogger(__name__)
