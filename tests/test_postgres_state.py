@@ -202,7 +202,7 @@ def test_a_killed_holder_is_released_by_the_server(pg_dsn: str) -> None:
         with pytest.raises(LockError):
             other.lock("second").__enter__()
         # the session dies (what a kill -9 does): the server releases the lock
-        holder._lock_conn.close()
+        holder._lock.conn.close()
         # the backend ends a moment after its client hangs up: wait for it, bounded
         with other.lock("second", 10.0):
             pass
