@@ -24,6 +24,7 @@ ever read from this file; secrets come from environment variables only.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -34,7 +35,6 @@ from urllib.parse import urlsplit
 
 from coins_sync import defaults
 from coins_sync.errors import SettingsError
-from coins_sync.state.pgschema import valid_schema_name
 
 DEFAULT_ENVIRONMENT = "default"
 
@@ -48,6 +48,13 @@ class Encryption(StrEnum):
 
 ENCRYPTIONS = tuple(Encryption)
 BACKENDS = ("file", "postgres")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def valid_schema_name(name: str) -> bool:
+    """A ``pg_schema``: a lower-case SQL identifier that needs no quoting and is not a
+    system schema (the postgres backend puts it into its SQL as it is)."""
+    return bool(_SCHEMA_NAME.fullmatch(name)) and not name.startswith("pg_")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from coins_sync.cli.options import (
     yes_option,
 )
 from coins_sync.errors import SettingsError, StateError
-from coins_sync.settings import load_settings
+from coins_sync.settings import load_settings, valid_schema_name
 from coins_sync.state.audit import AuditRecord
 from coins_sync.workspace import Workspace
 
@@ -315,7 +315,7 @@ def state_schema_sql(env_name: str | None, schema: str | None) -> int:
     Example:
       coins-sync state schema-sql --env team > coins-sync-schema.sql
     """
-    from coins_sync.state.pgschema import full_sql, valid_schema_name
+    from coins_sync.state.postgres.migrations import full_sql
 
     name = schema or load_settings(env=env_name).pg_schema
     if not valid_schema_name(name):
