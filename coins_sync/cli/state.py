@@ -136,7 +136,7 @@ def state_import(
 
 def import_file(workspace: Workspace, source: Path) -> int:
     """``state import --from FILE``: record every matching row, report every other."""
-    from coins_sync.adopt import read_rows
+    from coins_sync.apply.adopt import read_rows
     from coins_sync.loader import display_path
 
     rows = read_rows(source, display_path(source))
