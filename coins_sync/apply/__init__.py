@@ -1,7 +1,14 @@
 """Apply: the only step that sends changes to EnKash and writes their results.
 
-* :mod:`~coins_sync.apply.executor`: :func:`run_apply` and the :class:`Executor` that
-  sends a plan's creates, imports and updates, journaling every result.
+* :mod:`~coins_sync.apply.run`: :func:`run_apply`, one run under the state lock (plan or
+  saved plan, confirm, execute), and the signal handling around it.
+* :mod:`~coins_sync.apply.executor`: the :class:`Executor`, which sends a plan's
+  creates, imports and updates with bounded parallelism, probe first, each checked
+  against the configs at the moment it goes out.
+* :mod:`~coins_sync.apply.ledger`: the bookkeeping of each result into the journal and
+  the audit log, and the folds into the state.
+* :mod:`~coins_sync.apply.report`: :class:`ApplyReport`, what a run did, and
+  :class:`ApplyStoppedError`.
 * :mod:`~coins_sync.apply.adopt`: ``state import --from FILE``, adopting many existing
   configs at once.
 
@@ -11,15 +18,9 @@ never do.
 
 from __future__ import annotations
 
-from coins_sync.apply.executor import (
-    ApplyReport,
-    ApplyRequest,
-    ApplyStoppedError,
-    Executor,
-    run_apply,
-    to_send,
-    wait,
-)
+from coins_sync.apply.executor import Executor, to_send
+from coins_sync.apply.report import ApplyReport, ApplyStoppedError
+from coins_sync.apply.run import ApplyRequest, run_apply, wait
 
 __all__ = [
     "ApplyReport",

@@ -8,14 +8,15 @@ memory of what exists. Every path here may be cut off at any instant; what is pr
   either confirmed (an entry), known not to have happened, or *uncertain* — never
   silently re-sent, because an intent without a result becomes uncertain.
 * Results are folded into the state atomically at the end, and during long runs once
-  enough results have piled up (a share of the state, so total work stays linear).
+  enough results have piled up (a share of the state, so total work stays linear); the
+  bookkeeping is :class:`~coins_sync.apply.ledger.Ledger`'s.
 * An interrupt (SIGINT) stops new sends; requests in flight finish and are recorded,
   and the client stops waiting to retry (``on_stop``), so a stop is never held up by
   backoff sleeps.
 * Any failure of a worker, of a journal write or of a checkpoint stops new sends too,
   and :meth:`Executor.finish` raises :class:`ApplyStoppedError` after folding what was
   done. The workers are always stopped and joined before the caller goes on, whatever
-  raised (see :func:`wait` and :meth:`Executor.halt`).
+  raised (see :func:`~coins_sync.apply.run.wait` and :meth:`Executor.halt`).
 * Right before a create or update is sent, the key must still be in the configs with
   that amount (``desired``); anything else is refused and nothing is sent.
 * Updates (PATCH) are idempotent, so they need no intent. An update whose outcome is
@@ -29,33 +30,28 @@ memory of what exists. Every path here may be cut off at any instant; what is pr
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import signal
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
+from coins_sync.apply.ledger import Ledger
+from coins_sync.apply.report import ApplyReport, stopped_error
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import (
     ApiError,
     AuthError,
-    CoinsSyncError,
     OutcomeUnknownError,
-    StateConflictError,
     StateError,
     UnreachableError,
 )
-from coins_sync.plan import Action, Change, Plan, check_safety
-from coins_sync.planfile import check_consistent, check_fresh, load_plan
+from coins_sync.plan import Action, Change, Plan
 from coins_sync.rules import RuleKey
 from coins_sync.state.audit import AuditRecord, AuditSink
-from coins_sync.state.file import FileStateStore
 from coins_sync.state.journal import Journal, JournalKind, JournalRecord
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
-from coins_sync.workspace import Workspace, unverified
 
 log = logging.getLogger(__name__)
 
@@ -70,69 +66,6 @@ class CoinsApi(Protocol):
     def update(
         self, coin_config_id: str, amount: int, *, key: RuleKey | None = None
     ) -> RemoteConfig: ...
-
-
-@dataclass
-class ApplyReport:
-    """What an apply did. ``failed`` and ``uncertain`` list keys with a short reason."""
-
-    created: list[RuleKey] = field(default_factory=list)
-    imported: list[RuleKey] = field(default_factory=list)
-    updated: list[RuleKey] = field(default_factory=list)
-    failed: list[tuple[RuleKey, str]] = field(default_factory=list)
-    uncertain: list[tuple[RuleKey, str]] = field(default_factory=list)
-    skipped_uncertain: list[RuleKey] = field(default_factory=list)
-    #: Why the run stopped early: a refused credential or an unreachable API.
-    stopped_by: str | None = None
-    not_started: int = 0
-    interrupted: bool = False
-    signal_name: str = ""  # "SIGTERM" when that stopped the run, else "" (SIGINT or none)
-    #: Confirmed results that the state file could not take: (key, coinConfigId). Printed
-    #: so that no id the server confirmed is known only to a lost process.
-    unrecorded: list[tuple[RuleKey, str]] = field(default_factory=list)
-    rescue: Path | None = None
-    state: State | None = None
-
-    @property
-    def ok(self) -> bool:
-        # an uncertain create left unresolved needs a person, so it is not "ok" either
-        return not (self.failed or self.uncertain or self.skipped_uncertain or self.interrupted)
-
-    def summary(self) -> str:
-        parts = [
-            f"{len(self.created)} created",
-            f"{len(self.updated)} updated",
-            f"{len(self.failed)} failed",
-            f"{len(self.uncertain)} uncertain",
-        ]
-        if self.imported:
-            parts.insert(1, f"{len(self.imported)} imported")
-        if self.skipped_uncertain:
-            parts.append(f"{len(self.skipped_uncertain)} uncertain skipped")
-        if self.not_started:
-            parts.append(f"{self.not_started} not started")
-        return "Apply: " + ", ".join(parts) + "."
-
-
-class ApplyStoppedError(StateError):
-    """An apply stopped early because a worker, a journal write or a checkpoint failed.
-
-    ``report`` says what was done before it stopped; its ``state`` is what was folded.
-    """
-
-    def __init__(self, message: str, report: ApplyReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, CoinsSyncError):
-        return str(error)
-    if isinstance(error, OSError):  # of a rename, the target is the file that matters
-        target = error.filename2 or error.filename
-        where = f": {target}" if target else ""
-        return f"{error.strerror or error}{where}"
-    return f"unexpected {type(error).__name__}: {error}"
 
 
 def to_send(plan: Plan, retry_uncertain: bool = False) -> list[Change]:
@@ -170,23 +103,13 @@ class Executor:
         rescue: Callable[[str, list[JournalRecord]], Path] | None = None,
     ) -> None:
         self.api = api
-        self.rescue = rescue
-        self._results: list[JournalRecord] = []  # every result of this run, for a rescue
         self.desired = desired
         self.on_stop = on_stop
         self._stop_announced = False
-        self.journal = journal
         self.parallelism = max(1, parallelism)
-        self.fold_every = max(1, fold_every)
-        self.audit = audit
         self.stop = stop or threading.Event()
         self.report = ApplyReport()
-        self._entries: dict[RuleKey, StateEntry] = dict(state.entries)
-        self._uncertain: dict[RuleKey, Uncertain] = dict(state.uncertain)
-        self._inflight: dict[RuleKey, JournalRecord] = {}
-        self._base = state
-        self._since_fold = 0
-        self._fold_lock = threading.Lock()
+        self.ledger = Ledger(journal, state, fold_every=fold_every, audit=audit, rescue=rescue)
         self._queue_lock = threading.Lock()
         self.done = 0
         self.total = 0
@@ -199,36 +122,6 @@ class Executor:
         self._all_done.set()  # no worker runs until start()
         self._threads: list[threading.Thread] = []
         self._errors: list[BaseException] = []
-        self._audit_failures: list[StateError] = []
-
-    # bookkeeping (always called under the journal's mutex) ----------------------
-
-    def _snapshot(self) -> tuple[State, list[JournalRecord]]:
-        state = State(
-            lineage=self._base.lineage,
-            serial=self._base.serial,
-            entries=dict(self._entries),
-            uncertain=dict(self._uncertain),
-        )
-        return state, list(self._inflight.values())
-
-    def _maybe_fold(self) -> None:
-        threshold = max(self.fold_every, len(self._entries) // 4)
-        if self._since_fold < threshold or not self._fold_lock.acquire(blocking=False):
-            return
-        try:
-            self._base = self.journal.checkpoint(self._snapshot)
-            self._since_fold = 0
-        finally:
-            self._fold_lock.release()
-
-    def _record(self, record: JournalRecord, book: Callable[[], None]) -> None:
-        def booked() -> None:
-            book()
-            self._results.append(record)
-            self._since_fold += 1
-
-        self.journal.append(record, booked, book_on_failure=True)
 
     # one change -----------------------------------------------------------------
 
@@ -245,7 +138,7 @@ class Executor:
         log.error("%s: %s", change.key, reason)
         self.report.failed.append((change.key, reason))
         before = change.before if action == "update" else None
-        self._audit(
+        self.ledger.write_audit(
             AuditRecord(
                 action, change.key, "failed", before, change.amount, change.coin_config_id, reason
             )
@@ -256,20 +149,21 @@ class Executor:
         if self._refused("create", change):
             return
         key, amount = change.key, change.amount
-        intent = JournalRecord(JournalKind.INTENT, key, amount, at=utc_now())
-        self.journal.append(intent, lambda: self._inflight.__setitem__(key, intent))
+        intent = self.ledger.intent(key, amount)
         try:
             remote = self.api.create(key, amount)
         except OutcomeUnknownError as e:
             reason = str(e)
 
             def unknown() -> None:
-                self._inflight.pop(key, None)
-                self._uncertain[key] = Uncertain(key, amount, intent.at)
+                self.ledger.inflight.pop(key, None)
+                self.ledger.uncertain[key] = Uncertain(key, amount, intent.at)
                 self.report.uncertain.append((key, reason))
 
-            self._audit(AuditRecord("create", key, "uncertain", None, amount, message=reason))
-            self._record(
+            self.ledger.write_audit(
+                AuditRecord("create", key, "uncertain", None, amount, message=reason)
+            )
+            self.ledger.record(
                 JournalRecord(JournalKind.RESULT, key, amount, "unknown", at=utc_now()), unknown
             )
             return
@@ -277,20 +171,22 @@ class Executor:
             reason = str(e)
 
             def failed() -> None:
-                self._inflight.pop(key, None)
+                self.ledger.inflight.pop(key, None)
                 self.report.failed.append((key, reason))
 
-            self._audit(AuditRecord("create", key, "failed", None, amount, message=reason))
-            self._record(
+            self.ledger.write_audit(
+                AuditRecord("create", key, "failed", None, amount, message=reason)
+            )
+            self.ledger.record(
                 JournalRecord(JournalKind.RESULT, key, amount, "failed", at=utc_now()), failed
             )
             self._stop_if_hopeless(e)
             return
 
         def created() -> None:
-            self._inflight.pop(key, None)
-            self._entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
-            self._uncertain.pop(key, None)
+            self.ledger.inflight.pop(key, None)
+            self.ledger.entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
+            self.ledger.uncertain.pop(key, None)
             self.report.created.append(key)
 
         record = JournalRecord(
@@ -298,8 +194,10 @@ class Executor:
         )
         # the audit line goes first: if we die between the two, the audit log still
         # says what the server created, and the journal's open intent makes it uncertain
-        self._audit(AuditRecord("create", key, "created", None, amount, remote.coin_config_id))
-        self._record(record, created)
+        self.ledger.write_audit(
+            AuditRecord("create", key, "created", None, amount, remote.coin_config_id)
+        )
+        self.ledger.record(record, created)
 
     def _import(self, change: Change) -> None:
         if self._refused("import", change):
@@ -308,8 +206,7 @@ class Executor:
         if config_id is None:  # a plan always carries it; a hand-edited one may not
             self.report.failed.append((key, "import without a coinConfigId"))
             return
-        intent = JournalRecord(JournalKind.INTENT, key, amount, at=utc_now())
-        self.journal.append(intent, lambda: self._inflight.__setitem__(key, intent))
+        self.ledger.intent(key, amount)
         reason: str | None = None
         remote: RemoteConfig | None = None
         try:
@@ -329,28 +226,32 @@ class Executor:
             why = f"import refused: {reason}; nothing was recorded and no create is sent"
 
             def refused() -> None:
-                self._inflight.pop(key, None)
+                self.ledger.inflight.pop(key, None)
                 self.report.failed.append((key, why))
 
             log.error("%s: %s", key, why)
-            self._audit(AuditRecord("import", key, "failed", None, amount, config_id, why))
-            self._record(
+            self.ledger.write_audit(
+                AuditRecord("import", key, "failed", None, amount, config_id, why)
+            )
+            self.ledger.record(
                 JournalRecord(JournalKind.RESULT, key, amount, "failed", at=utc_now()), refused
             )
             return
         found = remote
 
         def imported() -> None:
-            self._inflight.pop(key, None)
-            self._entries[key] = StateEntry(key, found.amount, found.coin_config_id)
-            self._uncertain.pop(key, None)
+            self.ledger.inflight.pop(key, None)
+            self.ledger.entries[key] = StateEntry(key, found.amount, found.coin_config_id)
+            self.ledger.uncertain.pop(key, None)
             self.report.imported.append(key)
 
         record = JournalRecord(
             JournalKind.RESULT, key, found.amount, "imported", found.coin_config_id, utc_now()
         )
-        self._audit(AuditRecord("import", key, "imported", None, found.amount, config_id))
-        self._record(record, imported)
+        self.ledger.write_audit(
+            AuditRecord("import", key, "imported", None, found.amount, config_id)
+        )
+        self.ledger.record(record, imported)
         if found.amount != amount:  # the configs' amount wins, in this same run
             self._update(
                 Change(
@@ -378,23 +279,23 @@ class Executor:
         except ApiError as e:
             reason = str(e)
             self.report.failed.append((key, reason))
-            self._audit(
+            self.ledger.write_audit(
                 AuditRecord("update", key, "failed", change.before, amount, config_id, reason)
             )
             self._stop_if_hopeless(e)
             return
 
         def updated() -> None:
-            self._entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
+            self.ledger.entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
             self.report.updated.append(key)
 
         record = JournalRecord(
             JournalKind.RESULT, key, amount, "updated", remote.coin_config_id, utc_now()
         )
-        self._audit(
+        self.ledger.write_audit(
             AuditRecord("update", key, "updated", change.before, amount, remote.coin_config_id)
         )
-        self._record(record, updated)
+        self.ledger.record(record, updated)
 
     def _update_unknown(self, change: Change, config_id: str, reason: str) -> None:
         """The PATCH may or may not have been applied: the entry keeps its amount and is
@@ -402,29 +303,18 @@ class Executor:
         key, amount = change.key, change.amount
 
         def unverified() -> None:
-            entry = self._entries.get(key)
+            entry = self.ledger.entries.get(key)
             if entry is not None:
-                self._entries[key] = replace(entry, pending=amount)
+                self.ledger.entries[key] = replace(entry, pending=amount)
             self.report.failed.append((key, f"outcome unknown: {reason}"))
 
-        self._audit(
+        self.ledger.write_audit(
             AuditRecord("update", key, "uncertain", change.before, amount, config_id, reason)
         )
-        self._record(
+        self.ledger.record(
             JournalRecord(JournalKind.RESULT, key, amount, "unverified", config_id, utc_now()),
             unverified,
         )
-
-    def _audit(self, item: AuditRecord) -> None:
-        """Write an audit line; a failure is reported at the end, never allowed to stop
-        the journal from recording what the server did."""
-        if self.audit is None:
-            return
-        try:
-            self.audit.record(item)
-        except StateError as e:
-            log.error("%s", e)
-            self._audit_failures.append(e)
 
     # the run ---------------------------------------------------------------------
 
@@ -479,7 +369,7 @@ class Executor:
                     with self._queue_lock:
                         self.done += 1
                     self._probed.set()
-                self._maybe_fold()
+                self.ledger.maybe_fold()
             except BaseException as e:  # a journal write or a checkpoint failed: stop all
                 log.debug("apply worker stopped", exc_info=True)
                 errors.append(e)
@@ -563,57 +453,6 @@ class Executor:
             self._threads.append(thread)
         return threads
 
-    def _stopped(self, fold_error: Exception | None) -> ApplyStoppedError:
-        parts = []
-        if self._errors:
-            first = f"apply stopped: {_describe(self._errors[0])}; nothing new was sent after it"
-            if len(self._errors) > 1:
-                first += f" ({len(self._errors) - 1} more worker(s) failed too)"
-            parts.append(first)
-        if fold_error is None:
-            parts.append("Every result confirmed so far is recorded in the state")
-        else:
-            what = (
-                "apply did not overwrite the state"
-                if isinstance(fold_error, StateConflictError)
-                else "apply could not write its results into the state"
-            )
-            where = self._rescue_note()
-            parts.append(
-                f"{what[0].upper() if parts else what[0]}{what[1:]} ({_describe(fold_error)}). "
-                f"{where}; the next coins-sync command folds them into the state: run "
-                "`coins-sync plan` and check it before applying again"
-            )
-        return ApplyStoppedError(". ".join(parts), self.report)
-
-    def _rescue_note(self) -> str:
-        if self.report.rescue is not None:
-            return (
-                f"The state on disk was left as it is; this run's results are kept in "
-                f"{self.report.rescue} (and the journal)"
-            )
-        return (
-            "The state on disk was left as it is; the journal and the audit log keep what "
-            "was done, and the confirmed ids are listed above"
-        )
-
-    def _save_unfolded(self) -> None:
-        """The final fold failed: list every confirmed id and try the rescue file."""
-        self.report.unrecorded = [
-            (record.key, record.coin_config_id)
-            for record in self._results
-            if record.coin_config_id and record.outcome in ("created", "updated", "imported")
-        ]
-        if self.rescue is None:
-            return
-        records = [*self._results, *self._inflight.values()]
-        if not records:
-            return
-        try:
-            self.report.rescue = self.rescue(self._base.lineage, records)
-        except OSError as e:
-            log.error("cannot write the rescue file: %s", _describe(e))
-
     def finish(self) -> ApplyReport:
         """Stop and join the workers if still running, fold every result into the state
         and close the journal.
@@ -627,189 +466,19 @@ class Executor:
         self.report.not_started = self.total - self.done
         fold_error: Exception | None = None
         try:
-            self._base = self.journal.checkpoint(self._snapshot)
+            self.ledger.fold()
         except Exception as e:
             log.debug("final checkpoint failed", exc_info=True)
             fold_error = e
-            self._save_unfolded()
+            self.ledger.save_unfolded(self.report)
         finally:
-            try:
-                self.journal.close()
-            finally:
-                if self.audit is not None:
-                    self.audit.close()
-        self.report.state = self._base
+            self.ledger.close()
+        self.report.state = self.ledger.base
         if self._errors or fold_error is not None:
-            raise self._stopped(fold_error)
-        if self._audit_failures:
+            raise stopped_error(self.report, self._errors, fold_error)
+        if self.ledger.audit_failures:
             raise StateError(
-                f"{len(self._audit_failures)} audit record(s) could not be written "
-                f"({self._audit_failures[0]}); the state is complete"
+                f"{len(self.ledger.audit_failures)} audit record(s) could not be written "
+                f"({self.ledger.audit_failures[0]}); the state is complete"
             )
         return self.report
-
-
-def wait(
-    executor: Executor,
-    threads: list[threading.Thread],
-    on_tick: Callable[[int, int], None] | None = None,
-    tick: float = 0.2,
-) -> None:
-    """Wait for the workers; on Ctrl-C stop new sends and let requests in flight finish.
-
-    Completion is the executor's own count of returned workers, never
-    ``Thread.is_alive()``: before Python 3.13 a KeyboardInterrupt inside ``Thread.join()``
-    can mark a thread that is still running as stopped (CPython gh-90882), and the state
-    would then be folded and the client closed under a live request.
-
-    Whatever raises here (the progress callback included) first stops new sends and
-    waits for every worker (:meth:`Executor.halt`), so the caller never releases the
-    state lock or closes the client under a live worker.
-    """
-    announced = False
-    try:
-        while True:
-            try:
-                done = executor.wait_done(tick)
-            except KeyboardInterrupt:
-                executor.interrupt()
-                done = False
-            executor.announce_stop()
-            if executor.interrupted:
-                if not announced:
-                    log.warning("interrupted: finishing requests in flight, sending nothing new")
-                    announced = True
-            elif on_tick is not None:
-                on_tick(executor.done, executor.total)
-            if done:
-                break
-    except BaseException:
-        executor.halt(tick)
-        raise
-    for thread in threads:
-        thread.join()  # every worker has returned; this only reaps it
-
-
-@contextlib.contextmanager
-def sigint_stops(executor: Executor) -> Iterator[None]:
-    """While an apply runs, SIGINT (Ctrl-C) and SIGTERM (a CI cancellation, ``kill``) call
-    ``executor.interrupt()`` instead of ending the process at an arbitrary point, so the
-    results are always folded and no new send starts; the caller exits 130 or 143. A
-    second signal while draining changes nothing (only SIGKILL ends it then). Only the
-    main thread can own signal handlers; elsewhere this does nothing, and :func:`wait`
-    still turns a KeyboardInterrupt into an interrupt. An ignored signal (e.g. SIGINT
-    under nohup) stays ignored.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_signal(signum: int, frame: object) -> None:
-        executor.interrupt("SIGTERM" if signum == signal.SIGTERM else "")
-
-    previous: dict[signal.Signals, Any] = {}
-    try:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(signum) is not signal.SIG_IGN:
-                previous[signum] = signal.signal(signum, on_signal)
-        yield
-    finally:
-        for caught, handler in previous.items():
-            signal.signal(caught, handler)
-
-
-class ClosableApi(CoinsApi, Protocol):
-    def get(self, coin_config_id: str) -> RemoteConfig: ...
-
-    def cancel(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class ApplyRequest:
-    """How to apply: a saved plan or a fresh one, and the user's overrides."""
-
-    planfile: Path | None = None
-    force: bool = False
-    retry_uncertain: bool = False
-    refresh: bool = False
-    parallelism: int | None = None
-    command: str = "apply"
-
-
-def run_apply(
-    workspace: Workspace,
-    api_factory: Callable[[], ClosableApi],
-    request: ApplyRequest,
-    confirm: Callable[[Plan], bool],
-    on_tick: Callable[[int, int], None] | None = None,
-    audit: AuditSink | None = None,
-) -> tuple[Plan, ApplyReport | None]:
-    """Plan (or load a saved plan), confirm, and execute, all under the state lock.
-
-    Returns the plan and the report; the report is None when nothing was sent because
-    there was nothing to do or the user declined.
-    """
-    settings = workspace.settings
-    store = workspace.store
-    api: ClosableApi | None = None
-    try:
-        with store.lock(request.command, settings.lock_timeout):
-            state, _ = store.recover()
-            configs = workspace.load_configs()
-            if request.planfile is not None:
-                the_plan = load_plan(request.planfile)
-                check_fresh(the_plan, settings.env, state, configs)
-                check_consistent(the_plan, state, configs)
-            elif request.refresh:
-                api = api_factory()
-                the_plan = workspace.plan(state, configs, refresh_with=api)
-            elif unverified(state):  # read back the updates whose outcome is unknown
-                api = api_factory()
-                the_plan = workspace.plan(state, configs, verify_with=api)
-            else:
-                the_plan = workspace.plan(state, configs)
-            check_safety(the_plan, workspace.safety, force=request.force)
-            if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
-                return the_plan, None
-            api = api or api_factory()
-            if not state.exists:
-                elsewhere = [] if request.force else workspace.states_elsewhere()
-                if elsewhere:
-                    raise StateError(
-                        f"the state {store.describe()} does not exist yet, but "
-                        f"{elsewhere[0]} already records rules under the same name; "
-                        "starting a new, empty state would create every rule again. "
-                        "Run from the project folder, or pass --state with the existing "
-                        "file. Nothing was sent. (--force starts a new state anyway.)"
-                    )
-                state = store.write(state)  # fixes the lineage the journal is tied to
-            executor = Executor(
-                api,
-                store.journal(state),
-                state,
-                desired={rule.key: rule.amount for rule in configs.rules},
-                parallelism=request.parallelism or settings.parallelism,
-                fold_every=settings.fold_every,
-                audit=audit,
-                on_stop=api.cancel,
-                rescue=store.write_rescue if isinstance(store, FileStateStore) else None,
-            )
-            with sigint_stops(executor):
-                try:
-                    threads = executor.start(the_plan, retry_uncertain=request.retry_uncertain)
-                    wait(executor, threads, on_tick)
-                except BaseException:
-                    # the workers are stopped and joined before the lock is released and
-                    # the client closed; what they did is folded, then the error goes on
-                    try:
-                        executor.finish()
-                    except Exception as e:
-                        log.error("%s", _describe(e))
-                    raise
-                report = executor.finish()
-            return the_plan, report
-    finally:
-        if api is not None:
-            api.close()
