@@ -49,8 +49,8 @@ from coins_sync.errors import (
 )
 from coins_sync.plan import Action, Change, Plan
 from coins_sync.rules import RuleKey
-from coins_sync.state.audit import AuditRecord, AuditSink
-from coins_sync.state.journal import Journal, JournalKind, JournalRecord
+from coins_sync.state.audit import AuditAction, AuditRecord, AuditSink
+from coins_sync.state.journal import Journal, JournalKind, JournalRecord, Outcome
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ class Executor:
 
     # one change -----------------------------------------------------------------
 
-    def _refused(self, action: str, change: Change) -> bool:
+    def _refused(self, action: AuditAction, change: Change) -> bool:
         """True (and the change recorded as failed, nothing sent) unless the configs
         still ask for exactly this: the last check before a request goes out."""
         wanted = self.desired.get(change.key)
@@ -137,16 +137,22 @@ class Executor:
             reason = f"not sent: the configs say amount {wanted}, the plan {change.amount}"
         log.error("%s: %s", change.key, reason)
         self.report.failed.append((change.key, reason))
-        before = change.before if action == "update" else None
+        before = change.before if action == AuditAction.UPDATE else None
         self.ledger.write_audit(
             AuditRecord(
-                action, change.key, "failed", before, change.amount, change.coin_config_id, reason
+                action,
+                change.key,
+                Outcome.FAILED,
+                before,
+                change.amount,
+                change.coin_config_id,
+                reason,
             )
         )
         return True
 
     def _create(self, change: Change) -> None:
-        if self._refused("create", change):
+        if self._refused(AuditAction.CREATE, change):
             return
         key, amount = change.key, change.amount
         intent = self.ledger.intent(key, amount)
@@ -161,10 +167,13 @@ class Executor:
                 self.report.uncertain.append((key, reason))
 
             self.ledger.write_audit(
-                AuditRecord("create", key, "uncertain", None, amount, message=reason)
+                AuditRecord(
+                    AuditAction.CREATE, key, Outcome.UNCERTAIN, None, amount, message=reason
+                )
             )
             self.ledger.record(
-                JournalRecord(JournalKind.RESULT, key, amount, "unknown", at=utc_now()), unknown
+                JournalRecord(JournalKind.RESULT, key, amount, Outcome.UNKNOWN, at=utc_now()),
+                unknown,
             )
             return
         except ApiError as e:
@@ -175,10 +184,10 @@ class Executor:
                 self.report.failed.append((key, reason))
 
             self.ledger.write_audit(
-                AuditRecord("create", key, "failed", None, amount, message=reason)
+                AuditRecord(AuditAction.CREATE, key, Outcome.FAILED, None, amount, message=reason)
             )
             self.ledger.record(
-                JournalRecord(JournalKind.RESULT, key, amount, "failed", at=utc_now()), failed
+                JournalRecord(JournalKind.RESULT, key, amount, Outcome.FAILED, at=utc_now()), failed
             )
             self._stop_if_hopeless(e)
             return
@@ -190,17 +199,19 @@ class Executor:
             self.report.created.append(key)
 
         record = JournalRecord(
-            JournalKind.RESULT, key, amount, "created", remote.coin_config_id, utc_now()
+            JournalKind.RESULT, key, amount, Outcome.CREATED, remote.coin_config_id, utc_now()
         )
         # the audit line goes first: if we die between the two, the audit log still
         # says what the server created, and the journal's open intent makes it uncertain
         self.ledger.write_audit(
-            AuditRecord("create", key, "created", None, amount, remote.coin_config_id)
+            AuditRecord(
+                AuditAction.CREATE, key, Outcome.CREATED, None, amount, remote.coin_config_id
+            )
         )
         self.ledger.record(record, created)
 
     def _import(self, change: Change) -> None:
-        if self._refused("import", change):
+        if self._refused(AuditAction.IMPORT, change):
             return
         key, amount, config_id = change.key, change.amount, change.coin_config_id
         if config_id is None:  # a plan always carries it; a hand-edited one may not
@@ -231,10 +242,11 @@ class Executor:
 
             log.error("%s: %s", key, why)
             self.ledger.write_audit(
-                AuditRecord("import", key, "failed", None, amount, config_id, why)
+                AuditRecord(AuditAction.IMPORT, key, Outcome.FAILED, None, amount, config_id, why)
             )
             self.ledger.record(
-                JournalRecord(JournalKind.RESULT, key, amount, "failed", at=utc_now()), refused
+                JournalRecord(JournalKind.RESULT, key, amount, Outcome.FAILED, at=utc_now()),
+                refused,
             )
             return
         found = remote
@@ -246,10 +258,10 @@ class Executor:
             self.report.imported.append(key)
 
         record = JournalRecord(
-            JournalKind.RESULT, key, found.amount, "imported", found.coin_config_id, utc_now()
+            JournalKind.RESULT, key, found.amount, Outcome.IMPORTED, found.coin_config_id, utc_now()
         )
         self.ledger.write_audit(
-            AuditRecord("import", key, "imported", None, found.amount, config_id)
+            AuditRecord(AuditAction.IMPORT, key, Outcome.IMPORTED, None, found.amount, config_id)
         )
         self.ledger.record(record, imported)
         if found.amount != amount:  # the configs' amount wins, in this same run
@@ -269,7 +281,7 @@ class Executor:
         if config_id is None:  # a plan always carries it; a hand-edited one may not
             self.report.failed.append((key, "update without a coinConfigId"))
             return
-        if self._refused("update", change):
+        if self._refused(AuditAction.UPDATE, change):
             return
         try:
             remote = self.api.update(config_id, amount, key=key)
@@ -280,7 +292,15 @@ class Executor:
             reason = str(e)
             self.report.failed.append((key, reason))
             self.ledger.write_audit(
-                AuditRecord("update", key, "failed", change.before, amount, config_id, reason)
+                AuditRecord(
+                    AuditAction.UPDATE,
+                    key,
+                    Outcome.FAILED,
+                    change.before,
+                    amount,
+                    config_id,
+                    reason,
+                )
             )
             self._stop_if_hopeless(e)
             return
@@ -290,10 +310,17 @@ class Executor:
             self.report.updated.append(key)
 
         record = JournalRecord(
-            JournalKind.RESULT, key, amount, "updated", remote.coin_config_id, utc_now()
+            JournalKind.RESULT, key, amount, Outcome.UPDATED, remote.coin_config_id, utc_now()
         )
         self.ledger.write_audit(
-            AuditRecord("update", key, "updated", change.before, amount, remote.coin_config_id)
+            AuditRecord(
+                AuditAction.UPDATE,
+                key,
+                Outcome.UPDATED,
+                change.before,
+                amount,
+                remote.coin_config_id,
+            )
         )
         self.ledger.record(record, updated)
 
@@ -309,10 +336,14 @@ class Executor:
             self.report.failed.append((key, f"outcome unknown: {reason}"))
 
         self.ledger.write_audit(
-            AuditRecord("update", key, "uncertain", change.before, amount, config_id, reason)
+            AuditRecord(
+                AuditAction.UPDATE, key, Outcome.UNCERTAIN, change.before, amount, config_id, reason
+            )
         )
         self.ledger.record(
-            JournalRecord(JournalKind.RESULT, key, amount, "unverified", config_id, utc_now()),
+            JournalRecord(
+                JournalKind.RESULT, key, amount, Outcome.UNVERIFIED, config_id, utc_now()
+            ),
             unverified,
         )
 

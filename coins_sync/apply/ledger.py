@@ -25,7 +25,7 @@ from coins_sync.apply.report import ApplyReport, describe
 from coins_sync.errors import StateError
 from coins_sync.rules import RuleKey
 from coins_sync.state.audit import AuditRecord, AuditSink
-from coins_sync.state.journal import Journal, JournalKind, JournalRecord
+from coins_sync.state.journal import CONFIRMED, Journal, JournalKind, JournalRecord
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Ledger:
         report.unrecorded = [
             (record.key, record.coin_config_id)
             for record in self._results
-            if record.coin_config_id and record.outcome in ("created", "updated", "imported")
+            if record.coin_config_id and record.outcome in CONFIRMED
         ]
         if self.rescue is None:
             return

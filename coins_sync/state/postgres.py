@@ -51,10 +51,16 @@ from typing import Any
 
 from coins_sync.errors import LockError, StateError
 from coins_sync.rules import RuleKey
-from coins_sync.state.audit import AuditRecord, audit_data, current_actor, current_commit
+from coins_sync.state.audit import (
+    AuditAction,
+    AuditRecord,
+    audit_data,
+    current_actor,
+    current_commit,
+)
 from coins_sync.state.file import _user
 from coins_sync.state.files import atomic_write
-from coins_sync.state.journal import JournalRecord, Snapshot, parse_journal
+from coins_sync.state.journal import JournalRecord, Outcome, Snapshot, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 from coins_sync.state.pgschema import LATEST, MIGRATIONS, bookkeeping_sql, checksum, render
 from coins_sync.state.store import LockHolder
@@ -687,8 +693,10 @@ class PostgresStateStore:
             for record in replay.records:
                 if record.kind != "result":
                     continue
-                action = "update" if record.outcome == "updated" else "create"
-                outcome = {"unknown": "uncertain"}.get(record.outcome, record.outcome)
+                action = AuditAction.UPDATE if record.outcome == "updated" else AuditAction.CREATE
+                outcome = (
+                    Outcome.UNCERTAIN if record.outcome == "unknown" else Outcome(record.outcome)
+                )
                 note = "recorded from the rescue file after a lost database connection"
                 journal.stash(
                     AuditRecord(
