@@ -3,8 +3,10 @@
 * :mod:`~coins_sync.apply.run`: :func:`run_apply`, one run under the state lock (plan or
   saved plan, confirm, execute), and the signal handling around it.
 * :mod:`~coins_sync.apply.executor`: the :class:`Executor`, which sends a plan's
-  creates, imports and updates with bounded parallelism, probe first, each checked
-  against the configs at the moment it goes out.
+  creates, imports and updates with bounded parallelism, probe first, and stops, halts
+  and finishes the run.
+* :mod:`~coins_sync.apply.send`: one change: the send-time check against the configs,
+  the request, and its result.
 * :mod:`~coins_sync.apply.ledger`: the bookkeeping of each result into the journal and
   the audit log, and the folds into the state.
 * :mod:`~coins_sync.apply.report`: :class:`ApplyReport`, what a run did, and

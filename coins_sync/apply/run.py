@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from coins_sync.apply.executor import CoinsApi, Executor, to_send
+from coins_sync.apply.executor import Executor, to_send
 from coins_sync.apply.report import ApplyReport, describe
+from coins_sync.apply.send import CoinsApi
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import StateError
 from coins_sync.plan import Plan, check_safety
