@@ -8,6 +8,7 @@ import io
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from itertools import groupby
 from typing import Any
 
@@ -15,24 +16,30 @@ from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.markdown import code
 from coins_sync.state.model import State
 
-STATUSES = ("live", "pending", "uncertain", "orphan")
+
+class RuleStatus(StrEnum):
+    """Where a rule stands, in the report's order: live (the server has it at this
+    amount), pending (a create or an update is still to be applied), uncertain (a
+    create's outcome is unknown) or orphan (in state, no longer in the configs)."""
+
+    LIVE = "live"
+    PENDING = "pending"
+    UNCERTAIN = "uncertain"
+    ORPHAN = "orphan"
+
+
 #: How much of a key, a path or an audit entry the Markdown report shows.
 _LIMIT = 200
 
 
 @dataclass(frozen=True, slots=True)
 class ReportRow:
-    """One rule's line in the report.
-
-    ``status``: live (the server has it at this amount), pending (a create or an update
-    is still to be applied), uncertain (a create's outcome is unknown) or orphan (in
-    state, no longer in the configs).
-    """
+    """One rule's line in the report."""
 
     key: RuleKey
     amount: int
     source: str
-    status: str
+    status: RuleStatus
     coin_config_id: str
     live_amount: int | None
     last_change: Mapping[str, Any] | None
@@ -85,10 +92,10 @@ def build_report(
     for key, rule in desired.items():
         entry = state.entries.get(key)
         if entry is not None:
-            status = "live" if entry.amount == rule.amount else "pending"
+            status = RuleStatus.LIVE if entry.amount == rule.amount else RuleStatus.PENDING
             config_id, live = entry.coin_config_id, entry.amount
         else:
-            status = "uncertain" if key in state.uncertain else "pending"
+            status = RuleStatus.UNCERTAIN if key in state.uncertain else RuleStatus.PENDING
             config_id, live = "", None
         rows.append(
             ReportRow(key, rule.amount, str(rule.source), status, config_id, live, latest.get(key))
@@ -100,7 +107,7 @@ def build_report(
                     key,
                     entry.amount,
                     "",
-                    "orphan",
+                    RuleStatus.ORPHAN,
                     entry.coin_config_id,
                     entry.amount,
                     latest.get(key),
@@ -108,7 +115,9 @@ def build_report(
             )
     for key, pending in state.uncertain.items():
         if key not in desired and key not in state.entries:
-            rows.append(ReportRow(key, pending.amount, "", "uncertain", "", None, latest.get(key)))
+            rows.append(
+                ReportRow(key, pending.amount, "", RuleStatus.UNCERTAIN, "", None, latest.get(key))
+            )
     rows.sort(key=lambda row: row.key)
     return rows
 
@@ -124,19 +133,19 @@ def _last(row: ReportRow) -> str:
 
 
 def _status(row: ReportRow) -> str:
-    if row.status == "live":
+    if row.status is RuleStatus.LIVE:
         return f"live ({row.coin_config_id})"
-    if row.status == "pending" and row.live_amount is not None:
+    if row.status is RuleStatus.PENDING and row.live_amount is not None:
         return f"pending (live amount {row.live_amount})"
     return row.status
 
 
 def render_markdown(rows: list[ReportRow], env: str) -> str:
-    counts = {status: sum(1 for r in rows if r.status == status) for status in STATUSES}
+    counts = {status: sum(1 for r in rows if r.status == status) for status in RuleStatus}
     lines = [
         f"# coins-sync report for {code(env)}",
         "",
-        ", ".join(f"{counts[s]} {s}" for s in STATUSES) + f" — {len(rows)} rules in all.",
+        ", ".join(f"{counts[s]} {s}" for s in RuleStatus) + f" — {len(rows)} rules in all.",
         "",
     ]
     for company, group in groupby(rows, key=lambda r: r.key.company_id):
@@ -201,7 +210,7 @@ def render_csv(rows: list[ReportRow]) -> str:
 def render_json(rows: list[ReportRow], env: str) -> str:
     data = {
         "environment": env,
-        "summary": {s: sum(1 for r in rows if r.status == s) for s in STATUSES},
+        "summary": {s: sum(1 for r in rows if r.status == s) for s in RuleStatus},
         "rules": [row.to_json() for row in rows],
     }
     return json.dumps(data, indent=2) + "\n"

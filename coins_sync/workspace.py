@@ -24,7 +24,7 @@ from coins_sync.state.model import State, StateEntry
 from coins_sync.state.store import StateStore
 
 if TYPE_CHECKING:  # validate and an offline plan never load the API client
-    from coins_sync.adopt import BulkResult, ImportRow
+    from coins_sync.apply.adopt import BulkResult, ImportRow
     from coins_sync.enkash import RemoteConfig
 
 
@@ -210,7 +210,7 @@ class Workspace:
         Takes the lock; GETs with the environment's parallelism. A row that fails is
         reported in the result and never keeps a matching row from being recorded.
         """
-        from coins_sync.adopt import BulkResult, check_rows, fetch_all
+        from coins_sync.apply.adopt import BulkResult, check_rows, fetch_all
 
         result = BulkResult()
         with self.store.lock(command, self.settings.lock_timeout):

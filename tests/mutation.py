@@ -70,10 +70,13 @@ GUARDS = (
             "coins_sync.enkash.wire.*ǁscrub__mutmut_*",
         ),
     ),
-    Guard("the mid-run fold", ("coins_sync.apply.*ǁ_maybe_fold__mutmut_*",)),
+    Guard("the mid-run fold", ("coins_sync.apply.*ǁLedgerǁmaybe_fold__mutmut_*",)),
     Guard(
         "booking a confirmed create on failure",
-        ("coins_sync.apply.*ǁ_record__mutmut_*", "coins_sync.state.*ǁFileJournalǁappend__mutmut_*"),
+        (
+            "coins_sync.apply.*ǁLedgerǁrecord__mutmut_*",
+            "coins_sync.state.*ǁFileJournalǁappend__mutmut_*",
+        ),
     ),
     Guard("the saved plan's environment check", ("coins_sync.planfile.x_check_fresh__mutmut_*",)),
     Guard(

@@ -19,7 +19,8 @@ from coins_sync.cli.options import (
 )
 from coins_sync.errors import SettingsError, StateError
 from coins_sync.settings import load_settings, valid_schema_name
-from coins_sync.state.audit import AuditRecord
+from coins_sync.state.audit import AuditAction, AuditRecord
+from coins_sync.state.journal import Outcome
 from coins_sync.workspace import Workspace
 
 _NO_TERMINAL = "refusing to change state without a terminal; pass --yes"
@@ -77,7 +78,12 @@ def state_rm(workspace: Workspace, key: str, yes: bool) -> int:
     audit = workspace.audit_log(os.environ)
     audit.record(
         AuditRecord(
-            "forget", rule_key, "forgotten", forgotten.amount, None, forgotten.coin_config_id
+            AuditAction.FORGET,
+            rule_key,
+            Outcome.FORGOTTEN,
+            forgotten.amount,
+            None,
+            forgotten.coin_config_id,
         )
     )
     audit.close()
@@ -124,7 +130,9 @@ def state_import(
         )
     audit = workspace.audit_log(os.environ)
     audit.record(
-        AuditRecord("import", rule_key, "imported", None, entry.amount, entry.coin_config_id)
+        AuditRecord(
+            AuditAction.IMPORT, rule_key, Outcome.IMPORTED, None, entry.amount, entry.coin_config_id
+        )
     )
     audit.close()
     console.out(
@@ -136,7 +144,7 @@ def state_import(
 
 def import_file(workspace: Workspace, source: Path) -> int:
     """``state import --from FILE``: record every matching row, report every other."""
-    from coins_sync.adopt import read_rows
+    from coins_sync.apply.adopt import read_rows
     from coins_sync.configs.discovery import display_path
 
     rows = read_rows(source, display_path(source))
@@ -152,11 +160,26 @@ def import_file(workspace: Workspace, source: Path) -> int:
     try:
         for row, entry in result.imported:
             audit.record(
-                AuditRecord("import", row.key, "imported", None, entry.amount, row.coin_config_id)
+                AuditRecord(
+                    AuditAction.IMPORT,
+                    row.key,
+                    Outcome.IMPORTED,
+                    None,
+                    entry.amount,
+                    row.coin_config_id,
+                )
             )
         for row, reason in result.failed:
             audit.record(
-                AuditRecord("import", row.key, "failed", None, None, row.coin_config_id, reason)
+                AuditRecord(
+                    AuditAction.IMPORT,
+                    row.key,
+                    Outcome.FAILED,
+                    None,
+                    None,
+                    row.coin_config_id,
+                    reason,
+                )
             )
     finally:
         audit.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,10 +21,18 @@ from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.redact import redact
 from coins_sync.state.files import AppendLog
+from coins_sync.state.journal import Outcome
 from coins_sync.state.model import utc_now
 
-#: Outcomes written to the log; ``action`` is what was attempted.
-OUTCOMES = ("created", "updated", "imported", "forgotten", "uncertain", "failed")
+
+class AuditAction(StrEnum):
+    """What an audit record says was attempted; its :class:`Outcome` says how it ended
+    (created, updated, imported, forgotten, uncertain or failed)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    IMPORT = "import"
+    FORGET = "forget"
 
 
 def audit_path_for(state_path: Path) -> Path:
@@ -68,9 +77,9 @@ def current_commit(environ: Mapping[str, str], cwd: Path | None = None) -> str |
 class AuditRecord:
     """One line of the audit log."""
 
-    action: str  # create | update | import | forget
+    action: AuditAction
     key: RuleKey
-    outcome: str
+    outcome: Outcome
     before: int | None = None
     after: int | None = None
     coin_config_id: str | None = None

@@ -27,8 +27,8 @@ from typing import Any
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
-from coins_sync.state.audit import AuditRecord, current_actor, current_commit
-from coins_sync.state.journal import parse_journal
+from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
+from coins_sync.state.journal import Outcome, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 from coins_sync.state.postgres import migrations
 from coins_sync.state.postgres.audit import PostgresAudit, read_audit
@@ -326,9 +326,11 @@ class PostgresStateStore(Database):
             for record in replay.records:
                 if record.kind != "result":
                     continue
-                action = "update" if record.outcome in ("updated", "unverified") else "create"
-                outcome = {"unknown": "uncertain", "unverified": "uncertain"}.get(
-                    record.outcome, record.outcome
+                updates = (Outcome.UPDATED, Outcome.UNVERIFIED)
+                action = AuditAction.UPDATE if record.outcome in updates else AuditAction.CREATE
+                unknown = (Outcome.UNKNOWN, Outcome.UNVERIFIED)
+                outcome = (
+                    Outcome.UNCERTAIN if record.outcome in unknown else Outcome(record.outcome)
                 )
                 note = "recorded from the rescue file after a lost database connection"
                 journal.stash(
