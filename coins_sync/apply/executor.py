@@ -162,9 +162,10 @@ class Executor:
         if intent is not None:  # journaled with the last result; the run stopped first
             try:
                 self.ledger.not_sent(intent)
-            except BaseException as e:
+            except BaseException as e:  # reported unless it follows an earlier failure
                 log.debug("apply worker could not close an intent", exc_info=True)
-                errors.append(e)
+                if not errors:
+                    errors.append(e)
                 self.stop.set()
 
     def interrupt(self, signal_name: str = "") -> None:
