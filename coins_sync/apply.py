@@ -48,8 +48,8 @@ from coins_sync.errors import (
     StateError,
     UnreachableError,
 )
-from coins_sync.plan import Action, Change, Plan, check_safety
-from coins_sync.planfile import check_consistent, check_fresh, load_plan
+from coins_sync.plan.reconcile import Action, Change, Plan, check_safety
+from coins_sync.plan.saved import check_consistent, check_fresh, load_plan
 from coins_sync.rules import RuleKey
 from coins_sync.state.audit import AuditRecord, AuditSink
 from coins_sync.state.file import FileStateStore

@@ -12,7 +12,7 @@ from itertools import groupby
 from typing import Any
 
 from coins_sync.loader import ConfigSet
-from coins_sync.markdown import code
+from coins_sync.plan.markdown import code
 from coins_sync.rules import RuleKey
 from coins_sync.state.model import State
 

@@ -17,9 +17,9 @@ from coins_sync.cli.options import (
     with_workspace,
 )
 from coins_sync.errors import AuthError, ConfigError, SettingsError
-from coins_sync.plan import Plan, check_safety
-from coins_sync.planfile import refuse_state_target, save_plan
-from coins_sync.render import RENDERERS, render
+from coins_sync.plan.reconcile import Plan, check_safety
+from coins_sync.plan.render import RENDERERS, render
+from coins_sync.plan.saved import refuse_state_target, save_plan
 from coins_sync.settings import load_settings
 from coins_sync.workspace import Workspace, unverified
 

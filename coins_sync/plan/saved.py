@@ -9,9 +9,9 @@ from typing import Any
 
 from coins_sync.errors import CoinsSyncError, SettingsError, StalePlanError
 from coins_sync.loader import ConfigSet
-from coins_sync.plan import Action, Change, Plan, PlanContext, plan
-from coins_sync.refresh import Drift
-from coins_sync.render import plan_to_json
+from coins_sync.plan.drift import Drift
+from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
+from coins_sync.plan.render import plan_to_json
 from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.schema import PLAN_SCHEMA, load_schema
 from coins_sync.state.files import atomic_write

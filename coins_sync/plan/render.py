@@ -13,9 +13,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from coins_sync.errors import UnknownFormatError
-from coins_sync.markdown import code
-from coins_sync.plan import Action, Change, Plan
-from coins_sync.refresh import Drift
+from coins_sync.plan.drift import Drift
+from coins_sync.plan.markdown import code
+from coins_sync.plan.reconcile import Action, Change, Plan
 
 PLAN_FORMAT_VERSION = 1
 #: GitHub refuses comments over 65,536 characters; keep a margin for the wrapper text.
@@ -201,7 +201,7 @@ def _md_row(change: Change) -> str:
 
 
 def _md_drift(drift: Drift) -> str:
-    """One drift item; every value in it is inert and cut (see coins_sync.markdown)."""
+    """One drift item; every value in it is inert and cut (see coins_sync.plan.markdown)."""
     key = code(str(drift.key), MARKDOWN_KEY_LIMIT)
     config = code(drift.coin_config_id)
     if drift.field == "missing":

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from coins_sync.errors import CoinsSyncError, UnsafePlanError
-from coins_sync.refresh import Drift
+from coins_sync.plan.drift import Drift
 from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state.model import State
 
