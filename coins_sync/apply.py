@@ -48,7 +48,7 @@ from coins_sync.errors import (
     StateError,
     UnreachableError,
 )
-from coins_sync.plan.reconcile import Action, Change, Plan, check_safety
+from coins_sync.plan.reconcile import Action, Change, Plan
 from coins_sync.plan.saved import check_consistent, check_fresh, load_plan
 from coins_sync.rules import RuleKey
 from coins_sync.state.audit import AuditRecord, AuditSink
@@ -770,7 +770,7 @@ def run_apply(
                 the_plan = workspace.plan(state, configs, verify_with=api)
             else:
                 the_plan = workspace.plan(state, configs)
-            check_safety(the_plan, workspace.safety, force=request.force)
+            the_plan.raise_if_unsafe(workspace.safety, force=request.force)
             if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
                 return the_plan, None
             api = api or api_factory()
