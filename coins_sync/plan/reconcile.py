@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from coins_sync.errors import AmountOutOfRangeError, CoinsSyncError, TooManyUpdatesError
-from coins_sync.plan.drift import Drift
+from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state.model import State
 
@@ -104,7 +104,7 @@ class Plan:
     def needs_a_person(self) -> tuple[RuleKey, ...]:
         """Managed keys whose config is gone (404) or moved to other key fields on the
         server: coins-sync cannot fix them, so they are changes for a person to settle."""
-        return tuple(sorted({d.key for d in self.drift if d.field != "amount"}))
+        return tuple(sorted({d.key for d in self.drift if d.field is not DriftField.AMOUNT}))
 
     @property
     def has_changes(self) -> bool:
