@@ -13,6 +13,8 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     │   ├── LockError          the state is locked by another holder (carries .holder)
     │   └── StateConflictError another writer replaced the state; nothing was overwritten
     ├── StalePlanError         a saved plan no longer matches state or configs
+    ├── PlanFileError          a saved plan file that cannot be read or is not a plan
+    ├── PlanConflictError      a coinConfigId in the configs contradicts the state
     ├── UnsafePlanError        a plan that must not be applied as it is (raise_if_unsafe)
     │   ├── AmountOutOfRangeError  a change's amount above max_amount; --force cannot pass it
     │   └── TooManyUpdatesError    updates over the update_threshold share, without --force
@@ -90,6 +92,14 @@ class StateConflictError(StateError):
 
 class StalePlanError(CoinsSyncError):
     """A saved plan was made against another state serial or other configs."""
+
+
+class PlanFileError(CoinsSyncError):
+    """A saved plan file cannot be read or is not a coins-sync plan."""
+
+
+class PlanConflictError(CoinsSyncError):
+    """A ``coinConfigId`` in the configs contradicts what the state records."""
 
 
 class UnsafePlanError(CoinsSyncError):

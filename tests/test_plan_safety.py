@@ -162,3 +162,26 @@ def test_cli_refuses_too_many_updates(
     assert "Traceback" not in result.output
     assert (project / "state/default.json").read_bytes() == before
     assert invoke("plan", "--force").exit_code == 0
+
+
+def test_every_plan_error_lives_in_the_drawn_tree() -> None:
+    """The plan package defines no error of its own; each one is drawn in errors."""
+    import importlib
+    import pkgutil
+
+    import coins_sync.errors
+    import coins_sync.plan
+
+    for module in pkgutil.iter_modules(coins_sync.plan.__path__, "coins_sync.plan."):
+        importlib.import_module(module.name)
+    drawing = coins_sync.errors.__doc__ or ""
+    seen: list[type[BaseException]] = [CoinsSyncError]
+    for cls in seen:  # bounded: the class tree is finite and acyclic
+        seen.extend(cls.__subclasses__())
+    own = [
+        cls for cls in seen if cls.__module__.startswith(("coins_sync.plan", "coins_sync.errors"))
+    ]
+    assert {AmountOutOfRangeError, TooManyUpdatesError} <= set(own)
+    for cls in own[1:]:  # own[0] is the root, drawn on a line of its own
+        assert cls.__module__ == "coins_sync.errors", cls
+        assert f"── {cls.__name__} " in drawing, cls

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from coins_sync.errors import AmountOutOfRangeError, CoinsSyncError, TooManyUpdatesError
+from coins_sync.errors import AmountOutOfRangeError, PlanConflictError, TooManyUpdatesError
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state.model import State
@@ -150,10 +150,6 @@ class Plan:
 
 
 _change_key = operator.attrgetter("key")
-
-
-class PlanConflictError(CoinsSyncError):
-    """A ``coinConfigId`` in the configs contradicts what the state records."""
 
 
 def _id_conflicts(desired: Mapping[RuleKey, Rule], state: State) -> list[str]:

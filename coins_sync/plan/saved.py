@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from coins_sync.errors import CoinsSyncError, SettingsError, StalePlanError
+from coins_sync.errors import PlanFileError, SettingsError, StalePlanError
 from coins_sync.loader import ConfigSet
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
@@ -16,10 +16,6 @@ from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.schema import PLAN_SCHEMA, load_schema
 from coins_sync.state.files import atomic_write
 from coins_sync.state.model import State
-
-
-class PlanFileError(CoinsSyncError):
-    """A saved plan file cannot be read or is not a coins-sync plan."""
 
 
 def save_plan(plan: Plan, path: Path) -> None:
