@@ -18,9 +18,9 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import ApiError, CoinsSyncError, ConfigError, Problem
-from coins_sync.rules import RuleKey
 from coins_sync.state.model import State, StateEntry
 
 FIELDS = ("companyId", "configuration", "event", "coinConfigId")

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import (
     ApiError,
@@ -50,7 +51,6 @@ from coins_sync.errors import (
 )
 from coins_sync.plan.reconcile import Action, Change, Plan
 from coins_sync.plan.saved import check_consistent, check_fresh, load_plan
-from coins_sync.rules import RuleKey
 from coins_sync.state.audit import AuditRecord, AuditSink
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.journal import Journal, JournalKind, JournalRecord

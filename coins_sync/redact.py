@@ -28,16 +28,13 @@ import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, quote_plus
 
+from coins_sync import envvars
+
 #: Environment variables whose values are secret. The client id and user name are not
 #: secret on their own; with the client secret they form the Basic value, also scrubbed.
-SECRET_VARIABLES = (
-    "COINS_SYNC_TOKEN",
-    "COINS_SYNC_CLIENT_SECRET",
-    "COINS_SYNC_PASSWORD",
-    "COINS_SYNC_COOKIE",
-)
-CLIENT_ID_VARIABLE = "COINS_SYNC_CLIENT_ID"
-CLIENT_SECRET_VARIABLE = "COINS_SYNC_CLIENT_SECRET"
+SECRET_VARIABLES = envvars.SECRETS
+CLIENT_ID_VARIABLE = envvars.CLIENT_ID
+CLIENT_SECRET_VARIABLE = envvars.CLIENT_SECRET
 
 MASK = "***"
 #: Secrets shorter than this are masked only where they stand as a whole token.

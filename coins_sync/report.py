@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
-from coins_sync.loader import ConfigSet
+from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.plan.markdown import code
-from coins_sync.rules import RuleKey
 from coins_sync.state.model import State
 
 STATUSES = ("live", "pending", "uncertain", "orphan")

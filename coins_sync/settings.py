@@ -24,19 +24,37 @@ ever read from this file; secrets come from environment variables only.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from coins_sync import defaults
 from coins_sync.errors import SettingsError
-from coins_sync.state.pgschema import valid_schema_name
 
 DEFAULT_ENVIRONMENT = "default"
-ENCRYPTIONS = ("none", "aes-128-ecb")
+
+
+class Encryption(StrEnum):
+    """How request and response bodies travel: plain JSON, or EnKash's AES-128-ECB."""
+
+    NONE = "none"
+    AES_128_ECB = "aes-128-ecb"
+
+
+ENCRYPTIONS = tuple(Encryption)
 BACKENDS = ("file", "postgres")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def valid_schema_name(name: str) -> bool:
+    """A ``pg_schema``: a lower-case SQL identifier that needs no quoting and is not a
+    system schema (the postgres backend puts it into its SQL as it is)."""
+    return bool(_SCHEMA_NAME.fullmatch(name)) and not name.startswith("pg_")
 
 
 @dataclass(frozen=True)
@@ -47,17 +65,17 @@ class Settings:
     configs: Path = Path("configs")
     state: Path = Path("state/default.json")
     api_url: str | None = None
-    encryption: str = "none"
-    max_amount: int = 10_000
-    max_file_bytes: int = 10 * 1024 * 1024
-    update_threshold: float = 0.3
-    update_threshold_min_entries: int = 10
-    parallelism: int = 8
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    lock_timeout: float = 0.0
+    encryption: Encryption = Encryption.NONE
+    max_amount: int = defaults.MAX_AMOUNT
+    max_file_bytes: int = defaults.MAX_FILE_BYTES
+    update_threshold: float = defaults.UPDATE_THRESHOLD
+    update_threshold_min_entries: int = defaults.UPDATE_THRESHOLD_MIN_ENTRIES
+    parallelism: int = defaults.PARALLELISM
+    connect_timeout: float = defaults.CONNECT_TIMEOUT
+    read_timeout: float = defaults.READ_TIMEOUT
+    lock_timeout: float = defaults.LOCK_TIMEOUT
     allow_insecure_http: bool = False
-    fold_every: int = 500
+    fold_every: int = defaults.FOLD_EVERY
     backend: str = "file"
     pg_schema: str = "coins_sync"
     #: The project root the settings' paths were resolved against (see find_root).
@@ -94,19 +112,32 @@ class Settings:
                 f"no api_url for environment {self.env!r}: set "
                 f"[tool.coins-sync.environments.{self.env}] api_url or pass --api-url"
             )
-        try:
-            parts = urlsplit(self.api_url)
-            hostname = parts.hostname
-        except ValueError as e:
-            raise SettingsError(f"api_url {self.api_url!r} is not a valid URL ({e})") from e
-        if parts.scheme not in ("http", "https") or not hostname:
-            raise SettingsError(f"api_url {self.api_url!r} is not an http(s) URL")
-        if parts.scheme == "http" and not is_loopback(hostname) and not self.allow_insecure_http:
-            raise SettingsError(
-                f"api_url {self.api_url!r} is plain http to a non-loopback host; use https, "
-                "or set allow_insecure_http = true for this environment"
-            )
-        return self.api_url.rstrip("/")
+        return check_api_url(self.api_url, allow_insecure_http=self.allow_insecure_http)
+
+
+def check_api_url(url: str, *, allow_insecure_http: bool) -> str:
+    """The one check of an API base URL, for settings, overrides and the client: an
+    http(s) URL with a host, no user name or password, no query or fragment, and https
+    unless the host is loopback or plain http is explicitly allowed. Returns it without
+    a trailing slash."""
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError as e:
+        raise SettingsError(f"api_url {url!r} is not a valid URL ({e})") from e
+    if "@" in parts.netloc:
+        # Said without quoting the URL: it holds a secret.
+        raise SettingsError("api_url must not contain a user name or password")
+    if parts.scheme not in ("http", "https") or not hostname:
+        raise SettingsError(f"api_url {url!r} is not an http(s) URL")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise SettingsError(f"api_url {url!r} must not have a query or fragment")
+    if parts.scheme == "http" and not is_loopback(hostname) and not allow_insecure_http:
+        raise SettingsError(
+            f"api_url {url!r} is plain http to a non-loopback host; use https, "
+            "or set allow_insecure_http = true for this environment"
+        )
+    return url.rstrip("/")
 
 
 def is_loopback(hostname: str) -> bool:
@@ -274,17 +305,19 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
         configs=Path(table.get("configs", "configs")),
         state=Path(values.get("state", f"state/{name}.json")),
         api_url=values.get("api_url"),
-        encryption=encryption,
-        max_amount=values.get("max_amount", 10_000),
-        max_file_bytes=table.get("max_file_bytes", 10 * 1024 * 1024),
-        update_threshold=float(values.get("update_threshold", 0.3)),
-        update_threshold_min_entries=values.get("update_threshold_min_entries", 10),
-        parallelism=values.get("parallelism", 8),
-        connect_timeout=float(values.get("connect_timeout", 5.0)),
-        read_timeout=float(values.get("read_timeout", 30.0)),
-        lock_timeout=float(values.get("lock_timeout", 0.0)),
+        encryption=Encryption(encryption),
+        max_amount=values.get("max_amount", defaults.MAX_AMOUNT),
+        max_file_bytes=table.get("max_file_bytes", defaults.MAX_FILE_BYTES),
+        update_threshold=float(values.get("update_threshold", defaults.UPDATE_THRESHOLD)),
+        update_threshold_min_entries=values.get(
+            "update_threshold_min_entries", defaults.UPDATE_THRESHOLD_MIN_ENTRIES
+        ),
+        parallelism=values.get("parallelism", defaults.PARALLELISM),
+        connect_timeout=float(values.get("connect_timeout", defaults.CONNECT_TIMEOUT)),
+        read_timeout=float(values.get("read_timeout", defaults.READ_TIMEOUT)),
+        lock_timeout=float(values.get("lock_timeout", defaults.LOCK_TIMEOUT)),
         allow_insecure_http=values.get("allow_insecure_http", False),
-        fold_every=values.get("fold_every", 500),
+        fold_every=values.get("fold_every", defaults.FOLD_EVERY),
         backend=values.get("backend", "file"),
         pg_schema=values.get("pg_schema", "coins_sync"),
     )

@@ -12,11 +12,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coins_sync.configs.loader import RuleLoader
+from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.errors import StateError
-from coins_sync.loader import ConfigSet, RuleLoader
 from coins_sync.plan.drift import Reader, refresh, untouchable
 from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
-from coins_sync.rules import RuleKey
 from coins_sync.settings import Settings
 from coins_sync.state.audit import AuditLog, AuditSink, audit_path_for, read_audit
 from coins_sync.state.file import open_store

@@ -36,6 +36,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,8 +51,9 @@ if str(REPO) not in sys.path:  # run as a script: make the package importable
 from click.testing import CliRunner  # noqa: E402
 
 from coins_sync.cli import cli  # noqa: E402
-from coins_sync.rules import RuleKey  # noqa: E402
+from coins_sync.configs.model import RuleKey  # noqa: E402
 from coins_sync.sandbox import SandboxOptions, SandboxServer  # noqa: E402
+from coins_sync.sandbox.messages import SandboxRequest, SandboxResponse  # noqa: E402
 from coins_sync.state.file import FileStateStore  # noqa: E402
 from coins_sync.state.model import State  # noqa: E402
 
@@ -430,6 +432,30 @@ _COINS_VARIABLES = (
     "COINS_SYNC_COOKIE",
     "COINS_SYNC_ENV",
 )
+
+
+@contextlib.contextmanager
+def creates_held(server: SandboxServer, timeout: float = 20.0) -> Iterator[threading.Event]:
+    """Hold every create at the sandbox until the yielded event is set (or ``timeout``).
+
+    Stages a race without betting on latency: an apply stays mid-flight, its lock held,
+    for as long as the test needs, however slowly a loaded machine starts the next one.
+    """
+    release = threading.Event()
+    app = server.app
+    original = app.handle
+
+    def handle(request: SandboxRequest) -> SandboxResponse:
+        if request.method.upper() == "POST" and request.target.endswith("/create-coins-config"):
+            release.wait(timeout)
+        return original(request)
+
+    app.handle = handle  # type: ignore[method-assign]
+    try:
+        yield release
+    finally:
+        release.set()
+        del app.handle  # the class's method again
 
 
 @contextlib.contextmanager

@@ -12,9 +12,9 @@ import httpx
 import jsonschema
 import pytest
 
-from coins_sync.rules import RuleKey
+from coins_sync.configs.model import RuleKey
+from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from coins_sync.sandbox import SandboxServer
-from coins_sync.schema import PLAN_SCHEMA, load_schema
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.model import State, StateEntry, Uncertain
 from tests.conftest import SANDBOX_TOKEN, Invoke, write

@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl
 import httpx
 import pytest
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.crypto import decrypt_to_text, encrypt_json_text, key_from_secret
 from coins_sync.enkash import (
     CREATE_PATH,
@@ -32,7 +33,6 @@ from coins_sync.errors import (
     SettingsError,
     UnreachableError,
 )
-from coins_sync.rules import RuleKey
 
 API = "https://coins.test"
 KEY = RuleKey("CEKEKCARDS", "DEFAULT", "MEAL_CARD_PAYMENT")

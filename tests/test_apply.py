@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import Result
 
-from coins_sync.rules import RuleKey
+from coins_sync.configs.model import RuleKey
 from coins_sync.sandbox import SandboxOptions, SandboxServer
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.model import State

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from pathlib import Path
 
 from coins_sync.state.file import FileStateStore
@@ -37,12 +38,12 @@ def test_kill_9_at_random_instants_loses_no_record_and_duplicates_nothing(
     figures = chaos.Figures("kill -9", rules=60)
     with chaos.lab(project, latency_ms=40, fail_after_rate=0.05, seed=11) as the_lab:
         desired = chaos.write_rules(project / "configs", 60)
-        for _ in range(5):
+        for _ in range(3):  # `make chaos` runs the long campaigns
             # Right after the kill, before any recovery, the state file plus the journal
             # left behind must account for every config the server holds.
             found = chaos.kill_apply(the_lab, rng, figures, window=0.2)
             assert (found.duplicates, found.lost, found.wrong) == (0, 0, 0), figures.report()
-        assert figures.kills_mid_flight >= 3, figures.report()  # killed while sending
+        assert figures.kills_mid_flight >= 2, figures.report()  # killed while sending
 
         the_lab.converge(figures, desired)  # the next apply recovers the journal
         assert not the_lab.store.journal_path.exists()
@@ -72,12 +73,17 @@ def test_sigint_mid_apply_exits_130_folds_state_and_leaves_no_journal(project: P
 
 
 def test_two_applies_at_once_one_fails_on_the_lock_naming_the_holder(project: Path) -> None:
-    with chaos.lab(project, latency_ms=50) as the_lab:
+    with chaos.lab(project) as the_lab:
         chaos.write_rules(project / "configs", 20)
         with (
+            chaos.creates_held(the_lab.server) as release,  # the lock holder stays mid-flight
             the_lab.spawn("apply", "--yes", "--parallelism", "4") as one,
             the_lab.spawn("apply", "--yes", "--parallelism", "4") as two,
         ):
+            deadline = time.monotonic() + 30
+            while one.poll() is None and two.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # until the loser has given up
+            release.set()
             codes = {one.pid: one.wait(timeout=30), two.pid: two.wait(timeout=30)}
         assert sorted(codes.values()) == [0, 1], the_lab.outputs
         winner = next(pid for pid, code in codes.items() if code == 0)

@@ -19,7 +19,7 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 
-from coins_sync.rules import RuleKey
+from coins_sync.configs.model import RuleKey
 from coins_sync.state.audit import AuditLog, AuditRecord, audit_path_for
 from tests.conftest import REPO, Invoke, write
 

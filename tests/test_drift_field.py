@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from coins_sync.configs.model import RuleKey
+from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext
 from coins_sync.plan.render import render
 from coins_sync.plan.saved import load_plan, save_plan
-from coins_sync.rules import RuleKey
-from coins_sync.schema import PLAN_SCHEMA, load_schema
 
 MOVED = RuleKey("ACME", "DEFAULT", "MOVED")
 GONE = RuleKey("ACME", "DEFAULT", "GONE")

@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 from click.testing import Result
 
+from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from coins_sync.sandbox import SandboxServer
-from coins_sync.schema import PLAN_SCHEMA, load_schema
 from tests.conftest import SANDBOX_TOKEN, Invoke, write
 
 ENV = {"COINS_SYNC_TOKEN": SANDBOX_TOKEN}

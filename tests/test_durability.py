@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import CoinsClient, RemoteConfig
-from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.model import State, StateEntry, serialize

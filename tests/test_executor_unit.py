@@ -29,6 +29,7 @@ from coins_sync.apply import (
     run_apply,
     wait,
 )
+from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import (
     TOKEN_PATH,
     ClientOptions,
@@ -39,7 +40,6 @@ from coins_sync.enkash import (
 )
 from coins_sync.errors import ApiError, LockError, StateError
 from coins_sync.plan.reconcile import Action, Change, Plan
-from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.settings import load_settings
 from coins_sync.state.file import FileStateStore

@@ -16,11 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coins_sync import loader as loader_module
-from coins_sync import schema as schema_module
+from coins_sync.configs import loader as loader_module
+from coins_sync.configs import schema as schema_module
+from coins_sync.configs.checker import UnsupportedSchema, compile_checker
+from coins_sync.configs.events import NOT_PLAIN, read_plain
+from coins_sync.configs.loader import RuleLoader
+from coins_sync.configs.located import LocatedList, LocatedMap, read_full
+from coins_sync.configs.schema import rules_schema, strict_validator
 from coins_sync.errors import ConfigError
-from coins_sync.loader import NOT_PLAIN, LocatedList, LocatedMap, RuleLoader, read_full, read_plain
-from coins_sync.schema import UnsupportedSchema, compile_checker, rules_schema, strict_validator
 from tests.conftest import CORPUS, write
 
 # --- helpers ------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jsonschema
 
-from coins_sync.schema import PLAN_SCHEMA, load_schema
+from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from tests.conftest import Invoke, write
 
 ACME = """\

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from coins_sync.configs.model import Rule, RuleKey, Source
 from coins_sync.errors import (
     AmountOutOfRangeError,
     CoinsSyncError,
@@ -19,7 +20,6 @@ from coins_sync.errors import (
     UnsafePlanError,
 )
 from coins_sync.plan.reconcile import Action, Change, Plan, SafetyRules, plan
-from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state.model import State, StateEntry
 from tests.conftest import Invoke, write
 

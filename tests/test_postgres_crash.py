@@ -37,12 +37,12 @@ def test_kill_9_at_random_instants_loses_no_record_and_duplicates_nothing(
     figures = chaos.Figures("kill -9 (postgres)", rules=60)
     with pg_chaos.lab(project, pg_dsn, latency_ms=40, fail_after_rate=0.05, seed=11) as the_lab:
         desired = chaos.write_rules(project / "configs", 60)
-        for _ in range(5):
+        for _ in range(3):  # `make chaos` runs the long campaigns
             # right after the kill, before any recovery, the database alone must account
             # for every config the server holds (open intents read as uncertain)
             found = chaos.kill_apply(the_lab, rng, figures, window=0.2)
             assert (found.duplicates, found.lost, found.wrong) == (0, 0, 0), figures.report()
-        assert figures.kills_mid_flight >= 3, figures.report()
+        assert figures.kills_mid_flight >= 2, figures.report()
         the_lab.converge(figures, desired)
         assert_converged_without_loss(the_lab, figures)
     assert not (project / "state").exists()  # nothing on disk for a postgres environment
@@ -51,17 +51,21 @@ def test_kill_9_at_random_instants_loses_no_record_and_duplicates_nothing(
 def test_two_working_copies_apply_at_once_one_is_refused_naming_the_holder(
     project: Path, tmp_path: Path, pg_dsn: str
 ) -> None:
-    with pg_chaos.lab(project, pg_dsn, latency_ms=200) as the_lab:
+    with pg_chaos.lab(project, pg_dsn) as the_lab:
         chaos.write_rules(project / "configs", 20)
         other_copy = tmp_path / "second-copy"
         other_copy.mkdir()
         (other_copy / "pyproject.toml").write_text(pg_chaos.PYPROJECT)
-        chaos.write_rules(other_copy / "configs", 20)  # 5 rounds of 4 at 200 ms: >= 1 s
+        chaos.write_rules(other_copy / "configs", 20)
         other = pg_chaos.PgLab(other_copy, the_lab.server, pg_dsn)
-        with the_lab.spawn("apply", "--yes", "--parallelism", "4") as one:
+        with (
+            chaos.creates_held(the_lab.server) as release,  # one stays mid-flight
+            the_lab.spawn("apply", "--yes", "--parallelism", "4") as one,
+        ):
             assert the_lab.wait_for_journal(one, timeout=15)
             with other.spawn("apply", "--yes", "--parallelism", "4") as two:
                 code_two = two.wait(timeout=30)
+            release.set()
             code_one = one.wait(timeout=30)
         assert (code_one, code_two) == (0, 1), the_lab.outputs + other.outputs
         message = other.output_of[two.pid]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psycopg
 
-from coins_sync.rules import RuleKey
+from coins_sync.configs.model import RuleKey
 from coins_sync.state.audit import AuditRecord
 from coins_sync.state.journal import JournalKind, JournalRecord
 from coins_sync.state.model import utc_now

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from coins_sync.rules import RuleKey
+from coins_sync.configs.model import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.state.journal import JournalKind, JournalRecord
 from coins_sync.state.model import State

@@ -11,8 +11,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import LockError, StateError
-from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxServer
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.journal import JournalKind, JournalRecord
@@ -202,7 +202,7 @@ def test_a_killed_holder_is_released_by_the_server(pg_dsn: str) -> None:
         with pytest.raises(LockError):
             other.lock("second").__enter__()
         # the session dies (what a kill -9 does): the server releases the lock
-        holder._lock_conn.close()
+        holder._lock.conn.close()
         # the backend ends a moment after its client hangs up: wait for it, bounded
         with other.lock("second", 10.0):
             pass
@@ -266,7 +266,7 @@ def test_concurrent_migrations_apply_once(pg_dsn: str) -> None:
         rows = conn.execute(
             "SELECT version FROM coins_sync.schema_migrations ORDER BY 1"
         ).fetchall()
-    assert rows == [(1,), (2,)]
+    assert rows == [(1,), (2,), (3,)]
 
 
 def test_a_database_newer_than_the_code_or_altered_is_refused(pg_dsn: str) -> None:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from coins_sync.configs.model import Rule, RuleKey, Source
 from coins_sync.errors import UnsafePlanError
 from coins_sync.plan.reconcile import Action, SafetyRules, plan
-from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state.model import State, StateEntry, Uncertain
 
 

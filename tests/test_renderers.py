@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from coins_sync.configs.model import RuleKey, Source
 from coins_sync.errors import CoinsSyncError, UnknownFormatError
 from coins_sync.plan.drift import Drift
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext
@@ -23,7 +24,6 @@ from coins_sync.plan.render import (
     render,
     renderer_for,
 )
-from coins_sync.rules import RuleKey, Source
 from tests.conftest import Invoke, write
 
 

@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import CREATE_PATH, ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.errors import ApiError, OutcomeUnknownError
-from coins_sync.rules import RuleKey
 
 API = "https://coins.test"
 KEY = RuleKey("CEKEKCARDS", "DEFAULT", "MEAL_CARD_PAYMENT")

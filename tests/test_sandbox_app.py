@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import (
     ENCRYPTION_AES_128_ECB,
     ClientOptions,
@@ -17,7 +18,6 @@ from coins_sync.enkash import (
     make_http_client,
 )
 from coins_sync.errors import AuthError, OutcomeUnknownError
-from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxApp, SandboxOptions, SandboxRequest
 
 API = "http://sandbox.test"

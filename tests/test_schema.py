@@ -6,7 +6,7 @@ import json
 
 from jsonschema import Draft202012Validator
 
-from coins_sync.schema import RULES_SCHEMA, load_schema
+from coins_sync.configs.schema import RULES_SCHEMA, load_schema
 from tests.conftest import REPO
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import LockError, StateError
-from coins_sync.rules import RuleKey
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.journal import JournalKind, JournalRecord
 from coins_sync.state.model import State, StateEntry

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.errors import ApiError, OutcomeUnknownError
-from coins_sync.rules import RuleKey
 from coins_sync.sandbox import SandboxOptions, SandboxServer
 from coins_sync.state.model import State, parse_state, serialize
 from tests.conftest import Invoke, write

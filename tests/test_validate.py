@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from coins_sync.loader import RuleLoader
+from coins_sync.configs.loader import RuleLoader
 from tests.conftest import CORPUS, REPO, Invoke, write
 
 GOOD = """\

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coins_sync.cli import cli
-from coins_sync.loader import RuleLoader
+from coins_sync.configs.loader import RuleLoader
 from tests.conftest import SAMPLE_RULES
 
 IDENT = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,20}", fullmatch=True)

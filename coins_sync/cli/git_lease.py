@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from coins_sync import console
+from coins_sync import console, envvars
 from coins_sync.cli.app import EXIT_OK, cli
 from coins_sync.cli.options import env_option, resolve_settings, state_option
 
@@ -46,7 +46,7 @@ def lease_options(func: F) -> F:
         "--branch",
         default="coins-sync-state",
         show_default=True,
-        envvar="COINS_SYNC_STATE_BRANCH",
+        envvar=envvars.STATE_BRANCH,
         help="The state branch (env: COINS_SYNC_STATE_BRANCH).",
     )(func)
     func = state_option(func)

@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
+from coins_sync import envvars
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import SettingsError
-from coins_sync.rules import RuleKey
-from coins_sync.settings import Settings, load_settings
+from coins_sync.settings import Encryption, Settings, load_settings
 from coins_sync.workspace import Workspace
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
@@ -40,7 +41,7 @@ env_option = click.option(
     "--env",
     "env_name",
     metavar="NAME",
-    envvar="COINS_SYNC_ENV",
+    envvar=envvars.ENV,
     help="Environment from [tool.coins-sync.environments] (env: COINS_SYNC_ENV).",
 )
 configs_option = click.option(
@@ -157,7 +158,7 @@ def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClie
         api_url=settings.require_api_url(),
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
-        encryption=None if settings.encryption == "none" else settings.encryption,
+        encryption=None if settings.encryption is Encryption.NONE else settings.encryption,
         max_connections=max(width, 4),
     )
     credentials = Credentials.from_env(os.environ)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from coins_sync import console
+from coins_sync import console, envvars
 from coins_sync.cli.app import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     configs_option,
@@ -34,7 +34,7 @@ from coins_sync.workspace import Workspace, unverified
     show_default=True,
     help="Output format.",
 )
-@click.option("--env", "env_name", metavar="NAME", envvar="COINS_SYNC_ENV", help="Environment.")
+@click.option("--env", "env_name", metavar="NAME", envvar=envvars.ENV, help="Environment.")
 @configs_option
 def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
     """Check rule files against the schema and each other. No state, no network.

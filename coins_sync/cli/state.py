@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from coins_sync import console
+from coins_sync import console, envvars
 from coins_sync.cli.app import EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     confirm_or_refuse,
@@ -18,7 +18,7 @@ from coins_sync.cli.options import (
     yes_option,
 )
 from coins_sync.errors import SettingsError, StateError
-from coins_sync.settings import load_settings
+from coins_sync.settings import load_settings, valid_schema_name
 from coins_sync.state.audit import AuditRecord
 from coins_sync.workspace import Workspace
 
@@ -137,7 +137,7 @@ def state_import(
 def import_file(workspace: Workspace, source: Path) -> int:
     """``state import --from FILE``: record every matching row, report every other."""
     from coins_sync.adopt import read_rows
-    from coins_sync.loader import display_path
+    from coins_sync.configs.discovery import display_path
 
     rows = read_rows(source, display_path(source))
     progress = console.Progress()
@@ -303,7 +303,7 @@ def state_force_unlock(workspace: Workspace, yes: bool) -> int:
 
 
 @state.command("schema-sql")
-@click.option("--env", "env_name", metavar="NAME", envvar="COINS_SYNC_ENV", help="Environment.")
+@click.option("--env", "env_name", metavar="NAME", envvar=envvars.ENV, help="Environment.")
 @click.option("--schema", metavar="NAME", help="Schema name (default: the environment's).")
 def state_schema_sql(env_name: str | None, schema: str | None) -> int:
     """Print the SQL of the postgres backend's schema, for a DBA to apply by hand.
@@ -315,7 +315,7 @@ def state_schema_sql(env_name: str | None, schema: str | None) -> int:
     Example:
       coins-sync state schema-sql --env team > coins-sync-schema.sql
     """
-    from coins_sync.state.pgschema import full_sql, valid_schema_name
+    from coins_sync.state.postgres.migrations import full_sql
 
     name = schema or load_settings(env=env_name).pg_schema
     if not valid_schema_name(name):

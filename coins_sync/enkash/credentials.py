@@ -12,17 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from coins_sync import envvars
 from coins_sync.errors import AuthError
 from coins_sync.redact import basic_value
 
-ENV_TOKEN: Final = "COINS_SYNC_TOKEN"
-ENV_CLIENT_ID: Final = "COINS_SYNC_CLIENT_ID"
-ENV_CLIENT_SECRET: Final = "COINS_SYNC_CLIENT_SECRET"
-ENV_USERNAME: Final = "COINS_SYNC_USERNAME"
-ENV_PASSWORD: Final = "COINS_SYNC_PASSWORD"
-ENV_COOKIE: Final = "COINS_SYNC_COOKIE"
+ENV_TOKEN: Final = envvars.TOKEN
+ENV_CLIENT_ID: Final = envvars.CLIENT_ID
+ENV_CLIENT_SECRET: Final = envvars.CLIENT_SECRET
+ENV_USERNAME: Final = envvars.USERNAME
+ENV_PASSWORD: Final = envvars.PASSWORD
+ENV_COOKIE: Final = envvars.COOKIE
 
-_OAUTH_VARS: Final = (ENV_CLIENT_ID, ENV_CLIENT_SECRET, ENV_USERNAME, ENV_PASSWORD)
+_OAUTH_VARS: Final = envvars.OAUTH
 # Printable ASCII without spaces: what may follow "Bearer " in a header.
 TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")
 COOKIE_RE: Final = re.compile(r"[\x20-\x7e]+")

@@ -27,16 +27,17 @@ from typing import Final, TypeGuard
 
 import httpx
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.crypto import decrypt_to_text, encrypt_json_text
 from coins_sync.enkash.credentials import ENV_CLIENT_SECRET
 from coins_sync.errors import ApiError, OutcomeUnknownError
 from coins_sync.redact import Redactor
-from coins_sync.rules import RuleKey
+from coins_sync.settings import Encryption
 
 TOKEN_PATH: Final = "/oauth/token"
 CREATE_PATH: Final = "/api/v0/enkash-coins/create-coins-config"
 CONFIG_PATH: Final = "/api/v0/enkash-coins/{coin_config_id}"
-ENCRYPTION_AES_128_ECB: Final = "aes-128-ecb"
+ENCRYPTION_AES_128_ECB: Final = Encryption.AES_128_ECB
 ENCRYPTIONS: Final = (None, ENCRYPTION_AES_128_ECB)
 
 ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")

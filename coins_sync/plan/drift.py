@@ -20,8 +20,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import ApiError
-from coins_sync.rules import RuleKey
 from coins_sync.state.model import State, StateEntry
 
 if TYPE_CHECKING:  # the plan imports Drift; the API client is needed only to refresh

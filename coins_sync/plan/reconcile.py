@@ -13,9 +13,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from coins_sync.configs.model import Rule, RuleKey, Source
 from coins_sync.errors import AmountOutOfRangeError, PlanConflictError, TooManyUpdatesError
 from coins_sync.plan.drift import Drift, DriftField
-from coins_sync.rules import Rule, RuleKey, Source
 from coins_sync.state.model import State
 
 

@@ -7,13 +7,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
+from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from coins_sync.errors import PlanFileError, SettingsError, StalePlanError
-from coins_sync.loader import ConfigSet
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
 from coins_sync.plan.render import plan_to_json
-from coins_sync.rules import Rule, RuleKey, Source
-from coins_sync.schema import PLAN_SCHEMA, load_schema
 from coins_sync.state.files import atomic_write
 from coins_sync.state.model import State
 

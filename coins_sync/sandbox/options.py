@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coins_sync import envvars
 from coins_sync.errors import SettingsError
 
 __all__ = ["SandboxOptions"]
@@ -72,11 +73,11 @@ class SandboxOptions:
         an accepted empty token.
         """
         names = {
-            "token": "COINS_SYNC_TOKEN",
-            "client_id": "COINS_SYNC_CLIENT_ID",
-            "client_secret": "COINS_SYNC_CLIENT_SECRET",
-            "username": "COINS_SYNC_USERNAME",
-            "password": "COINS_SYNC_PASSWORD",
+            "token": envvars.TOKEN,
+            "client_id": envvars.CLIENT_ID,
+            "client_secret": envvars.CLIENT_SECRET,
+            "username": envvars.USERNAME,
+            "password": envvars.PASSWORD,
         }
         values: dict[str, Any] = {}
         for attr, var in names.items():

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.redact import redact
-from coins_sync.rules import RuleKey
 from coins_sync.state.files import AppendLog
 from coins_sync.state.model import utc_now
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
-from coins_sync.rules import RuleKey
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now, valid_config_id
 
 

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.gcpause import cyclic_gc_paused
-from coins_sync.rules import RuleKey
 
 STATE_VERSION = 1
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")

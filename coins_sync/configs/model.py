@@ -57,3 +57,15 @@ class Rule:
     amount: int
     source: Source
     coin_config_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ConfigSet:
+    """Every rule read from the configs, with a digest of the files they came from."""
+
+    rules: tuple[Rule, ...]
+    files: tuple[str, ...]
+    digest: str
+
+    def by_key(self) -> dict[RuleKey, Rule]:
+        return {rule.key: rule for rule in self.rules}

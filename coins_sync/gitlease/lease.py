@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import subprocess
 import tempfile
@@ -40,6 +39,7 @@ from enum import Enum
 from pathlib import Path
 
 from coins_sync.errors import GitLeaseError, LeaseHeldError, LeasePushError, StateError
+from coins_sync.gitlease.git import Git, commit_message, parse_trailers
 from coins_sync.state.audit import audit_path_for, current_actor
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.files import atomic_write
@@ -50,17 +50,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BRANCH = "coins-sync-state"
 DEFAULT_REMOTE = "origin"
-GIT_TIMEOUT = 120.0
 TRAILER = "Coins-Sync-Lease"
-_IDENTITY = {
-    "GIT_AUTHOR_NAME": "coins-sync",
-    "GIT_AUTHOR_EMAIL": "coins-sync@users.noreply.github.com",
-    "GIT_COMMITTER_NAME": "coins-sync",
-    "GIT_COMMITTER_EMAIL": "coins-sync@users.noreply.github.com",
-}
-_USERINFO = re.compile(r"(://)[^/@\s]+@")
-#: git's lines that say nothing about why a push failed
-_NOISE = ("To ", "Done", "error: failed to push some refs", "hint: ")
 
 
 class LeaseState(Enum):
@@ -131,19 +121,6 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()) or "unknown"
 
 
-def parse_trailers(message: str) -> dict[str, str]:
-    """The ``Key: value`` lines of a commit message's last paragraph."""
-    paragraphs = [p for p in message.strip().split("\n\n") if p.strip()]
-    if not paragraphs:
-        return {}
-    found: dict[str, str] = {}
-    for line in paragraphs[-1].splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key and " " not in key:
-            found[key] = value.strip()
-    return found
-
-
 def _holder_from(trailers: Mapping[str, str]) -> RunInfo:
     return RunInfo(
         run=trailers.get("Coins-Sync-Run", "unknown"),
@@ -151,60 +128,6 @@ def _holder_from(trailers: Mapping[str, str]) -> RunInfo:
         commit=trailers.get("Coins-Sync-Commit", "unknown"),
         at=trailers.get("Coins-Sync-At", "unknown"),
     )
-
-
-def _message(subject: str, body: str, trailers: Mapping[str, str]) -> str:
-    lines = "\n".join(f"{key}: {value}" for key, value in trailers.items())
-    return f"{subject}\n\n{body}\n\n{lines}\n"
-
-
-class Git:
-    """``git`` in one repository, with a timeout, no prompts and a fixed identity."""
-
-    def __init__(self, cwd: Path, environ: Mapping[str, str]) -> None:
-        self.env = {**_IDENTITY, **environ, "GIT_TERMINAL_PROMPT": "0"}
-        self.env.pop("GIT_INDEX_FILE", None)
-        self.cwd = cwd
-
-    def run(
-        self,
-        *args: str,
-        stdin: bytes | None = None,
-        index: Path | None = None,
-        check: bool = True,
-    ) -> subprocess.CompletedProcess[bytes]:
-        env = self.env if index is None else {**self.env, "GIT_INDEX_FILE": str(index)}
-        try:
-            done = subprocess.run(
-                ["git", *args],
-                cwd=self.cwd,
-                env=env,
-                input=stdin,
-                capture_output=True,
-                timeout=GIT_TIMEOUT,
-                check=False,
-            )
-        except FileNotFoundError as e:
-            raise GitLeaseError("git is not installed or not on PATH") from e
-        except subprocess.TimeoutExpired as e:
-            raise GitLeaseError(f"git {args[0]} took longer than {GIT_TIMEOUT:g}s") from e
-        if check and done.returncode != 0:
-            raise GitLeaseError(f"git {args[0]} failed: {self.said(done)}")
-        return done
-
-    def out(self, *args: str, index: Path | None = None) -> str:
-        return self.run(*args, index=index).stdout.decode("utf-8", "replace").strip()
-
-    @staticmethod
-    def said(done: subprocess.CompletedProcess[bytes]) -> str:
-        """What git printed on failure, without credentials that a URL might carry."""
-        text = (done.stderr + done.stdout).decode("utf-8", "replace")
-        lines = [
-            " ".join(line.split())
-            for line in text.splitlines()
-            if line.strip() and not line.startswith(_NOISE)
-        ]
-        return _USERINFO.sub(r"\1***@", "; ".join(lines[-3:])) or f"exit {done.returncode}"
 
 
 class GitLease:
@@ -388,7 +311,7 @@ class GitLease:
             "until it pushes its state on top of this commit, or a person restores that\n"
             "state with `coins-sync git-lease restore --from DIR`."
         )
-        message = _message(
+        message = commit_message(
             f"coins-sync lease: run {run.run} by {run.actor}",
             body,
             {TRAILER: "held", **run.trailers()},
@@ -440,7 +363,7 @@ class GitLease:
         """Push the local state on top of this clone's lease, which that ends."""
         record = self._read_record()
         lease = record["lease"]
-        message = _message(
+        message = commit_message(
             f"coins-sync state after run {record.get('run', 'unknown')}",
             "The state, its journal and its audit log after this run; the lease is released.",
             {
@@ -466,7 +389,7 @@ class GitLease:
         if run_id is not None and run_id != status.holder.run:
             raise GitLeaseError(f"{status.describe()}, not by run {run_id}; nothing was restored")
         found = self._restored_files(source, status.tip)
-        message = _message(
+        message = commit_message(
             f"coins-sync state of run {status.holder.run}, restored by "
             f"{current_actor(self.environ)}",
             f"Restored from {source.name}; the lease of run {status.holder.run} is released.",
@@ -528,7 +451,7 @@ class GitLease:
             raise GitLeaseError(f"{status.describe()}; there is no lease to release")
         if status.holder.run != run_id:
             raise GitLeaseError(f"{status.describe()}, not by run {run_id}; nothing was released")
-        message = _message(
+        message = commit_message(
             f"coins-sync lease of run {run_id} released by {current_actor(self.environ)}",
             "Released by hand: that run sent nothing, so the state below is current.",
             {TRAILER: "released", "Coins-Sync-Run": run_id, "Coins-Sync-At": utc_now()},

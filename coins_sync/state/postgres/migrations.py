@@ -11,7 +11,10 @@ same SQL for a DBA who applies schema changes by hand.
 from __future__ import annotations
 
 import hashlib
-import re
+from collections.abc import Mapping
+from typing import Any
+
+from coins_sync.state.postgres.connection import Database, driver
 
 #: (version, SQL). ``{s}`` stands for the schema name. Append only.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -83,16 +86,18 @@ CREATE INDEX audit_by_env ON {s}.audit (env, id);
 ALTER TABLE {s}.environment ADD COLUMN dirty boolean NOT NULL DEFAULT false;
 """,
     ),
+    (
+        3,
+        """\
+-- An update (PATCH) whose outcome is unknown: the server holds amount or
+-- pending_amount, so the next plan reads that config back. A confirmed write clears it.
+ALTER TABLE {s}.entry ADD COLUMN pending_amount bigint
+    CHECK (pending_amount IS NULL OR (pending_amount >= 0 AND coin_config_id IS NOT NULL));
+""",
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]
-
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-
-
-def valid_schema_name(name: str) -> bool:
-    """A lower-case SQL identifier that needs no quoting and is not a system schema."""
-    return bool(_SCHEMA_NAME.fullmatch(name)) and not name.startswith("pg_")
 
 
 def checksum(sql: str) -> str:
@@ -130,3 +135,65 @@ def full_sql(schema: str) -> str:
         )
     parts.append("COMMIT;")
     return "\n".join(parts) + "\n"
+
+
+def migration_key(schema: str) -> int:
+    """The key of the transaction lock that migrations of one schema run under."""
+    digest = hashlib.sha256(f"coins-sync\0migrate\0{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def applied(conn: Any, schema: str) -> dict[int, str] | None:
+    """Applied migrations, or None when the schema was never set up."""
+    row = conn.execute("SELECT to_regclass(%s)", (f"{schema}.schema_migrations",)).fetchone()
+    if row is None or row[0] is None:
+        return None
+    rows = conn.execute(f"SELECT version, checksum FROM {schema}.schema_migrations").fetchall()
+    return {int(v): str(c) for v, c in rows}
+
+
+def check_applied(db: Database, found: Mapping[int, str]) -> bool:
+    """True when up to date; raises for a newer or altered database."""
+    newer = sorted(v for v in found if v > LATEST)
+    if newer:
+        raise db.error(
+            f"the database schema is at version {max(newer)}, newer than this "
+            f"coins-sync knows (version {LATEST}); upgrade coins-sync"
+        )
+    for version, sql in MIGRATIONS:
+        if version in found and found[version] != checksum(sql):
+            raise db.error(
+                f"migration {version} in the database differs from this coins-sync's "
+                "(checksum mismatch); refusing to use it"
+            )
+    return all(version in found for version, _ in MIGRATIONS)
+
+
+def migrate(db: Database, conn: Any | None = None) -> list[int]:
+    """Apply missing migrations in one transaction under a per-schema lock."""
+    own = conn is None
+    conn = conn or db.connect(purpose="migrate")
+    psycopg = driver()
+    schema = db.schema
+    try:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (migration_key(schema),))
+            conn.execute(bookkeeping_sql(schema))
+            done_before = applied(conn, schema) or {}
+            check_applied(db, done_before)
+            done = []
+            for version, sql in MIGRATIONS:
+                if version in done_before:
+                    continue
+                conn.execute(render(version, sql, schema))
+                conn.execute(
+                    f"INSERT INTO {schema}.schema_migrations (version, checksum) VALUES (%s, %s)",
+                    (version, checksum(sql)),
+                )
+                done.append(version)
+    except psycopg.Error as e:
+        raise db.error("cannot set up the state schema", e) from e
+    finally:
+        if own:
+            conn.close()
+    return done

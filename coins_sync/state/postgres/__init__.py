@@ -1,0 +1,30 @@
+"""Team state on PostgreSQL: many runners, one truth.
+
+:class:`PostgresStateStore` implements :class:`coins_sync.state.StateStore` (and
+:class:`PostgresJournal` the :class:`coins_sync.state.Journal`) on a PostgreSQL server.
+
+* :mod:`~coins_sync.state.postgres.connection`: the driver (imported only when used,
+  ``coins-sync[postgres]``), the DSN from ``COINS_SYNC_PG_DSN`` or libpq's defaults,
+  and its redaction: the password never appears in a message.
+* :mod:`~coins_sync.state.postgres.migrations`: the append-only, checksummed schema
+  migrations, applied in one transaction under a lock; ``state schema-sql``.
+* :mod:`~coins_sync.state.postgres.lock`: one holder from any machine (a session
+  advisory lock, the holder named to a refused caller, released by the server when
+  the holder dies), the lock epoch that fences every write, ``state force-unlock``.
+* :mod:`~coins_sync.state.postgres.store`: read (one REPEATABLE READ, READ ONLY
+  snapshot, without the lock), write, ``state push``, recovery of a run that died and
+  the fold of the local rescue file.
+* :mod:`~coins_sync.state.postgres.journal`: durability per call by group commit: a
+  create's intent is committed before it is sent; its result, the entry and the audit
+  row are one statement; a result the database did not take goes to the rescue file.
+* :mod:`~coins_sync.state.postgres.audit`: the audit log as rows of a table.
+"""
+
+from __future__ import annotations
+
+from coins_sync.state.postgres.audit import PostgresAudit
+from coins_sync.state.postgres.journal import PostgresJournal
+from coins_sync.state.postgres.lock import FencedError
+from coins_sync.state.postgres.store import PostgresStateStore
+
+__all__ = ["FencedError", "PostgresAudit", "PostgresJournal", "PostgresStateStore"]

@@ -1,0 +1,267 @@
+"""The state lock: one holder from any machine, and the epoch fence on every write.
+
+A session advisory lock, held on a dedicated connection, keyed by a 64-bit hash of
+(schema, environment). The holder (user, host, pid, command, since) is written to the
+``environment`` row for a refused caller to read; a killed holder's session ends and
+the server releases the lock. Taking the lock bumps the environment's ``lock_epoch``;
+every write carries the run's epoch and checks, in the same statement, that the run's
+lock session still holds the advisory lock (:data:`HELD`, :data:`LOCK_CHECK`). Zero rows
+back means the lock was lost (``state force-unlock``, a dead session, a transaction
+pooler): the run stops writing and sending (:class:`FencedError`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from coins_sync.errors import LockError, StateError
+from coins_sync.state.audit import current_actor, current_commit
+from coins_sync.state.file import _user
+from coins_sync.state.model import utc_now
+from coins_sync.state.postgres.connection import Database, driver
+from coins_sync.state.postgres.migrations import applied
+from coins_sync.state.store import LockHolder
+
+
+def lock_key(schema: str, env: str) -> int:
+    """The advisory lock key of one environment: a signed 64-bit hash of both names."""
+    digest = hashlib.sha256(f"coins-sync\0state\0{schema}\0{env}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class FencedError(StateError):
+    """This run no longer holds the state lock; nothing more may be written or sent."""
+
+
+HELD = """
+    WHERE name = %(env)s AND lock_epoch = %(epoch)s
+      AND EXISTS (
+          SELECT 1 FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND pid = %(lock_pid)s
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND classid = %(classid)s::bigint::oid AND objid = %(objid)s::bigint::oid
+            AND objsubid = 1)"""
+
+
+def fence_cte(s: str) -> str:
+    """The CTE a journal write starts with when the environment is clean: zero rows
+    unless this run holds the lock; else it bumps the serial and marks the row dirty."""
+    return f"""
+fence AS (
+    UPDATE {s}.environment SET serial = serial + 1, dirty = true{HELD}
+    RETURNING name, dirty)"""
+
+
+def share_fence_cte(s: str) -> str:
+    """The CTE of every other journal write: the same checks, but the row is only locked
+    FOR SHARE, so concurrent writers do not queue. ``dirty`` false (a checkpoint bumped
+    the serial meanwhile) means: write nothing, and retry with :func:`fence_cte`.
+
+    FOR SHARE conflicts with the UPDATE of a lock take, a force-unlock and a checkpoint,
+    so each write is ordered wholly before or after them, and re-checked after them."""
+    return f"""
+fence AS (
+    SELECT name, dirty FROM {s}.environment{HELD}
+    FOR SHARE)"""
+
+
+LOCK_CHECK = """
+    WHERE name = %(env)s AND lock_epoch = %(epoch)s
+      AND EXISTS (
+          SELECT 1 FROM pg_locks
+          WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()
+            AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND classid = %(classid)s::bigint::oid AND objid = %(objid)s::bigint::oid
+            AND objsubid = 1)"""
+
+
+class StateLock:
+    """The advisory lock of one environment, and the fence of the run that holds it."""
+
+    def __init__(self, db: Database, ensure_schema: Callable[[Any], None]) -> None:
+        self.db = db
+        self._ensure_schema = ensure_schema
+        self.key = lock_key(db.schema, db.env)
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        self.classid, self.objid = unsigned >> 32, unsigned & 0xFFFF_FFFF
+        self.conn: Any = None  # the lock session, while held
+        self.epoch: int | None = None
+        self.run_id: int | None = None
+        self.lineage = ""  # the environment's lineage when the lock was taken
+
+    def params(self) -> dict[str, Any]:
+        if self.epoch is None or self.conn is None:
+            raise FencedError(f"{self.db.describe()}: the state is not locked by this run")
+        return {
+            "env": self.db.env,
+            "epoch": self.epoch,
+            "classid": self.classid,
+            "objid": self.objid,
+            "lock_pid": self.conn.info.backend_pid,
+            "run": self.run_id,
+        }
+
+    def holder(self, conn: Any) -> str:
+        """Who holds the lock, from the environment row, checked against pg_locks."""
+        s = self.db.schema
+        lock_row = conn.execute(
+            "SELECT l.pid, a.usename, a.client_addr::text, a.application_name, "
+            "a.backend_start FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+            "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid",
+            (self.classid, self.objid),
+        ).fetchone()
+        holder_row = None
+        if applied(conn, self.db.schema) is not None:
+            holder_row = conn.execute(
+                f"SELECT holder FROM {s}.environment WHERE name = %s", (self.db.env,)
+            ).fetchone()
+        data = holder_row[0] if holder_row else None
+        if isinstance(data, dict) and (lock_row is None or data.get("backend_pid") == lock_row[0]):
+            with contextlib.suppress(TypeError, KeyError):
+                return LockHolder(
+                    pid=int(data["pid"]),
+                    host=str(data["host"]),
+                    user=str(data["user"]),
+                    command=str(data["command"]),
+                    since=str(data["since"]),
+                ).describe()
+        if lock_row is not None:
+            return (
+                f"database session {lock_row[0]} (role {lock_row[1]}, "
+                f"'{lock_row[3] or 'unnamed'}', since {lock_row[4]})"
+            )
+        return "another run (details unknown)"
+
+    @contextlib.contextmanager
+    def hold(self, command: str, timeout: float = 0.0) -> Iterator[None]:
+        if self.conn is not None:
+            raise StateError(f"{self.db.describe()}: already locked by this process")
+        psycopg = driver()
+        conn = self.db.connect(purpose=f"lock {self.db.env}")
+        try:
+            self._ensure_schema(conn)
+            deadline = time.monotonic() + timeout
+            while True:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()
+                if row is not None and row[0]:
+                    break
+                if time.monotonic() >= deadline:
+                    who = self.holder(conn)
+                    waited = f" after waiting {timeout:g}s" if timeout else ""
+                    hint = "" if timeout else ", or pass --lock-timeout SECONDS to wait"
+                    raise LockError(
+                        f"state {self.db.describe()} is locked by {who}{waited}. Wait for it "
+                        f"to finish{hint}. The server "
+                        "releases the lock of a run that dies; `coins-sync state "
+                        "force-unlock` ends a stuck one.",
+                        holder=who,
+                    )
+                time.sleep(min(0.2, max(0.01, deadline - time.monotonic())))
+            self._take(conn, command)
+        except psycopg.Error as e:
+            conn.close()
+            raise self.db.error("cannot take the state lock", e) from e
+        except BaseException:
+            conn.close()
+            raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _take(self, conn: Any, command: str) -> None:
+        s = self.db.schema
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "user": current_actor(self.db.environ)
+            if "GITHUB_ACTOR" in self.db.environ
+            else _user(),
+            "command": command,
+            "since": utc_now(),
+            "backend_pid": conn.info.backend_pid,
+        }
+        with conn.transaction():
+            conn.execute(
+                f"INSERT INTO {s}.environment (name) VALUES (%s) ON CONFLICT DO NOTHING",
+                (self.db.env,),
+            )
+            row = conn.execute(
+                f"UPDATE {s}.environment SET lock_epoch = lock_epoch + 1, holder = %s::jsonb "
+                "WHERE name = %s RETURNING lock_epoch, lineage",
+                (json.dumps(holder), self.db.env),
+            ).fetchone()
+            run = conn.execute(
+                f"INSERT INTO {s}.run (env, actor, host, pid, command, commit, lock_epoch) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
+                (
+                    self.db.env,
+                    holder["user"],
+                    holder["host"],
+                    holder["pid"],
+                    command,
+                    current_commit(self.db.environ),
+                    row[0],
+                ),
+            ).fetchone()
+        self.epoch, self.lineage = int(row[0]), str(row[1])
+        self.run_id = int(run[0])
+        self.conn = conn
+
+    def _release(self) -> None:
+        conn, self.conn = self.conn, None
+        epoch, self.epoch = self.epoch, None
+        run_id, self.run_id = self.run_id, None
+        if conn is None:
+            return
+        s = self.db.schema
+        with contextlib.suppress(Exception):  # a lost session has released it already
+            # unlock first: a caller refused meanwhile still finds the holder's record
+            conn.execute("SELECT pg_advisory_unlock(%s)", (self.key,))
+            conn.execute(
+                f"UPDATE {s}.environment SET holder = NULL WHERE name = %s AND lock_epoch = %s",
+                (self.db.env, epoch),
+            )
+            conn.execute(f"UPDATE {s}.run SET ended_at = now() WHERE id = %s", (run_id,))
+        conn.close()
+
+    def force_unlock(self) -> str | None:
+        """End the holder's session and bump the epoch, so its writes are fenced out.
+
+        Returns a description of who was unlocked, or None when nobody held the lock.
+        """
+        psycopg = driver()
+        conn = self.db.connect(purpose="force-unlock")
+        s = self.db.schema
+        try:
+            self._ensure_schema(conn)
+            lock_row = conn.execute(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND objsubid = 1 AND database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database()) "
+                "AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
+                (self.classid, self.objid),
+            ).fetchone()
+            who = self.holder(conn) if lock_row is not None else None
+            with conn.transaction():
+                conn.execute(
+                    f"UPDATE {s}.environment SET lock_epoch = lock_epoch + 1, holder = NULL "
+                    "WHERE name = %s",
+                    (self.db.env,),
+                )
+            if lock_row is not None:
+                conn.execute("SELECT pg_terminate_backend(%s)", (lock_row[0],))
+            return who
+        except psycopg.Error as e:
+            raise self.db.error("cannot force the state lock open", e) from e
+        finally:
+            conn.close()
