@@ -4,7 +4,7 @@ Every line the command line prints goes through :func:`out` or :func:`err`, whic
 it through :func:`coins_sync.redact.redact` first, and log lines go through
 :class:`ScrubFilter`. So no secret reaches a terminal or a CI log, whatever a message
 quotes. The renderers here turn results (validation problems, the state, an apply
-report) into lines; the plan renderers live in :mod:`coins_sync.render`.
+report) into lines; the plan renderers live in :mod:`coins_sync.plan.render`.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from coins_sync.configs.loader import RuleLoader
 from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.errors import StateError
-from coins_sync.plan import Action, Plan, PlanContext, SafetyRules, plan
-from coins_sync.refresh import Reader, refresh, untouchable
+from coins_sync.plan.drift import Reader, refresh, untouchable
+from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
 from coins_sync.settings import Settings
 from coins_sync.state.audit import AuditLog, AuditSink, audit_path_for, read_audit
 from coins_sync.state.file import open_store

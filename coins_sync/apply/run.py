@@ -22,8 +22,8 @@ from coins_sync.apply.report import ApplyReport, describe
 from coins_sync.apply.send import CoinsApi
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import StateError
-from coins_sync.plan import Plan, check_safety
-from coins_sync.planfile import check_consistent, check_fresh, load_plan
+from coins_sync.plan.reconcile import Plan
+from coins_sync.plan.saved import check_consistent, check_fresh, load_plan
 from coins_sync.state.audit import AuditSink
 from coins_sync.state.file import FileStateStore
 from coins_sync.workspace import Workspace, unverified
@@ -152,7 +152,7 @@ def run_apply(
                 the_plan = workspace.plan(state, configs, verify_with=api)
             else:
                 the_plan = workspace.plan(state, configs)
-            check_safety(the_plan, workspace.safety, force=request.force)
+            the_plan.raise_if_unsafe(workspace.safety, force=request.force)
             if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
                 return the_plan, None
             api = api or api_factory()

@@ -17,9 +17,9 @@ from coins_sync.cli.options import (
     with_workspace,
 )
 from coins_sync.errors import AuthError, ConfigError, SettingsError
-from coins_sync.plan import Plan, check_safety
-from coins_sync.planfile import refuse_state_target, save_plan
-from coins_sync.render import RENDERERS, render
+from coins_sync.plan.reconcile import Plan
+from coins_sync.plan.render import RENDERERS, render
+from coins_sync.plan.saved import refuse_state_target, save_plan
 from coins_sync.settings import load_settings
 from coins_sync.workspace import Workspace, unverified
 
@@ -114,7 +114,7 @@ def plan_command(
     else:
         the_plan, unread = plan_verified(workspace)
     click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
-    check_safety(the_plan, workspace.safety, force=force)
+    the_plan.raise_if_unsafe(workspace.safety, force=force)
     if out is not None:
         save_plan(the_plan, out)
         command = " ".join(filter(None, ["coins-sync apply", shlex.quote(str(out)), same_flags()]))

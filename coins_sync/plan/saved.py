@@ -9,16 +9,12 @@ from typing import Any
 
 from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
-from coins_sync.errors import CoinsSyncError, SettingsError, StalePlanError
-from coins_sync.plan import Action, Change, Plan, PlanContext, plan
-from coins_sync.refresh import Drift
-from coins_sync.render import plan_to_json
+from coins_sync.errors import PlanFileError, SettingsError, StalePlanError
+from coins_sync.plan.drift import Drift, DriftField
+from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
+from coins_sync.plan.render import plan_to_json
 from coins_sync.state.files import atomic_write
 from coins_sync.state.model import State
-
-
-class PlanFileError(CoinsSyncError):
-    """A saved plan file cannot be read or is not a coins-sync plan."""
 
 
 def save_plan(plan: Plan, path: Path) -> None:
@@ -83,7 +79,7 @@ def load_plan(path: Path) -> Plan:
         Drift(
             _key(d["key"]),
             d["coinConfigId"],
-            d["field"],
+            DriftField(d["field"]),
             _drift_text(path, index, "state", d),
             _drift_text(path, index, "server", d),
         )
@@ -102,7 +98,7 @@ def load_plan(path: Path) -> Plan:
 def _drift_text(path: Path, index: int, name: str, item: dict[str, Any]) -> str:
     """A drift value as the plan holds it (text); an amount must be a JSON whole number."""
     value = item[name]
-    if item["field"] == "amount" and type(value) is not int:  # the schema lets 6.0 pass
+    if item["field"] == DriftField.AMOUNT and type(value) is not int:  # the schema lets 6.0 pass
         raise PlanFileError(
             f"{path}: not a coins-sync plan: drift/{index}/{name}: {value!r} is not a whole number"
         )
@@ -175,9 +171,6 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
             )
 
 
-_KEY_FIELDS = ("companyId", "configuration", "event")
-
-
 def _same(change: Change, want: Change) -> bool:
     """Equal in every field a saved plan carries (a source is compared as ``path:line``)."""
     return (
@@ -219,8 +212,8 @@ def _mismatch(change: Change, want: Change | None) -> StalePlanError:
     )
 
 
-def _key_field(key: RuleKey, name: str) -> str:
-    return key.as_dict()[name]
+def _key_field(key: RuleKey, field: DriftField) -> str:
+    return key.as_dict()[field.value]
 
 
 def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[Drift]]:
@@ -228,10 +221,10 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
     claims: dict[RuleKey, list[Drift]] = {}
     for d in drift:
         entry = state.entries.get(d.key)
-        if d.field == "amount":
+        if d.field is DriftField.AMOUNT:
             ok = entry is not None and d.in_state == str(entry.amount)
             ok = ok and d.on_server.isdigit() and d.on_server != d.in_state
-        elif d.field == "missing":
+        elif d.field is DriftField.MISSING:
             ok = (d.in_state, d.on_server) == ("present", "absent")
         else:
             ok = d.in_state == _key_field(d.key, d.field) and d.on_server != d.in_state
@@ -240,7 +233,7 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
         fields = {other.field for other in seen} | {d.field}
         # refresh reports one amount or one missing drift alone, key fields at most once each
         ok = ok and d.field not in {other.field for other in seen}
-        ok = ok and not ({"amount", "missing"} & fields and len(fields) > 1)
+        ok = ok and not ({DriftField.AMOUNT, DriftField.MISSING} & fields and len(fields) > 1)
         if not ok:
             raise StalePlanError(
                 f"the saved plan's drift for {d.key} ({d.field}: {d.in_state!r} in state, "
@@ -254,7 +247,7 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
 
 def _server_amount(drift: list[Drift]) -> int | None:
     for d in drift:
-        if d.field == "amount":
+        if d.field is DriftField.AMOUNT:
             return int(d.on_server)
     return None
 
@@ -293,7 +286,7 @@ def _drift_skip(want: Change, drift: list[Drift]) -> bool:
     (the config is missing or moved to another key, so it is left alone)."""
     if want.action is not Action.UPDATE:
         return False
-    if any(d.field != "amount" for d in drift):
+    if any(d.field is not DriftField.AMOUNT for d in drift):
         return True
     return _server_amount(drift) == want.amount
 
