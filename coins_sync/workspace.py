@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from coins_sync.configs.loader import RuleLoader
 from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.errors import StateError
-from coins_sync.plan.drift import Reader, refresh, untouchable
+from coins_sync.plan.drift import Drift, Reader, refresh, untouchable
 from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
 from coins_sync.settings import Settings
 from coins_sync.state.audit import AuditLog, AuditSink, audit_path_for, read_audit
@@ -140,14 +140,14 @@ class Workspace:
         configs = configs or self.load_configs()
         state = state or self.read_state()
         context = self.context(state, configs)
-        reader = refresh_with or verify_with
-        pending = unverified(state)
-        if reader is None or (refresh_with is None and not pending):
+        if refresh_with is not None:
+            read_back, drift = refresh(state, refresh_with, self.settings.parallelism)
+            known = {key: replace(e, pending=None) for key, e in read_back.entries.items()}
+            refreshed = replace(state, entries={**state.entries, **known})
+        elif verify_with is not None and unverified(state):
+            refreshed, drift = self.settle(state, verify_with)
+        else:
             return plan(configs.rules, state, context)
-        target = state if refresh_with is not None else replace(state, entries=pending)
-        read_back, drift = refresh(target, reader, self.settings.parallelism)
-        known = {key: replace(entry, pending=None) for key, entry in read_back.entries.items()}
-        refreshed = replace(state, entries={**state.entries, **known})
         fresh = plan(configs.rules, refreshed, context)
         blocked = untouchable(drift)
         kept = tuple(
@@ -156,6 +156,26 @@ class Workspace:
             if not (change.action is Action.UPDATE and change.key in blocked)
         )
         return replace(fresh, changes=kept, drift=tuple(drift))
+
+    def settle(self, state: State, reader: Reader) -> tuple[State, list[Drift]]:
+        """Read back each entry of an update whose outcome is unknown (one GET each).
+
+        An entry the server holds under the same key takes the server's amount and loses
+        its mark: that is what the server really holds. One that is missing or moved
+        keeps its mark (a person decides), and the drift says why. Writes nothing."""
+        pending = unverified(state)
+        if not pending:
+            return state, []
+        read_back, drift = refresh(
+            replace(state, entries=pending), reader, self.settings.parallelism
+        )
+        blocked = untouchable(drift)
+        settled = {
+            key: replace(entry, pending=None)
+            for key, entry in read_back.entries.items()
+            if key not in blocked
+        }
+        return replace(state, entries={**state.entries, **settled}), drift
 
     def forget(self, key: RuleKey, command: str) -> tuple[State, StateEntry]:
         """Remove ``key`` from state (it stays on the server). Takes the lock.

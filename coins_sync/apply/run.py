@@ -149,6 +149,11 @@ def run_apply(
                 the_plan = workspace.plan(state, configs, refresh_with=api)
             elif unverified(state):  # read back the updates whose outcome is unknown
                 api = api_factory()
+                settled, _ = workspace.settle(state, api)
+                if settled.content() != state.content():
+                    # what the server holds is recorded even when nothing is sent, so
+                    # the mark does not outlive the doubt (and each plan's GETs with it)
+                    state = store.write(settled)
                 the_plan = workspace.plan(state, configs, verify_with=api)
             else:
                 the_plan = workspace.plan(state, configs)
