@@ -236,16 +236,27 @@ def sandbox_banner(host: str, token: str | None) -> str:
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    try:
-        import time
+    import queue
+    import threading
+    import time
 
+    assert proc.stderr is not None
+    stream = proc.stderr
+    received: queue.Queue[str] = queue.Queue()
+    # a reader thread, so that a sandbox that never writes cannot block the test
+    threading.Thread(
+        target=lambda: [received.put(x) for x in iter(stream.readline, "")], daemon=True
+    ).start()
+    try:
         deadline = time.monotonic() + 20
         lines: list[str] = []
-        assert proc.stderr is not None
-        while time.monotonic() < deadline and len(lines) < 8:
-            line = proc.stderr.readline()
-            if not line:
-                break
+        while len(lines) < 8 and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = received.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if proc.poll() is not None and received.empty():
+                    break  # exited and everything it wrote was read
+                continue
             lines.append(line)
             if "listening" in line:
                 proc.terminate()  # what follows the banner is read until the pipe closes
