@@ -11,7 +11,7 @@ import click
 
 from coins_sync import console, envvars
 from coins_sync.cli.app import EXIT_OK, cli
-from coins_sync.cli.options import env_option, resolve_settings, state_option
+from coins_sync.cli.options import env_option, format_option, resolve_settings, state_option
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.gitlease import GitLease
@@ -162,7 +162,7 @@ def git_lease_release(
 
 @git_lease.command("status")
 @lease_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option("text", "json")
 def git_lease_status(
     env_name: str | None, state_path: Path | None, branch: str, remote: str, fmt: str
 ) -> int:

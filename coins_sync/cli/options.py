@@ -64,6 +64,20 @@ lock_timeout_option = click.option(
     metavar="SECONDS",
     help="Wait this long for the state lock instead of failing at once.",
 )
+
+
+def format_option(*choices: str, help: str = "Output format.") -> Callable[[F], F]:
+    """``--format`` (``fmt``): the first choice is the default."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 #: The options that pick what a command works on; a hint repeats them (see same_flags).

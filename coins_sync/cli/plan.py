@@ -12,6 +12,7 @@ from coins_sync.cli.app import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     configs_option,
     force_option,
+    format_option,
     make_client,
     same_flags,
     with_workspace,
@@ -26,14 +27,7 @@ from coins_sync.workspace import Workspace, unverified
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
+@format_option("text", "json")
 @click.option("--env", "env_name", metavar="NAME", envvar=envvars.ENV, help="Environment.")
 @configs_option
 def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
@@ -59,14 +53,7 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: P
 
 @cli.command("plan")
 @with_workspace()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(list(RENDERERS)),
-    default="text",
-    show_default=True,
-    help="Output format; markdown is ready for a PR comment.",
-)
+@format_option(*RENDERERS, help="Output format; markdown is ready for a PR comment.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -148,13 +135,7 @@ def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
 
 @cli.command()
 @with_workspace()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["markdown", "csv", "json"]),
-    default="markdown",
-    show_default=True,
-)
+@format_option("markdown", "csv", "json")
 def report(workspace: Workspace, fmt: str) -> int:
     """The auditor's view: every rule per company, its status and last change.
 

@@ -12,6 +12,7 @@ from coins_sync import console, envvars
 from coins_sync.cli.app import EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     confirm_or_refuse,
+    format_option,
     make_client,
     parse_key,
     with_workspace,
@@ -39,13 +40,7 @@ def state() -> None:
 
 @state.command("list")
 @with_workspace()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-)
+@format_option("text", "json")
 def state_list(workspace: Workspace, fmt: str) -> int:
     """List what the state records: live entries and uncertain creates.
 

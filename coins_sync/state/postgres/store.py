@@ -157,6 +157,19 @@ class PostgresStateStore(Database):
 
     # writing --------------------------------------------------------------------
 
+    def _held_row(self, conn: Any, params: dict[str, Any]) -> tuple[str, int]:
+        """The environment row, locked FOR UPDATE, if this run still holds the state
+        lock (epoch unchanged); a fenced run gets FencedError and writes nothing."""
+        s = self.schema
+        row = conn.execute(
+            f"SELECT lineage, serial FROM {s}.environment {LOCK_CHECK} FOR UPDATE", params
+        ).fetchone()
+        if row is None:
+            raise FencedError(
+                f"{self.describe()}: this run lost the state lock; nothing was written"
+            )
+        return str(row[0]), int(row[1])
+
     def write(self, state: State) -> State:
         """Persist ``state`` under the lock (fenced): only the changed entries."""
         psycopg = driver()
@@ -165,14 +178,7 @@ class PostgresStateStore(Database):
         s = self.schema
         try:
             with conn.transaction():
-                row = conn.execute(
-                    f"SELECT lineage, serial FROM {s}.environment {LOCK_CHECK} FOR UPDATE",
-                    params,
-                ).fetchone()
-                if row is None:
-                    raise FencedError(
-                        f"{self.describe()}: this run lost the state lock; nothing was written"
-                    )
+                row = self._held_row(conn, params)
                 lineage, serial = str(row[0]), int(row[1])
                 current = self._read_in(conn) if lineage else State.new()
                 if lineage and state.lineage != lineage:
@@ -236,12 +242,7 @@ class PostgresStateStore(Database):
         s = self.schema
         try:
             with conn.transaction():
-                row = conn.execute(
-                    f"SELECT lineage, serial FROM {s}.environment {LOCK_CHECK} FOR UPDATE",
-                    params,
-                ).fetchone()
-                if row is None:
-                    raise FencedError(f"{self.describe()}: this run lost the state lock")
+                row = self._held_row(conn, params)
                 current = self._read_in(conn) if row[0] else State.new()
                 serial = max(state.serial, int(row[1]) + 1)
                 self._replace_entries(conn, current, state)
