@@ -115,12 +115,13 @@ def with_workspace(
     def decorate(command: Callable[Concatenate[Workspace, P], R]) -> Callable[P, R]:
         @functools.wraps(command)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            options: dict[str, Any] = kwargs  # click passes every option by name
             settings = resolve_settings(
-                kwargs.pop("env_name"),  # type: ignore[arg-type]
-                kwargs.pop("configs"),  # type: ignore[arg-type]
-                kwargs.pop("state_path"),  # type: ignore[arg-type]
-                kwargs.pop("api_url"),  # type: ignore[arg-type]
-                kwargs.pop("lock_timeout", None),  # type: ignore[arg-type]
+                options.pop("env_name"),
+                options.pop("configs"),
+                options.pop("state_path"),
+                options.pop("api_url"),
+                options.pop("lock_timeout", None),
             )
             return command(Workspace(settings), *args, **kwargs)
 
