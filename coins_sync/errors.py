@@ -67,10 +67,10 @@ class UnknownFormatError(SettingsError, ValueError):
 class ConfigError(CoinsSyncError):
     """Rule files failed validation; ``problems`` lists every problem found."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], where: str = "the rule files") -> None:
         self.problems = sorted(problems)
         count = len(self.problems)
-        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the rule files")
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in {where}")
 
 
 class StateError(CoinsSyncError):
