@@ -314,9 +314,9 @@ def test_verbose_after_the_command_and_the_saved_plan_hint_applies(
     assert done.returncode == 0, done.stderr
     assert "project root:" in done.stderr and "environment default:" in done.stderr
     hint = done.stderr.split("apply it with `", 1)[1].split("`", 1)[0]
-    assert hint == "coins-sync apply p.json --configs rules"
+    assert hint == f"coins-sync apply p.json --configs rules --api-url {sandbox.url}"
     args = hint.split()[1:]
-    applied = run_cli(project, *args, "--yes", "--api-url", sandbox.url)
+    applied = run_cli(project, *args, "--yes")  # the hint alone reaches the same API
     assert applied.returncode == 0, applied.stderr  # the hint's command is not stale
     assert len(sandbox.configs()) == 2
 

@@ -143,7 +143,7 @@ def run_apply(
             if request.planfile is not None:
                 the_plan = load_plan(request.planfile)
                 check_fresh(the_plan, settings.env, state, configs)
-                check_consistent(the_plan, state, configs)
+                the_plan = check_consistent(the_plan, state, configs)
             elif request.refresh:
                 api = api_factory()
                 the_plan = workspace.plan(state, configs, refresh_with=api)

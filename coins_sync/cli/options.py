@@ -81,7 +81,12 @@ def format_option(*choices: str, help: str = "Output format.") -> Callable[[F], 
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 #: The options that pick what a command works on; a hint repeats them (see same_flags).
-_SELECTION = (("env_name", "--env"), ("configs", "--configs"), ("state_path", "--state"))
+_SELECTION = (
+    ("env_name", "--env"),
+    ("configs", "--configs"),
+    ("state_path", "--state"),
+    ("api_url", "--api-url"),
+)
 
 
 def resolve_settings(

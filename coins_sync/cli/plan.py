@@ -7,10 +7,11 @@ from pathlib import Path
 
 import click
 
-from coins_sync import console, envvars
+from coins_sync import console
 from coins_sync.cli.app import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     configs_option,
+    env_option,
     force_option,
     format_option,
     make_client,
@@ -28,7 +29,7 @@ from coins_sync.workspace import Workspace, unverified
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @format_option("text", "json")
-@click.option("--env", "env_name", metavar="NAME", envvar=envvars.ENV, help="Environment.")
+@env_option
 @configs_option
 def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
     """Check rule files against the schema and each other. No state, no network.
@@ -82,8 +83,9 @@ def plan_command(
     except one GET for each config whose last update's outcome is unknown.
 
     \b
-    Actions: + create, ~ update (PATCH), ! uncertain (an earlier create's outcome
-    is unknown), ! orphan (in state, not in configs; never acted on).
+    Actions: + create, <= import (adopt the coinConfigId a rule names), ~ update
+    (PATCH), ! uncertain (an earlier create's outcome is unknown), ! orphan (in
+    state, not in configs; never acted on).
 
     \b
     Examples:

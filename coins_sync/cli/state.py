@@ -8,10 +8,11 @@ from typing import Any
 
 import click
 
-from coins_sync import console, envvars
+from coins_sync import console
 from coins_sync.cli.app import EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     confirm_or_refuse,
+    env_option,
     format_option,
     make_client,
     parse_key,
@@ -321,7 +322,7 @@ def state_force_unlock(workspace: Workspace, yes: bool) -> int:
 
 
 @state.command("schema-sql")
-@click.option("--env", "env_name", metavar="NAME", envvar=envvars.ENV, help="Environment.")
+@env_option
 @click.option("--schema", metavar="NAME", help="Schema name (default: the environment's).")
 def state_schema_sql(env_name: str | None, schema: str | None) -> int:
     """Print the SQL of the postgres backend's schema, for a DBA to apply by hand.

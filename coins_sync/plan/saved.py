@@ -128,7 +128,7 @@ def check_fresh(saved: Plan, env: str, state: State, configs: ConfigSet) -> None
         )
 
 
-def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
+def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> Plan:
     """Refuse a saved plan unless it equals a fresh offline plan, change for change.
 
     Lineage, serial and digest already match when this runs, so only a hand-edited plan
@@ -141,6 +141,9 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
     an amount drift may turn into an update that sets the configs' amount on the id the
     state records, and an update the refresh found unneeded (or blocked) may be missing.
     Nothing in the file can justify any other create, update or uncertain retry.
+
+    Returns the saved plan with the fresh plan's unchanged rules added (a saved plan
+    lists only changes), so that its summary counts them as the plan command did.
     """
     fresh = plan(configs.rules, state, saved.context)
     if saved.managed != fresh.managed:
@@ -169,6 +172,8 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
                 f"the saved plan lacks the fresh plan's {_describe(want)}; it was edited by "
                 "hand. Nothing was sent. Run `coins-sync plan` again"
             )
+    kept = tuple(c for c in fresh.of(Action.UNCHANGED) if c.key not in listed)
+    return replace(saved, changes=tuple(sorted((*saved.changes, *kept), key=lambda c: c.sort_key)))
 
 
 def _same(change: Change, want: Change) -> bool:
