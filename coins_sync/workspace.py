@@ -76,7 +76,7 @@ class Workspace:
                 continue
             try:
                 data = json.loads(candidate.read_bytes()[: 64 * 1024 * 1024])
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
             if isinstance(data, dict) and data.get("lineage") and data.get("entries"):
                 found.append(candidate)

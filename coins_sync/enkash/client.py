@@ -120,7 +120,7 @@ class ClientOptions:
         if self.encryption not in ENCRYPTIONS:
             raise SettingsError(
                 f"encryption {self.encryption!r} is not supported; "
-                f"use {ENCRYPTION_AES_128_ECB!r} or leave it unset"
+                f"use {ENCRYPTION_AES_128_ECB.value!r} or leave it unset"
             )
         positive = {
             "connect_timeout": self.connect_timeout,
@@ -211,7 +211,7 @@ class CoinsClient:
         if options.encryption == ENCRYPTION_AES_128_ECB:
             if not credentials.client_secret:
                 raise AuthError(
-                    f"encryption {ENCRYPTION_AES_128_ECB!r} needs {ENV_CLIENT_SECRET}: "
+                    f"encryption {ENCRYPTION_AES_128_ECB.value!r} needs {ENV_CLIENT_SECRET}: "
                     "the body key is derived from the client secret"
                 )
             key = key_from_secret(credentials.client_secret)
@@ -246,7 +246,7 @@ class CoinsClient:
     def __repr__(self) -> str:
         return (
             f"CoinsClient(api_url={self._options.api_url!r}, auth={self._mode!r}, "
-            f"encryption={self._options.encryption!r})"
+            f"encryption={_plain(self._options.encryption)!r})"
         )
 
     def __enter__(self) -> CoinsClient:
@@ -465,6 +465,11 @@ def check_credentials(environ: Mapping[str, str], encryption: str | None) -> Non
     auth_mode(credentials)
     if encryption == ENCRYPTION_AES_128_ECB and not credentials.client_secret:
         raise AuthError(
-            f"encryption {ENCRYPTION_AES_128_ECB!r} needs {ENV_CLIENT_SECRET}: "
+            f"encryption {ENCRYPTION_AES_128_ECB.value!r} needs {ENV_CLIENT_SECRET}: "
             "the body key is derived from the client secret"
         )
+
+
+def _plain(value: str | None) -> str | None:
+    """An enum member as its plain text (for a repr that reads like the settings)."""
+    return None if value is None else str(value)

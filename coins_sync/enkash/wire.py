@@ -233,7 +233,7 @@ class Wire:
         if code is None:
             hint = ""
             if self.key is None and set(doc) == {"request"}:
-                hint = f" (it looks encrypted: set encryption = {ENCRYPTION_AES_128_ECB!r})"
+                hint = f" (it looks encrypted: set encryption = {ENCRYPTION_AES_128_ECB.value!r})"
             missing = "the response has no integer response_code"
             raise fail(kind, f"{what}: HTTP {status} but {missing}{hint}{maybe}", status)
         if code != 0:

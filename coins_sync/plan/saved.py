@@ -30,7 +30,7 @@ def _source(text: str | None) -> Source | None:
     if not text or ":" not in text:
         return None
     path, _, line = text.rpartition(":")
-    return Source(path, int(line)) if line.isdigit() else None
+    return Source(path, int(line)) if line.isascii() and line.isdigit() else None
 
 
 def load_plan(path: Path) -> Plan:
@@ -48,6 +48,7 @@ def load_plan(path: Path) -> Plan:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise PlanFileError(f"{path}: not a coins-sync plan: {where}: {error.message}")
+    _whole_numbers(path, data)
     changes = []
     first_at: dict[RuleKey, int] = {}
     for index, item in enumerate(data["changes"]):
@@ -93,6 +94,21 @@ def load_plan(path: Path) -> Plan:
         drift=drift,
         new_companies=tuple(data.get("new_companies", ())),
     )
+
+
+def _whole_numbers(path: Path, data: dict[str, Any]) -> None:
+    """The schema's ``integer`` lets ``6.0`` through; a plan's numbers must be JSON whole
+    numbers, or a hand-edited ``6.0`` would be sent to the API as it is."""
+    found = [("managed", data["managed"]), ("state/serial", data["state"]["serial"])]
+    for index, item in enumerate(data["changes"]):
+        found += [
+            (f"changes/{index}/{name}", item[name]) for name in ("amount", "before") if name in item
+        ]
+    for where, value in found:
+        if value is not None and type(value) is not int:
+            raise PlanFileError(
+                f"{path}: not a coins-sync plan: {where}: {value!r} is not a whole number"
+            )
 
 
 def _drift_text(path: Path, index: int, name: str, item: dict[str, Any]) -> str:

@@ -246,7 +246,7 @@ class FileStateStore:
         try:
             data = json.loads(self.holder_path.read_text("utf-8"))
             return LockHolder(**data)
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RecursionError):
             return None
 
 
