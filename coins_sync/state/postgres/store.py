@@ -28,7 +28,7 @@ from typing import Any
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
-from coins_sync.state.journal import Outcome, parse_journal
+from coins_sync.state.journal import JournalKind, Outcome, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 from coins_sync.state.postgres import migrations
 from coins_sync.state.postgres.audit import PostgresAudit, read_audit
@@ -325,14 +325,12 @@ class PostgresStateStore(Database):
         journal = PostgresJournal(self, lineage, rescue=False)
         try:
             for record in replay.records:
-                if record.kind != "result":
-                    continue
+                if record.kind != JournalKind.RESULT or record.outcome is None:
+                    continue  # parse_journal gives every result an outcome
                 updates = (Outcome.UPDATED, Outcome.UNVERIFIED)
                 action = AuditAction.UPDATE if record.outcome in updates else AuditAction.CREATE
                 unknown = (Outcome.UNKNOWN, Outcome.UNVERIFIED)
-                outcome = (
-                    Outcome.UNCERTAIN if record.outcome in unknown else Outcome(record.outcome)
-                )
+                outcome = Outcome.UNCERTAIN if record.outcome in unknown else record.outcome
                 note = "recorded from the rescue file after a lost database connection"
                 journal.stash(
                     AuditRecord(
