@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coins_sync.errors import LockError, StateConflictError, StateError
-from coins_sync.state.files import AppendLog, _fsync_dir, atomic_write, repair_tail, write_all
+from coins_sync.state.files import AppendLog, _fsync_dir, atomic_write
 from coins_sync.state.journal import (
     JournalRecord,
     JournalReplay,
@@ -115,15 +115,15 @@ class FileStateStore:
     def write_rescue(self, lineage: str, records: Iterable[JournalRecord]) -> Path:
         """Append ``records`` to the rescue file beside the state (fsynced); the next
         command folds it into the state. Raises OSError when it cannot be written."""
-        data = b"".join(record.to_line(lineage) for record in records)
-        fd = os.open(self.rescue_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        rescue = AppendLog(self.rescue_path, "rescue file")
         try:
-            repair_tail(fd)
-            write_all(fd, data)
-            os.fsync(fd)
+            rescue.append(b"".join(record.to_line(lineage) for record in records))
+        except StateError as e:
+            if isinstance(e.__cause__, OSError):
+                raise e.__cause__ from None  # the caller words the OS error itself
+            raise  # pragma: no cover - AppendLog raises StateError only from an OSError
         finally:
-            os.close(fd)
-        _fsync_dir(self.rescue_path.parent)
+            rescue.close()
         return self.rescue_path
 
     def has_journal(self) -> bool:
