@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coins_sync.errors import LockError, StateConflictError, StateError
-from coins_sync.state.files import AppendLog, _fsync_dir, atomic_write
+from coins_sync.state.files import AppendLog, atomic_write, fsync_dir
 from coins_sync.state.journal import (
     JournalRecord,
     JournalReplay,
@@ -34,7 +34,7 @@ from coins_sync.state.model import (
     serialize,
     utc_now,
 )
-from coins_sync.state.store import LockHolder
+from coins_sync.state.store import LockHolder, os_user
 
 if TYPE_CHECKING:
     import filelock
@@ -177,7 +177,7 @@ class FileStateStore:
                 messages.append(f"damaged {path.name} kept as {aside}")
             else:
                 path.unlink()
-        _fsync_dir(self.journal_path.parent)
+        fsync_dir(self.journal_path.parent)
         for message in messages:
             log.warning("%s", message)
         return folded, tuple(messages)
@@ -212,7 +212,7 @@ class FileStateStore:
             holder = LockHolder(
                 pid=os.getpid(),
                 host=socket.gethostname(),
-                user=_user(),
+                user=os_user(),
                 command=command,
                 since=utc_now(),
             )
@@ -265,15 +265,6 @@ def _may_be_alive(holder: LockHolder) -> bool:
     return True
 
 
-def _user() -> str:
-    import getpass  # imports here keep the start-up of validate and plan short
-
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
-
-
 class FileJournal:
     """Append-only, fsynced journal lines; ``checkpoint`` folds results into the state."""
 
@@ -324,7 +315,7 @@ class FileJournal:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     self._store.journal_path.unlink()
-                _fsync_dir(self._store.journal_path.parent)
+                fsync_dir(self._store.journal_path.parent)
             return written
 
     def close(self) -> None:
