@@ -93,19 +93,15 @@ class Workspace:
 
     def audit_log(self, environ: Mapping[str, str]) -> AuditSink:
         """Where this environment's audit records go (file beside the state, or table)."""
-        from coins_sync.state.postgres import PostgresStateStore
-
-        if isinstance(self.store, PostgresStateStore):
-            return self.store.audit_log(environ)
+        if self.settings.backend == "postgres":
+            return self.postgres_store("audit").audit_log(environ)
         return AuditLog.beside(self.settings.state, self.settings.env, environ)
 
     def read_audit(self, unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every audit record of this environment, oldest first; lines of an audit log
         file that cannot be read are named in ``unreadable``."""
-        from coins_sync.state.postgres import PostgresStateStore
-
-        if isinstance(self.store, PostgresStateStore):
-            return self.store.read_audit()
+        if self.settings.backend == "postgres":
+            return self.postgres_store("report").read_audit()
         return read_audit(audit_path_for(self.settings.state), unreadable)
 
     @property
