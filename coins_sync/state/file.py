@@ -323,5 +323,6 @@ class FileJournal:
 
 
 def open_store(location: Path) -> FileStateStore:
-    """The state backend for a configured location (only files, for now)."""
+    """The file backend for a state file (:func:`coins_sync.workspace.open_backend`
+    chooses between it and the postgres backend)."""
     return FileStateStore(location)

@@ -1,7 +1,7 @@
 """Team state on PostgreSQL: many runners, one truth.
 
-:class:`PostgresStateStore` implements :class:`coins_sync.state.StateStore` on a
-PostgreSQL schema: read, write, ``state push`` (replace), recovery after a run that
+:class:`PostgresStateStore` implements :class:`coins_sync.state.store.StateStore` on
+a PostgreSQL schema: read, write, ``state push`` (replace), recovery after a run that
 died, and the fold of a local rescue file. The lock and its fence live in
 :mod:`~coins_sync.state.postgres.lock`, the per-call journal in
 :mod:`~coins_sync.state.postgres.journal`.
