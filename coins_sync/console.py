@@ -23,6 +23,7 @@ from coins_sync.redact import redact
 if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.apply import ApplyReport
     from coins_sync.errors import Problem
+    from coins_sync.gitlease.lease import BranchStatus
     from coins_sync.state.model import State
 
 
@@ -77,6 +78,13 @@ def valid_report(files: int, rules: int, fmt: str) -> str:
 
 
 # -- state list ---------------------------------------------------------------------
+
+
+def lease_status(status: BranchStatus, fmt: str) -> str:
+    """``git-lease status``: the state branch's lease, as a sentence or JSON."""
+    if fmt == "json":
+        return json.dumps(status.to_json(), indent=2)
+    return status.describe()
 
 
 def state_listing(state: State, where: str, fmt: str) -> str:

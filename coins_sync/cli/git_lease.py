@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -168,5 +167,5 @@ def git_lease_status(
 ) -> int:
     """Show whether the state branch is free or which run holds its lease."""
     status = lease_from(env_name, state_path, branch, remote).fetch()
-    console.out(json.dumps(status.to_json(), indent=2) if fmt == "json" else status.describe())
+    console.out(console.lease_status(status, fmt))
     return EXIT_OK

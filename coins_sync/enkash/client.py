@@ -58,7 +58,6 @@ from coins_sync.enkash.wire import (
     CONFIG_PATH,
     CREATE_PATH,
     ENCRYPTION_AES_128_ECB,
-    ENCRYPTIONS,
     ID_RE,
     Messages,
     RemoteConfig,
@@ -75,7 +74,7 @@ from coins_sync.errors import (
     SettingsError,
     UnreachableError,
 )
-from coins_sync.settings import check_api_url
+from coins_sync.settings import ENCRYPTIONS, Encryption, check_api_url
 
 __all__ = [
     "ClientOptions",
@@ -104,7 +103,7 @@ class ClientOptions:
     api_url: str
     connect_timeout: float = defaults.CONNECT_TIMEOUT
     read_timeout: float = defaults.READ_TIMEOUT
-    encryption: str | None = None
+    encryption: Encryption | None = None  # None: Encryption.NONE
     max_retries: int = 5
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
@@ -117,7 +116,7 @@ class ClientOptions:
             raise SettingsError(f"api_url {self.api_url!r} is not a URL")
         # The client leaves the http-to-a-remote-host policy to the settings.
         check_api_url(self.api_url, allow_insecure_http=True)
-        if self.encryption not in ENCRYPTIONS:
+        if self.encryption is not None and self.encryption not in ENCRYPTIONS:
             raise SettingsError(
                 f"encryption {self.encryption!r} is not supported; "
                 f"use {ENCRYPTION_AES_128_ECB.value!r} or leave it unset"
@@ -458,7 +457,7 @@ class CoinsClient:
         return reply
 
 
-def check_credentials(environ: Mapping[str, str], encryption: str | None) -> None:
+def check_credentials(environ: Mapping[str, str], encryption: Encryption | None) -> None:
     """Raise AuthError unless the environment holds usable credentials for these
     settings. Apply calls it before it shows a plan, so a missing secret is said first."""
     credentials = Credentials.from_env(environ)

@@ -1,7 +1,7 @@
 """Team state on PostgreSQL: many runners, one truth.
 
-:class:`PostgresStateStore` implements :class:`coins_sync.state.StateStore` on a
-PostgreSQL schema: read, write, ``state push`` (replace), recovery after a run that
+:class:`PostgresStateStore` implements :class:`coins_sync.state.store.StateStore` on
+a PostgreSQL schema: read, write, ``state push`` (replace), recovery after a run that
 died, and the fold of a local rescue file. The lock and its fence live in
 :mod:`~coins_sync.state.postgres.lock`, the per-call journal in
 :mod:`~coins_sync.state.postgres.journal`.
@@ -28,7 +28,7 @@ from typing import Any
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
-from coins_sync.state.journal import Outcome, parse_journal
+from coins_sync.state.journal import JournalKind, Outcome, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 from coins_sync.state.postgres import migrations
 from coins_sync.state.postgres.audit import PostgresAudit, read_audit
@@ -325,14 +325,12 @@ class PostgresStateStore(Database):
         journal = PostgresJournal(self, lineage, rescue=False)
         try:
             for record in replay.records:
-                if record.kind != "result":
-                    continue
+                if record.kind != JournalKind.RESULT or record.outcome is None:
+                    continue  # parse_journal gives every result an outcome
                 updates = (Outcome.UPDATED, Outcome.UNVERIFIED)
                 action = AuditAction.UPDATE if record.outcome in updates else AuditAction.CREATE
                 unknown = (Outcome.UNKNOWN, Outcome.UNVERIFIED)
-                outcome = (
-                    Outcome.UNCERTAIN if record.outcome in unknown else Outcome(record.outcome)
-                )
+                outcome = Outcome.UNCERTAIN if record.outcome in unknown else record.outcome
                 note = "recorded from the rescue file after a lost database connection"
                 journal.stash(
                     AuditRecord(
