@@ -4,7 +4,7 @@ Every line the command line prints goes through :func:`out` or :func:`err`, whic
 it through :func:`coins_sync.redact.redact` first, and log lines go through
 :class:`ScrubFilter`. So no secret reaches a terminal or a CI log, whatever a message
 quotes. The renderers here turn results (validation problems, the state, an apply
-report) into lines; the plan renderers live in :mod:`coins_sync.render`.
+report) into lines; the plan renderers live in :mod:`coins_sync.plan.render`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from coins_sync.redact import redact
 if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.apply import ApplyReport
     from coins_sync.errors import Problem
+    from coins_sync.gitlease.lease import BranchStatus
     from coins_sync.state.model import State
 
 
@@ -77,6 +78,13 @@ def valid_report(files: int, rules: int, fmt: str) -> str:
 
 
 # -- state list ---------------------------------------------------------------------
+
+
+def lease_status(status: BranchStatus, fmt: str) -> str:
+    """``git-lease status``: the state branch's lease, as a sentence or JSON."""
+    if fmt == "json":
+        return json.dumps(status.to_json(), indent=2)
+    return status.describe()
 
 
 def state_listing(state: State, where: str, fmt: str) -> str:

@@ -13,7 +13,11 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     │   ├── LockError          the state is locked by another holder (carries .holder)
     │   └── StateConflictError another writer replaced the state; nothing was overwritten
     ├── StalePlanError         a saved plan no longer matches state or configs
-    ├── UnsafePlanError        a plan over the safety threshold without --force
+    ├── PlanFileError          a saved plan file that cannot be read or is not a plan
+    ├── PlanConflictError      a coinConfigId in the configs contradicts the state
+    ├── UnsafePlanError        a plan that must not be applied as it is (raise_if_unsafe)
+    │   ├── AmountOutOfRangeError  a change's amount above max_amount; --force cannot pass it
+    │   └── TooManyUpdatesError    updates over the update_threshold share, without --force
     ├── GitLeaseError          the git state-branch lease protocol cannot go on
     │   ├── LeaseHeldError     another run holds the lease (carries .holder)
     │   └── LeasePushError     the new state could not be pushed; the lease stays (.kept)
@@ -63,10 +67,10 @@ class UnknownFormatError(SettingsError, ValueError):
 class ConfigError(CoinsSyncError):
     """Rule files failed validation; ``problems`` lists every problem found."""
 
-    def __init__(self, problems: Sequence[Problem]) -> None:
+    def __init__(self, problems: Sequence[Problem], where: str = "the rule files") -> None:
         self.problems = sorted(problems)
         count = len(self.problems)
-        super().__init__(f"{count} problem{'s' if count != 1 else ''} in the rule files")
+        super().__init__(f"{count} problem{'s' if count != 1 else ''} in {where}")
 
 
 class StateError(CoinsSyncError):
@@ -90,8 +94,41 @@ class StalePlanError(CoinsSyncError):
     """A saved plan was made against another state serial or other configs."""
 
 
+class PlanFileError(CoinsSyncError):
+    """A saved plan file cannot be read or is not a coins-sync plan."""
+
+
+class PlanConflictError(CoinsSyncError):
+    """A ``coinConfigId`` in the configs contradicts what the state records."""
+
+
 class UnsafePlanError(CoinsSyncError):
-    """The plan touches more entries than the safety threshold allows."""
+    """The plan must not be applied as it is; each refusal is a subclass."""
+
+
+class AmountOutOfRangeError(UnsafePlanError):
+    """A change would set an amount above ``max_amount`` (or below 0); always refused.
+
+    ``key`` and ``amount`` name the first such change, ``count`` how many there are.
+    """
+
+    def __init__(self, message: str, key: str, amount: int, max_amount: int, count: int) -> None:
+        super().__init__(message)
+        self.key = key
+        self.amount = amount
+        self.max_amount = max_amount
+        self.count = count
+
+
+class TooManyUpdatesError(UnsafePlanError):
+    """The plan updates more than ``threshold`` of the ``managed`` entries; ``--force``
+    passes it once a person has reviewed the plan."""
+
+    def __init__(self, message: str, updates: int, managed: int, threshold: float) -> None:
+        super().__init__(message)
+        self.updates = updates
+        self.managed = managed
+        self.threshold = threshold
 
 
 class ApiError(CoinsSyncError):

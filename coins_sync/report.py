@@ -13,7 +13,7 @@ from itertools import groupby
 from typing import Any
 
 from coins_sync.configs.model import ConfigSet, RuleKey
-from coins_sync.markdown import code
+from coins_sync.plan.markdown import code
 from coins_sync.state.model import State
 
 

@@ -123,6 +123,7 @@ def check_api_url(url: str, *, allow_insecure_http: bool) -> str:
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
     except ValueError as e:
         raise SettingsError(f"api_url {url!r} is not a valid URL ({e})") from e
     if "@" in parts.netloc:

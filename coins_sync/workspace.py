@@ -14,18 +14,27 @@ from typing import TYPE_CHECKING, Any
 
 from coins_sync.configs.loader import RuleLoader
 from coins_sync.configs.model import ConfigSet, RuleKey
-from coins_sync.errors import StateError
-from coins_sync.plan import Action, Plan, PlanContext, SafetyRules, plan
-from coins_sync.refresh import Reader, refresh, untouchable
+from coins_sync.errors import SettingsError, StateError
+from coins_sync.plan.drift import Drift, Reader, refresh, untouchable
+from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
 from coins_sync.settings import Settings
-from coins_sync.state.audit import AuditLog, AuditSink, audit_path_for, read_audit
+from coins_sync.state.audit import (
+    AuditAction,
+    AuditLog,
+    AuditRecord,
+    AuditSink,
+    audit_path_for,
+    read_audit,
+)
 from coins_sync.state.file import open_store
+from coins_sync.state.journal import Outcome
 from coins_sync.state.model import State, StateEntry
 from coins_sync.state.store import StateStore
 
 if TYPE_CHECKING:  # validate and an offline plan never load the API client
     from coins_sync.apply.adopt import BulkResult, ImportRow
     from coins_sync.enkash import RemoteConfig
+    from coins_sync.state.postgres import PostgresStateStore
 
 
 def open_backend(settings: Settings) -> StateStore:
@@ -76,7 +85,7 @@ class Workspace:
                 continue
             try:
                 data = json.loads(candidate.read_bytes()[: 64 * 1024 * 1024])
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
             if isinstance(data, dict) and data.get("lineage") and data.get("entries"):
                 found.append(candidate)
@@ -84,19 +93,15 @@ class Workspace:
 
     def audit_log(self, environ: Mapping[str, str]) -> AuditSink:
         """Where this environment's audit records go (file beside the state, or table)."""
-        from coins_sync.state.postgres import PostgresStateStore
-
-        if isinstance(self.store, PostgresStateStore):
-            return self.store.audit_log(environ)
+        if self.settings.backend == "postgres":
+            return self.postgres_store("audit").audit_log(environ)
         return AuditLog.beside(self.settings.state, self.settings.env, environ)
 
     def read_audit(self, unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every audit record of this environment, oldest first; lines of an audit log
         file that cannot be read are named in ``unreadable``."""
-        from coins_sync.state.postgres import PostgresStateStore
-
-        if isinstance(self.store, PostgresStateStore):
-            return self.store.read_audit()
+        if self.settings.backend == "postgres":
+            return self.postgres_store("report").read_audit()
         return read_audit(audit_path_for(self.settings.state), unreadable)
 
     @property
@@ -140,14 +145,14 @@ class Workspace:
         configs = configs or self.load_configs()
         state = state or self.read_state()
         context = self.context(state, configs)
-        reader = refresh_with or verify_with
-        pending = unverified(state)
-        if reader is None or (refresh_with is None and not pending):
+        if refresh_with is not None:
+            read_back, drift = refresh(state, refresh_with, self.settings.parallelism)
+            known = {key: replace(e, pending=None) for key, e in read_back.entries.items()}
+            refreshed = replace(state, entries={**state.entries, **known})
+        elif verify_with is not None and unverified(state):
+            refreshed, drift = self.settle(state, verify_with)
+        else:
             return plan(configs.rules, state, context)
-        target = state if refresh_with is not None else replace(state, entries=pending)
-        read_back, drift = refresh(target, reader, self.settings.parallelism)
-        known = {key: replace(entry, pending=None) for key, entry in read_back.entries.items()}
-        refreshed = replace(state, entries={**state.entries, **known})
         fresh = plan(configs.rules, refreshed, context)
         blocked = untouchable(drift)
         kept = tuple(
@@ -157,8 +162,29 @@ class Workspace:
         )
         return replace(fresh, changes=kept, drift=tuple(drift))
 
+    def settle(self, state: State, reader: Reader) -> tuple[State, list[Drift]]:
+        """Read back each entry of an update whose outcome is unknown (one GET each).
+
+        An entry the server holds under the same key takes the server's amount and loses
+        its mark: that is what the server really holds. One that is missing or moved
+        keeps its mark (a person decides), and the drift says why. Writes nothing."""
+        pending = unverified(state)
+        if not pending:
+            return state, []
+        read_back, drift = refresh(
+            replace(state, entries=pending), reader, self.settings.parallelism
+        )
+        blocked = untouchable(drift)
+        settled = {
+            key: replace(entry, pending=None)
+            for key, entry in read_back.entries.items()
+            if key not in blocked
+        }
+        return replace(state, entries={**state.entries, **settled}), drift
+
     def forget(self, key: RuleKey, command: str) -> tuple[State, StateEntry]:
-        """Remove ``key`` from state (it stays on the server). Takes the lock.
+        """Remove ``key`` from state (it stays on the server). Takes the lock; the audit
+        log records it.
 
         Returns the new state and what was forgotten (an uncertain key has no id: "").
         """
@@ -171,7 +197,18 @@ class Workspace:
             if entry is None and pending is not None:
                 entry = StateEntry(key, pending.amount, "")
             assert entry is not None
-            return self.store.write(state.without(key)), entry
+            written = self.store.write(state.without(key))
+        self._audit(
+            AuditRecord(
+                AuditAction.FORGET,
+                key,
+                Outcome.FORGOTTEN,
+                entry.amount,
+                None,
+                entry.coin_config_id,
+            )
+        )
+        return written, entry
 
     def import_entry(
         self, key: RuleKey, coin_config_id: str, fetch: Callable[[str], RemoteConfig], command: str
@@ -179,7 +216,7 @@ class Workspace:
         """Record an existing server config as ``key`` after checking it really is ``key``.
 
         This is how an uncertain create is resolved when it did reach the server, and how
-        configs made by hand come under management.
+        configs made by hand come under management. The audit log records it.
         """
         with self.store.lock(command, self.settings.lock_timeout):
             state, _ = self.store.recover()
@@ -196,7 +233,13 @@ class Workspace:
                     "nothing was recorded"
                 )
             entry = StateEntry(key, remote.amount, remote.coin_config_id)
-            return self.store.write(state.with_entry(entry)), entry
+            written = self.store.write(state.with_entry(entry))
+        self._audit(
+            AuditRecord(
+                AuditAction.IMPORT, key, Outcome.IMPORTED, None, entry.amount, entry.coin_config_id
+            )
+        )
+        return written, entry
 
     def import_many(
         self,
@@ -234,4 +277,87 @@ class Workspace:
             result.state = state
         order = {id(row): index for index, row in enumerate(rows)}
         result.failed.sort(key=lambda item: order[id(item[0])])
+        self._audit(
+            *(
+                AuditRecord(
+                    AuditAction.IMPORT,
+                    row.key,
+                    Outcome.IMPORTED,
+                    None,
+                    entry.amount,
+                    row.coin_config_id,
+                )
+                for row, entry in result.imported
+            ),
+            *(
+                AuditRecord(
+                    AuditAction.IMPORT,
+                    row.key,
+                    Outcome.FAILED,
+                    None,
+                    None,
+                    row.coin_config_id,
+                    reason,
+                )
+                for row, reason in result.failed
+            ),
+        )
         return result
+
+    def _audit(self, *items: AuditRecord) -> None:
+        """Append ``items`` to this environment's audit log (actor and commit from the
+        process environment)."""
+        audit = self.audit_log(os.environ)
+        try:
+            for item in items:
+                audit.record(item)
+        finally:
+            audit.close()
+
+    def postgres_store(self, command: str) -> PostgresStateStore:
+        """The environment's PostgreSQL store, or a clear error for a file environment."""
+        from coins_sync.state.postgres import PostgresStateStore
+
+        if not isinstance(self.store, PostgresStateStore):
+            raise SettingsError(
+                f'`state {command}` needs an environment with backend = "postgres"; '
+                f"{self.settings.env!r} keeps its state in {self.store.describe()}"
+            )
+        return self.store
+
+    def push_state(
+        self, source: Path, force: bool, confirm: Callable[[State, State], None]
+    ) -> State:
+        """``state push``: replace the database's state with the file state ``source``
+        (its journal folded in), under both locks.
+
+        A state of another lineage, or a serial that is not newer than the database's,
+        is refused unless ``force``. ``confirm(current, pushed)`` runs under the locks
+        just before the write and raises to refuse it. Returns the state written.
+        """
+        from coins_sync.state.file import FileStateStore
+
+        store = self.postgres_store("push")
+        timeout = self.settings.lock_timeout
+        file_store = FileStateStore(source)
+        with file_store.lock("state push", timeout):
+            pushed = file_store.read()
+            if not pushed.exists:
+                raise StateError(f"{source}: no state to push")
+            with store.lock(f"state push --from {source}", timeout):
+                current, _ = store.recover()
+                if current.exists and not force:
+                    if current.lineage != pushed.lineage:
+                        raise StateError(
+                            f"{source} is lineage {pushed.lineage}, but {store.describe()} "
+                            f"holds lineage {current.lineage}: another state. Nothing was "
+                            "pushed; pass --force to replace it"
+                        )
+                    if pushed.serial <= current.serial:
+                        raise StateError(
+                            f"{source} is serial {pushed.serial}, not newer than the "
+                            f"database's serial {current.serial}. Nothing was pushed; pass "
+                            "--force to replace it"
+                        )
+                confirm(current, pushed)
+                return store.replace_state(pushed)

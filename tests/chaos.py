@@ -393,7 +393,10 @@ class Lab:
             figures.rounds += 1
             self.check(figures)
             code, _ = self.cli("plan", "--detailed-exitcode", *extra)
-            if code == 0:
+            # an update whose outcome was unknown may already match once read back; the
+            # next apply records it, so the state is settled only when no mark is left
+            settled = not any(e.pending is not None for e in self.state().entries.values())
+            if code == 0 and settled:
                 figures.converged = True
                 break
         self.finish(figures, desired)

@@ -1,7 +1,7 @@
 """`make mutants`: mutation testing of the modules that hold coins-sync's guarantees.
 
 Runs mutmut (configured in pyproject.toml, [tool.mutmut]) over apply, the saved plan
-(planfile), state, the client's retry policy and the output scrubber; then prints every
+(plan.saved), state, the client's retry policy and the output scrubber; then prints every
 surviving mutant, the survival rate per module, and the diff of each surviving mutant of
 a guarantee that must never go untested (GUARDS below). Exits 1 when such a mutant
 survives or when a guard matches no mutant (a function was renamed: update GUARDS).
@@ -30,12 +30,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MUTMUT = Path(sys.executable).with_name("mutmut")
 
-#: Which mutants run: every function of apply, planfile and state, and of the enkash
+#: Which mutants run: every function of apply, plan.saved and state, and of the enkash
 #: client and cli.py the functions of the retry policy and of secret scrubbing (all of
 #: redact.py).
 SELECTED = (
     "coins_sync.apply.*",
-    "coins_sync.planfile.*",
+    "coins_sync.plan.saved.*",
     "coins_sync.state.*",
     "coins_sync.enkash.retry.x_classify__mutmut_*",
     "coins_sync.enkash.retry.x_transport_failure__mutmut_*",
@@ -78,10 +78,10 @@ GUARDS = (
             "coins_sync.state.*ǁFileJournalǁappend__mutmut_*",
         ),
     ),
-    Guard("the saved plan's environment check", ("coins_sync.planfile.x_check_fresh__mutmut_*",)),
+    Guard("the saved plan's environment check", ("coins_sync.plan.saved.x_check_fresh__mutmut_*",)),
     Guard(
         "the saved plan's consistency checks",
-        ("coins_sync.planfile.x_check_consistent__mutmut_*",),
+        ("coins_sync.plan.saved.x_check_consistent__mutmut_*",),
     ),
     Guard(
         "the 408 retry for GET and PATCH",

@@ -39,7 +39,7 @@ from coins_sync.enkash import (
     make_http_client,
 )
 from coins_sync.errors import ApiError, LockError, StateError
-from coins_sync.plan import Action, Change, Plan
+from coins_sync.plan.reconcile import Action, Change, Plan
 from coins_sync.sandbox import SandboxServer
 from coins_sync.settings import load_settings
 from coins_sync.state.file import FileStateStore

@@ -124,3 +124,9 @@ def test_an_invalid_file_is_worded_by_jsonschema(tmp_path: Path) -> None:
     assert "amount: must be a whole number" in output
     assert "jsonschema" in modules
     assert offenders(modules, HEAVY) == []
+
+
+def test_report_on_a_file_backend_loads_no_postgres_module(examples: Path) -> None:
+    code, modules, output = loaded_modules(examples, "report")
+    assert code == 0, output
+    assert offenders(modules, ("coins_sync.state.postgres", "psycopg")) == []

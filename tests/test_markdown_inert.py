@@ -17,10 +17,10 @@ from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
 from coins_sync.configs.model import RuleKey
-from coins_sync.markdown import ELLIPSIS, PIPE_AFTER_BACKSLASH, code
-from coins_sync.plan import Plan, PlanContext
-from coins_sync.refresh import Drift
-from coins_sync.render import render_markdown
+from coins_sync.plan.drift import Drift
+from coins_sync.plan.markdown import ELLIPSIS, PIPE_AFTER_BACKSLASH, code
+from coins_sync.plan.reconcile import Plan, PlanContext
+from coins_sync.plan.render import render_markdown
 from coins_sync.sandbox import SandboxServer
 from tests.conftest import SANDBOX_TOKEN, Invoke, write
 

@@ -236,16 +236,27 @@ def sandbox_banner(host: str, token: str | None) -> str:
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    try:
-        import time
+    import queue
+    import threading
+    import time
 
+    assert proc.stderr is not None
+    stream = proc.stderr
+    received: queue.Queue[str] = queue.Queue()
+    # a reader thread, so that a sandbox that never writes cannot block the test
+    threading.Thread(
+        target=lambda: [received.put(x) for x in iter(stream.readline, "")], daemon=True
+    ).start()
+    try:
         deadline = time.monotonic() + 20
         lines: list[str] = []
-        assert proc.stderr is not None
-        while time.monotonic() < deadline and len(lines) < 8:
-            line = proc.stderr.readline()
-            if not line:
-                break
+        while len(lines) < 8 and (left := deadline - time.monotonic()) > 0:
+            try:
+                line = received.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if proc.poll() is not None and received.empty():
+                    break  # exited and everything it wrote was read
+                continue
             lines.append(line)
             if "listening" in line:
                 proc.terminate()  # what follows the banner is read until the pipe closes
@@ -303,9 +314,9 @@ def test_verbose_after_the_command_and_the_saved_plan_hint_applies(
     assert done.returncode == 0, done.stderr
     assert "project root:" in done.stderr and "environment default:" in done.stderr
     hint = done.stderr.split("apply it with `", 1)[1].split("`", 1)[0]
-    assert hint == "coins-sync apply p.json --configs rules"
+    assert hint == f"coins-sync apply p.json --configs rules --api-url {sandbox.url}"
     args = hint.split()[1:]
-    applied = run_cli(project, *args, "--yes", "--api-url", sandbox.url)
+    applied = run_cli(project, *args, "--yes")  # the hint alone reaches the same API
     assert applied.returncode == 0, applied.stderr  # the hint's command is not stale
     assert len(sandbox.configs()) == 2
 

@@ -6,7 +6,7 @@ import pytest
 
 from coins_sync.configs.model import Rule, RuleKey, Source
 from coins_sync.errors import UnsafePlanError
-from coins_sync.plan import Action, SafetyRules, check_safety, plan
+from coins_sync.plan.reconcile import Action, SafetyRules, plan
 from coins_sync.state.model import State, StateEntry, Uncertain
 
 
@@ -78,19 +78,19 @@ def test_threshold_refuses_many_updates_unless_forced() -> None:
     current = state(*((f"E{i}", 1) for i in range(10)))
     four_updates = plan([rule(f"E{i}", 2 if i < 4 else 1) for i in range(10)], current)
     with pytest.raises(UnsafePlanError, match="4 updates touch 40% of 10 managed"):
-        check_safety(four_updates, SafetyRules())
-    check_safety(four_updates, SafetyRules(), force=True)
-    check_safety(four_updates, SafetyRules(update_threshold=0.5))
+        four_updates.raise_if_unsafe(SafetyRules())
+    four_updates.raise_if_unsafe(SafetyRules(), force=True)
+    four_updates.raise_if_unsafe(SafetyRules(update_threshold=0.5))
     three_updates = plan([rule(f"E{i}", 2 if i < 3 else 1) for i in range(10)], current)
-    check_safety(three_updates, SafetyRules())
+    three_updates.raise_if_unsafe(SafetyRules())
 
 
 def test_threshold_needs_a_minimum_of_managed_entries() -> None:
     current = state(*((f"E{i}", 1) for i in range(9)))
-    check_safety(plan([rule(f"E{i}", 2) for i in range(9)], current), SafetyRules())
+    plan([rule(f"E{i}", 2) for i in range(9)], current).raise_if_unsafe(SafetyRules())
 
 
 def test_amount_above_max_is_refused_even_with_force() -> None:
     the_plan = plan([rule("A", 500)], state())
     with pytest.raises(UnsafePlanError, match="above max_amount 100"):
-        check_safety(the_plan, SafetyRules(max_amount=100), force=True)
+        the_plan.raise_if_unsafe(SafetyRules(max_amount=100), force=True)

@@ -13,9 +13,9 @@ import pytest
 
 from coins_sync.configs.model import RuleKey, Source
 from coins_sync.errors import CoinsSyncError, UnknownFormatError
-from coins_sync.plan import Action, Change, Plan, PlanContext
-from coins_sync.refresh import Drift
-from coins_sync.render import (
+from coins_sync.plan.drift import Drift
+from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext
+from coins_sync.plan.render import (
     RENDERERS,
     PlanJson,
     PlanMarkdown,

@@ -462,3 +462,22 @@ def test_refresh_plan_cannot_drop_a_change_without_drift(
     data["changes"] = [c for c in data["changes"] if c["key"]["event"] != "NEW"]
     rewrite(data)
     refused(project, invoke, sandbox, says="lacks the fresh plan's create of ACME/DEFAULT/NEW")
+
+
+def test_applying_a_saved_plan_counts_the_unchanged_rules_as_plan_did(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    env = {"COINS_SYNC_TOKEN": SANDBOX_TOKEN}
+    url = ("--api-url", sandbox.url)
+    rules = (
+        "companyId: ACME\nrules:\n  - event: MEAL\n    amount: {}\n  - event: FUEL\n    amount: 4\n"
+    )
+    write(project / "configs/acme.yaml", rules.format(6))
+    assert invoke("apply", "--yes", *url, env=env).exit_code == 0
+    write(project / "configs/acme.yaml", rules.format(7))
+    planned = invoke("plan", "--out", "p.json", *url, env=env)
+    assert "1 to update" in planned.output and "1 unchanged" in planned.output, planned.output
+    applied = invoke("apply", "p.json", "--yes", *url, env=env)
+    assert applied.exit_code == 0, applied.output
+    assert "1 to update" in applied.output and "1 unchanged" in applied.output, applied.output
+    assert "Apply: 0 created, 1 updated" in applied.output

@@ -201,3 +201,34 @@ def test_pending_amount_round_trips_and_is_checked() -> None:
 
     with pytest.raises(StateError, match="pendingAmount"):
         parse_state(bad, "s")
+
+
+@pytest.mark.usefixtures("fast_retries")
+def test_apply_records_what_it_read_back_even_with_nothing_to_send(
+    project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
+) -> None:
+    """The PATCH was stored but its answer lost; the configs still want that amount. The
+    next apply sends nothing, yet records the server's amount and clears the mark, so
+    the state matches the server and later plans need no read-back."""
+    data = project / "sandbox.json"
+    good = servers(data_file=data)
+    write(project / "configs/acme.yaml", rules(6))
+    assert invoke("apply", "--api-url", good.url, "--yes", env=ENV).exit_code == 0
+    good.stop()
+    lossy = servers(data_file=data, fail_after_rate=1.0, seed=7)
+    write(project / "configs/acme.yaml", rules(9))
+    assert invoke("apply", "--api-url", lossy.url, "--yes", env=ENV).exit_code == 1
+    lossy.stop()
+    (entry,) = state_of(project)["entries"]
+    assert (entry["amount"], entry["pendingAmount"]) == (6, 9)
+
+    fixed = servers(data_file=data)
+    done = invoke("apply", "--api-url", fixed.url, "--yes", env=ENV)
+    assert done.exit_code == 0, done.output
+    assert "Nothing to apply" in done.output
+    assert fixed.stats["patches"] == 0  # nothing was sent
+    (entry,) = state_of(project)["entries"]
+    assert entry["amount"] == 9 and "pendingAmount" not in entry
+    gets = fixed.stats["gets"]
+    assert invoke("plan", "--api-url", fixed.url, "--detailed-exitcode", env=ENV).exit_code == 0
+    assert fixed.stats["gets"] == gets  # nothing left to read back

@@ -26,6 +26,7 @@ from coins_sync.state.model import State, StateEntry
 FIELDS = ("companyId", "configuration", "event", "coinConfigId")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_ROWS = 1_000_000
+_WHERE = "the import file"  # not the rule files: its problems name FILE:LINE of --from
 
 
 @dataclass(frozen=True)
@@ -51,15 +52,15 @@ def read_rows(path: Path, shown: str) -> list[ImportRow]:
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as e:
-        raise ConfigError([Problem(shown, 0, 0, f"cannot read: {e.strerror or e}")]) from e
+        raise ConfigError([Problem(shown, 0, 0, f"cannot read: {e.strerror or e}")], _WHERE) from e
     except UnicodeDecodeError as e:
-        raise ConfigError([Problem(shown, 1, 1, "not valid UTF-8")]) from e
+        raise ConfigError([Problem(shown, 1, 1, "not valid UTF-8")], _WHERE) from e
     first = text.lstrip()[:1]
     rows, problems = (_json_lines if first == "{" else _csv)(text, shown)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems, _WHERE)
     if not rows:
-        raise ConfigError([Problem(shown, 1, 1, "no rows to import")])
+        raise ConfigError([Problem(shown, 1, 1, "no rows to import")], _WHERE)
     return rows
 
 

@@ -35,6 +35,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from coins_sync import defaults
 from coins_sync.apply.ledger import Ledger
 from coins_sync.apply.report import ApplyReport, stopped_error
 from coins_sync.apply.send import Ahead, CoinsApi, Sender
@@ -42,7 +43,7 @@ from coins_sync.configs.model import RuleKey
 from coins_sync.errors import (
     StateError,
 )
-from coins_sync.plan import Action, Change, Plan
+from coins_sync.plan.reconcile import Action, Change, Plan
 from coins_sync.state.audit import AuditSink
 from coins_sync.state.journal import Journal, JournalRecord
 from coins_sync.state.model import State
@@ -77,7 +78,7 @@ class Executor:
         state: State,
         *,
         desired: Mapping[RuleKey, int],
-        parallelism: int = 8,
+        parallelism: int = defaults.PARALLELISM,
         fold_every: int = 500,
         audit: AuditSink | None = None,
         stop: threading.Event | None = None,

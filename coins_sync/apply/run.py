@@ -22,8 +22,8 @@ from coins_sync.apply.report import ApplyReport, describe
 from coins_sync.apply.send import CoinsApi
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import StateError
-from coins_sync.plan import Plan, check_safety
-from coins_sync.planfile import check_consistent, check_fresh, load_plan
+from coins_sync.plan.reconcile import Plan
+from coins_sync.plan.saved import check_consistent, check_fresh, load_plan
 from coins_sync.state.audit import AuditSink
 from coins_sync.state.file import FileStateStore
 from coins_sync.workspace import Workspace, unverified
@@ -143,16 +143,21 @@ def run_apply(
             if request.planfile is not None:
                 the_plan = load_plan(request.planfile)
                 check_fresh(the_plan, settings.env, state, configs)
-                check_consistent(the_plan, state, configs)
+                the_plan = check_consistent(the_plan, state, configs)
             elif request.refresh:
                 api = api_factory()
                 the_plan = workspace.plan(state, configs, refresh_with=api)
             elif unverified(state):  # read back the updates whose outcome is unknown
                 api = api_factory()
+                settled, _ = workspace.settle(state, api)
+                if settled.content() != state.content():
+                    # what the server holds is recorded even when nothing is sent, so
+                    # the mark does not outlive the doubt (and each plan's GETs with it)
+                    state = store.write(settled)
                 the_plan = workspace.plan(state, configs, verify_with=api)
             else:
                 the_plan = workspace.plan(state, configs)
-            check_safety(the_plan, workspace.safety, force=request.force)
+            the_plan.raise_if_unsafe(workspace.safety, force=request.force)
             if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
                 return the_plan, None
             api = api or api_factory()

@@ -19,7 +19,7 @@ from coins_sync.apply.report import ApplyReport
 from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, UnreachableError
-from coins_sync.plan import Action, Change
+from coins_sync.plan.reconcile import Action, Change
 from coins_sync.state.audit import AuditAction, AuditRecord
 from coins_sync.state.journal import JournalKind, JournalRecord, Outcome
 from coins_sync.state.model import StateEntry, Uncertain, utc_now

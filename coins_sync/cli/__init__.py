@@ -9,7 +9,7 @@
 * :mod:`~coins_sync.cli.sandbox`: ``sandbox``.
 
 What they print goes through :mod:`coins_sync.console` (scrubbed) or the plan
-renderers in :mod:`coins_sync.render`.
+renderers in :mod:`coins_sync.plan.render`.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ from coins_sync import console
 from coins_sync.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, cli
 from coins_sync.cli.options import force_option, make_client, with_workspace
 from coins_sync.errors import SettingsError
-from coins_sync.plan import Action, Plan
-from coins_sync.render import render
+from coins_sync.plan.reconcile import Action, Plan
+from coins_sync.plan.render import render
 from coins_sync.workspace import Workspace
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -11,7 +10,7 @@ import click
 
 from coins_sync import console, envvars
 from coins_sync.cli.app import EXIT_OK, cli
-from coins_sync.cli.options import env_option, resolve_settings, state_option
+from coins_sync.cli.options import env_option, format_option, resolve_settings, state_option
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.gitlease import GitLease
@@ -162,11 +161,11 @@ def git_lease_release(
 
 @git_lease.command("status")
 @lease_options
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@format_option("text", "json")
 def git_lease_status(
     env_name: str | None, state_path: Path | None, branch: str, remote: str, fmt: str
 ) -> int:
     """Show whether the state branch is free or which run holds its lease."""
     status = lease_from(env_name, state_path, branch, remote).fetch()
-    console.out(json.dumps(status.to_json(), indent=2) if fmt == "json" else status.describe())
+    console.out(console.lease_status(status, fmt))
     return EXIT_OK

@@ -64,10 +64,29 @@ lock_timeout_option = click.option(
     metavar="SECONDS",
     help="Wait this long for the state lock instead of failing at once.",
 )
+
+
+def format_option(*choices: str, help: str = "Output format.") -> Callable[[F], F]:
+    """``--format`` (``fmt``): the first choice is the default."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(choices),
+        default=choices[0],
+        show_default=True,
+        help=help,
+    )
+
+
 yes_option = click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 
 #: The options that pick what a command works on; a hint repeats them (see same_flags).
-_SELECTION = (("env_name", "--env"), ("configs", "--configs"), ("state_path", "--state"))
+_SELECTION = (
+    ("env_name", "--env"),
+    ("configs", "--configs"),
+    ("state_path", "--state"),
+    ("api_url", "--api-url"),
+)
 
 
 def resolve_settings(
@@ -101,12 +120,13 @@ def with_workspace(
     def decorate(command: Callable[Concatenate[Workspace, P], R]) -> Callable[P, R]:
         @functools.wraps(command)
         def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            options: dict[str, Any] = kwargs  # click passes every option by name
             settings = resolve_settings(
-                kwargs.pop("env_name"),  # type: ignore[arg-type]
-                kwargs.pop("configs"),  # type: ignore[arg-type]
-                kwargs.pop("state_path"),  # type: ignore[arg-type]
-                kwargs.pop("api_url"),  # type: ignore[arg-type]
-                kwargs.pop("lock_timeout", None),  # type: ignore[arg-type]
+                options.pop("env_name"),
+                options.pop("configs"),
+                options.pop("state_path"),
+                options.pop("api_url"),
+                options.pop("lock_timeout", None),
             )
             return command(Workspace(settings), *args, **kwargs)
 

@@ -7,34 +7,29 @@ from pathlib import Path
 
 import click
 
-from coins_sync import console, envvars
+from coins_sync import console
 from coins_sync.cli.app import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     configs_option,
+    env_option,
     force_option,
+    format_option,
     make_client,
     same_flags,
     with_workspace,
 )
 from coins_sync.errors import AuthError, ConfigError, SettingsError
-from coins_sync.plan import Plan, check_safety
-from coins_sync.planfile import refuse_state_target, save_plan
-from coins_sync.render import RENDERERS, render
+from coins_sync.plan.reconcile import Plan
+from coins_sync.plan.render import RENDERERS, render
+from coins_sync.plan.saved import refuse_state_target, save_plan
 from coins_sync.settings import load_settings
 from coins_sync.workspace import Workspace, unverified
 
 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Output format.",
-)
-@click.option("--env", "env_name", metavar="NAME", envvar=envvars.ENV, help="Environment.")
+@format_option("text", "json")
+@env_option
 @configs_option
 def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
     """Check rule files against the schema and each other. No state, no network.
@@ -59,14 +54,7 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: P
 
 @cli.command("plan")
 @with_workspace()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(list(RENDERERS)),
-    default="text",
-    show_default=True,
-    help="Output format; markdown is ready for a PR comment.",
-)
+@format_option(*RENDERERS, help="Output format; markdown is ready for a PR comment.")
 @click.option(
     "--out",
     type=click.Path(path_type=Path, dir_okay=False),
@@ -95,8 +83,9 @@ def plan_command(
     except one GET for each config whose last update's outcome is unknown.
 
     \b
-    Actions: + create, ~ update (PATCH), ! uncertain (an earlier create's outcome
-    is unknown), ! orphan (in state, not in configs; never acted on).
+    Actions: + create, <= import (adopt the coinConfigId a rule names), ~ update
+    (PATCH), ! uncertain (an earlier create's outcome is unknown), ! orphan (in
+    state, not in configs; never acted on).
 
     \b
     Examples:
@@ -114,7 +103,7 @@ def plan_command(
     else:
         the_plan, unread = plan_verified(workspace)
     click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
-    check_safety(the_plan, workspace.safety, force=force)
+    the_plan.raise_if_unsafe(workspace.safety, force=force)
     if out is not None:
         save_plan(the_plan, out)
         command = " ".join(filter(None, ["coins-sync apply", shlex.quote(str(out)), same_flags()]))
@@ -148,13 +137,7 @@ def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
 
 @cli.command()
 @with_workspace()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["markdown", "csv", "json"]),
-    default="markdown",
-    show_default=True,
-)
+@format_option("markdown", "csv", "json")
 def report(workspace: Workspace, fmt: str) -> int:
     """The auditor's view: every rule per company, its status and last change.
 

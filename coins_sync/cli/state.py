@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 import click
 
-from coins_sync import console, envvars
+from coins_sync import console
 from coins_sync.cli.app import EXIT_ERROR, EXIT_OK, cli
 from coins_sync.cli.options import (
     confirm_or_refuse,
+    env_option,
+    format_option,
     make_client,
     parse_key,
     with_workspace,
@@ -19,8 +19,7 @@ from coins_sync.cli.options import (
 )
 from coins_sync.errors import SettingsError, StateError
 from coins_sync.settings import load_settings, valid_schema_name
-from coins_sync.state.audit import AuditAction, AuditRecord
-from coins_sync.state.journal import Outcome
+from coins_sync.state.model import State
 from coins_sync.workspace import Workspace
 
 _NO_TERMINAL = "refusing to change state without a terminal; pass --yes"
@@ -39,13 +38,7 @@ def state() -> None:
 
 @state.command("list")
 @with_workspace()
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-)
+@format_option("text", "json")
 def state_list(workspace: Workspace, fmt: str) -> int:
     """List what the state records: live entries and uncertain creates.
 
@@ -74,19 +67,7 @@ def state_rm(workspace: Workspace, key: str, yes: bool) -> int:
     """
     rule_key = parse_key(key)
     confirm_or_refuse(yes, f"Forget {rule_key} in {workspace.store.describe()}?", _NO_TERMINAL)
-    written, forgotten = workspace.forget(rule_key, command=f"state rm {rule_key}")
-    audit = workspace.audit_log(os.environ)
-    audit.record(
-        AuditRecord(
-            AuditAction.FORGET,
-            rule_key,
-            Outcome.FORGOTTEN,
-            forgotten.amount,
-            None,
-            forgotten.coin_config_id,
-        )
-    )
-    audit.close()
+    written, _ = workspace.forget(rule_key, command=f"state rm {rule_key}")
     console.out(f"Forgot {rule_key} (state serial {written.serial}).")
     return EXIT_OK
 
@@ -128,13 +109,6 @@ def state_import(
         written, entry = workspace.import_entry(
             rule_key, coin_config_id, client.get, command=f"state import {rule_key}"
         )
-    audit = workspace.audit_log(os.environ)
-    audit.record(
-        AuditRecord(
-            AuditAction.IMPORT, rule_key, Outcome.IMPORTED, None, entry.amount, entry.coin_config_id
-        )
-    )
-    audit.close()
     console.out(
         f"Imported {rule_key} as {entry.coin_config_id} (amount {entry.amount}; "
         f"state serial {written.serial})."
@@ -156,33 +130,6 @@ def import_file(workspace: Workspace, source: Path) -> int:
             )
     finally:
         progress.close()
-    audit = workspace.audit_log(os.environ)
-    try:
-        for row, entry in result.imported:
-            audit.record(
-                AuditRecord(
-                    AuditAction.IMPORT,
-                    row.key,
-                    Outcome.IMPORTED,
-                    None,
-                    entry.amount,
-                    row.coin_config_id,
-                )
-            )
-        for row, reason in result.failed:
-            audit.record(
-                AuditRecord(
-                    AuditAction.IMPORT,
-                    row.key,
-                    Outcome.FAILED,
-                    None,
-                    None,
-                    row.coin_config_id,
-                    reason,
-                )
-            )
-    finally:
-        audit.close()
     for row, reason in result.failed:
         console.err(f"  failed  {row.where}: {row.key} {row.coin_config_id}: {reason}")
     serial = f"; state serial {result.state.serial}" if result.state is not None else ""
@@ -191,18 +138,6 @@ def import_file(workspace: Workspace, source: Path) -> int:
         f"(of {len(rows)} rows{serial})."
     )
     return EXIT_ERROR if result.failed else EXIT_OK
-
-
-def postgres_store(workspace: Workspace, command: str) -> Any:
-    """The environment's PostgreSQL store, or a clear error for a file environment."""
-    from coins_sync.state.postgres import PostgresStateStore
-
-    if not isinstance(workspace.store, PostgresStateStore):
-        raise SettingsError(
-            f'`state {command}` needs an environment with backend = "postgres"; '
-            f"{workspace.settings.env!r} keeps its state in {workspace.store.describe()}"
-        )
-    return workspace.store
 
 
 @state.command("push")
@@ -229,37 +164,17 @@ def state_push(workspace: Workspace, source: Path, yes: bool, force: bool) -> in
     Example:
       coins-sync state push --env team --from state/prod.json --yes
     """
-    from coins_sync.state.file import FileStateStore
+    store = workspace.postgres_store("push")
 
-    store = postgres_store(workspace, "push")
-    timeout = workspace.settings.lock_timeout
-    file_store = FileStateStore(source)
-    with file_store.lock("state push", timeout):
-        pushed = file_store.read()
-        if not pushed.exists:
-            raise StateError(f"{source}: no state to push")
-        with store.lock(f"state push --from {source}", timeout):
-            current, _ = store.recover()
-            if current.exists and not force:
-                if current.lineage != pushed.lineage:
-                    raise StateError(
-                        f"{source} is lineage {pushed.lineage}, but {store.describe()} holds "
-                        f"lineage {current.lineage}: another state. Nothing was pushed; "
-                        "pass --force to replace it"
-                    )
-                if pushed.serial <= current.serial:
-                    raise StateError(
-                        f"{source} is serial {pushed.serial}, not newer than the database's "
-                        f"serial {current.serial}. Nothing was pushed; pass --force to "
-                        "replace it"
-                    )
-            confirm_or_refuse(
-                yes,
-                f"Replace {len(current.entries)} entries in {store.describe()} with "
-                f"{len(pushed.entries)} from {source}?",
-                _NO_TERMINAL,
-            )
-            written = store.replace_state(pushed)
+    def confirm(current: State, pushed: State) -> None:
+        confirm_or_refuse(
+            yes,
+            f"Replace {len(current.entries)} entries in {store.describe()} with "
+            f"{len(pushed.entries)} from {source}?",
+            _NO_TERMINAL,
+        )
+
+    written = workspace.push_state(source, force, confirm)
     console.out(
         f"Pushed {len(written.entries)} entries and {len(written.uncertain)} uncertain from "
         f"{source} to {store.describe()} (lineage {written.lineage}, serial {written.serial})."
@@ -311,7 +226,7 @@ def state_force_unlock(workspace: Workspace, yes: bool) -> int:
     Example:
       coins-sync state force-unlock --env team --yes
     """
-    store = postgres_store(workspace, "force-unlock")
+    store = workspace.postgres_store("force-unlock")
     confirm_or_refuse(
         yes,
         f"End the lock holder of {store.describe()}?",
@@ -326,7 +241,7 @@ def state_force_unlock(workspace: Workspace, yes: bool) -> int:
 
 
 @state.command("schema-sql")
-@click.option("--env", "env_name", metavar="NAME", envvar=envvars.ENV, help="Environment.")
+@env_option
 @click.option("--schema", metavar="NAME", help="Schema name (default: the environment's).")
 def state_schema_sql(env_name: str | None, schema: str | None) -> int:
     """Print the SQL of the postgres backend's schema, for a DBA to apply by hand.

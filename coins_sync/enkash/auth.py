@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from typing import Final, NoReturn
 
 import httpx
@@ -100,6 +100,11 @@ class TokenAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         return self.for_call().auth_flow(request)
+
+    @property
+    def limit(self) -> int:
+        """``max_response_bytes``: the most read of any answer."""
+        return self._limit
 
     def for_call(self) -> CallAuth:
         """The auth for one API call: it refreshes after a 401 at most once in all."""
@@ -265,7 +270,10 @@ class CallAuth(httpx.Auth):
             request.method,
             request.url.path,
         )
-        # Read (and so release) the refused answer before the token request.
+        # Read (and so release) the refused answer before the token request; httpx
+        # reads it too before it resends. It is never used, so at most the response
+        # limit is read: a hostile or broken server cannot fill the memory with it.
+        response.stream = _Capped(response.stream, self.tokens.limit)
         response.read()
         token = self.tokens.refresh_after_401(token)
         # The same request, as a new object: the refused one stays as it was sent.
@@ -278,6 +286,27 @@ class CallAuth(httpx.Auth):
         )
         again.headers["Authorization"] = f"Bearer {token}"
         yield again
+
+
+class _Capped(httpx.SyncByteStream):
+    """A body cut after ``limit`` bytes; the rest is never read (the connection is
+    closed instead of being reused)."""
+
+    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, limit: int) -> None:
+        assert isinstance(stream, httpx.SyncByteStream)
+        self._stream = stream
+        self._limit = limit
+
+    def __iter__(self) -> Iterator[bytes]:
+        size = 0
+        for chunk in self._stream:
+            yield chunk[: self._limit - size]
+            size += len(chunk)
+            if size >= self._limit:
+                return
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _oauth_error(body: bytes | None) -> str | None:

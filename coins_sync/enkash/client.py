@@ -58,7 +58,6 @@ from coins_sync.enkash.wire import (
     CONFIG_PATH,
     CREATE_PATH,
     ENCRYPTION_AES_128_ECB,
-    ENCRYPTIONS,
     ID_RE,
     Messages,
     RemoteConfig,
@@ -75,7 +74,7 @@ from coins_sync.errors import (
     SettingsError,
     UnreachableError,
 )
-from coins_sync.settings import check_api_url
+from coins_sync.settings import ENCRYPTIONS, Encryption, check_api_url
 
 __all__ = [
     "ClientOptions",
@@ -104,7 +103,7 @@ class ClientOptions:
     api_url: str
     connect_timeout: float = defaults.CONNECT_TIMEOUT
     read_timeout: float = defaults.READ_TIMEOUT
-    encryption: str | None = None
+    encryption: Encryption | None = None  # None: Encryption.NONE
     max_retries: int = 5
     backoff_initial: float = 0.2
     backoff_max: float = 10.0
@@ -117,10 +116,10 @@ class ClientOptions:
             raise SettingsError(f"api_url {self.api_url!r} is not a URL")
         # The client leaves the http-to-a-remote-host policy to the settings.
         check_api_url(self.api_url, allow_insecure_http=True)
-        if self.encryption not in ENCRYPTIONS:
+        if self.encryption is not None and self.encryption not in ENCRYPTIONS:
             raise SettingsError(
                 f"encryption {self.encryption!r} is not supported; "
-                f"use {ENCRYPTION_AES_128_ECB!r} or leave it unset"
+                f"use {ENCRYPTION_AES_128_ECB.value!r} or leave it unset"
             )
         positive = {
             "connect_timeout": self.connect_timeout,
@@ -211,7 +210,7 @@ class CoinsClient:
         if options.encryption == ENCRYPTION_AES_128_ECB:
             if not credentials.client_secret:
                 raise AuthError(
-                    f"encryption {ENCRYPTION_AES_128_ECB!r} needs {ENV_CLIENT_SECRET}: "
+                    f"encryption {ENCRYPTION_AES_128_ECB.value!r} needs {ENV_CLIENT_SECRET}: "
                     "the body key is derived from the client secret"
                 )
             key = key_from_secret(credentials.client_secret)
@@ -246,7 +245,7 @@ class CoinsClient:
     def __repr__(self) -> str:
         return (
             f"CoinsClient(api_url={self._options.api_url!r}, auth={self._mode!r}, "
-            f"encryption={self._options.encryption!r})"
+            f"encryption={_plain(self._options.encryption)!r})"
         )
 
     def __enter__(self) -> CoinsClient:
@@ -458,13 +457,18 @@ class CoinsClient:
         return reply
 
 
-def check_credentials(environ: Mapping[str, str], encryption: str | None) -> None:
+def check_credentials(environ: Mapping[str, str], encryption: Encryption | None) -> None:
     """Raise AuthError unless the environment holds usable credentials for these
     settings. Apply calls it before it shows a plan, so a missing secret is said first."""
     credentials = Credentials.from_env(environ)
     auth_mode(credentials)
     if encryption == ENCRYPTION_AES_128_ECB and not credentials.client_secret:
         raise AuthError(
-            f"encryption {ENCRYPTION_AES_128_ECB!r} needs {ENV_CLIENT_SECRET}: "
+            f"encryption {ENCRYPTION_AES_128_ECB.value!r} needs {ENV_CLIENT_SECRET}: "
             "the body key is derived from the client secret"
         )
+
+
+def _plain(value: str | None) -> str | None:
+    """An enum member as its plain text (for a repr that reads like the settings)."""
+    return None if value is None else str(value)

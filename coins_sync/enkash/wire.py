@@ -38,7 +38,6 @@ TOKEN_PATH: Final = "/oauth/token"
 CREATE_PATH: Final = "/api/v0/enkash-coins/create-coins-config"
 CONFIG_PATH: Final = "/api/v0/enkash-coins/{coin_config_id}"
 ENCRYPTION_AES_128_ECB: Final = Encryption.AES_128_ECB
-ENCRYPTIONS: Final = (None, ENCRYPTION_AES_128_ECB)
 
 ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _CODE_RE: Final = re.compile(r"[+-]?[0-9]{1,18}")
@@ -233,7 +232,7 @@ class Wire:
         if code is None:
             hint = ""
             if self.key is None and set(doc) == {"request"}:
-                hint = f" (it looks encrypted: set encryption = {ENCRYPTION_AES_128_ECB!r})"
+                hint = f" (it looks encrypted: set encryption = {ENCRYPTION_AES_128_ECB.value!r})"
             missing = "the response has no integer response_code"
             raise fail(kind, f"{what}: HTTP {status} but {missing}{hint}{maybe}", status)
         if code != 0:

@@ -287,8 +287,8 @@ class GitLease:
                 f"this clone holds no lease on {self.branch}; run `coins-sync git-lease "
                 "acquire` before apply"
             ) from e
-        except (OSError, ValueError) as e:
-            raise GitLeaseError(f"{self.record_path}: unreadable lease record: {e}") from e
+        except (OSError, ValueError, RecursionError) as e:
+            raise GitLeaseError(f"{self.record_path}: unreadable lease record: {e!r}") from e
         if not isinstance(data, dict) or not isinstance(data.get("lease"), str):
             raise GitLeaseError(f"{self.record_path}: not a lease record")
         return {str(k): str(v) for k, v in data.items()}

@@ -61,7 +61,7 @@ class Store:
                 suffix = config_id.removeprefix("WCC")
                 if suffix.isdigit():
                     next_id = max(next_id, int(suffix) + 1)
-        except (OSError, ValueError, HttpError) as e:
+        except (OSError, ValueError, RecursionError, HttpError) as e:
             raise CoinsSyncError(f"sandbox data file {path} is unusable: {e}") from e
         self._next_id = max(next_id, _FIRST_ID)
         logger.debug("loaded %d configs from %s", len(self._configs), path)

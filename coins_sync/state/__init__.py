@@ -27,6 +27,8 @@ What is promised:
 * One state-changing command runs per state at a time, under a lock that a killed
   holder releases; a refused caller is told who holds it.
 
-Nothing outside this package knows where state lives: callers use a
-:class:`~coins_sync.state.store.StateStore` (the workspace picks the backend).
+Callers use a :class:`~coins_sync.state.store.StateStore`; the backend of an environment
+(its ``backend`` setting) is chosen in one place, :func:`coins_sync.workspace.open_backend`.
+Only what is about a state *file* uses the file backend directly: ``state push --from``,
+``git-lease`` and the guard that keeps a saved plan off the state's files.
 """

@@ -23,6 +23,7 @@ from coins_sync.redact import redact
 from coins_sync.state.files import AppendLog
 from coins_sync.state.journal import Outcome
 from coins_sync.state.model import utc_now
+from coins_sync.state.store import os_user
 
 
 class AuditAction(StrEnum):
@@ -41,15 +42,8 @@ def audit_path_for(state_path: Path) -> Path:
 
 
 def current_actor(environ: Mapping[str, str]) -> str:
-    actor = environ.get("GITHUB_ACTOR")
-    if actor:
-        return actor
-    import getpass  # imports here keep the start-up of validate and plan short
-
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
+    """Who acts: ``GITHUB_ACTOR`` in a workflow, else the operating-system user."""
+    return environ.get("GITHUB_ACTOR") or os_user()
 
 
 def current_commit(environ: Mapping[str, str], cwd: Path | None = None) -> str | None:

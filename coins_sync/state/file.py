@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coins_sync.errors import LockError, StateConflictError, StateError
-from coins_sync.state.files import AppendLog, _fsync_dir, atomic_write, repair_tail, write_all
+from coins_sync.state.files import AppendLog, atomic_write, fsync_dir
 from coins_sync.state.journal import (
     JournalRecord,
     JournalReplay,
@@ -34,7 +34,7 @@ from coins_sync.state.model import (
     serialize,
     utc_now,
 )
-from coins_sync.state.store import LockHolder
+from coins_sync.state.store import LockHolder, os_user
 
 if TYPE_CHECKING:
     import filelock
@@ -115,15 +115,15 @@ class FileStateStore:
     def write_rescue(self, lineage: str, records: Iterable[JournalRecord]) -> Path:
         """Append ``records`` to the rescue file beside the state (fsynced); the next
         command folds it into the state. Raises OSError when it cannot be written."""
-        data = b"".join(record.to_line(lineage) for record in records)
-        fd = os.open(self.rescue_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        rescue = AppendLog(self.rescue_path, "rescue file")
         try:
-            repair_tail(fd)
-            write_all(fd, data)
-            os.fsync(fd)
+            rescue.append(b"".join(record.to_line(lineage) for record in records))
+        except StateError as e:
+            if isinstance(e.__cause__, OSError):
+                raise e.__cause__ from None  # the caller words the OS error itself
+            raise  # pragma: no cover - AppendLog raises StateError only from an OSError
         finally:
-            os.close(fd)
-        _fsync_dir(self.rescue_path.parent)
+            rescue.close()
         return self.rescue_path
 
     def has_journal(self) -> bool:
@@ -177,7 +177,7 @@ class FileStateStore:
                 messages.append(f"damaged {path.name} kept as {aside}")
             else:
                 path.unlink()
-        _fsync_dir(self.journal_path.parent)
+        fsync_dir(self.journal_path.parent)
         for message in messages:
             log.warning("%s", message)
         return folded, tuple(messages)
@@ -212,7 +212,7 @@ class FileStateStore:
             holder = LockHolder(
                 pid=os.getpid(),
                 host=socket.gethostname(),
-                user=_user(),
+                user=os_user(),
                 command=command,
                 since=utc_now(),
             )
@@ -246,7 +246,7 @@ class FileStateStore:
         try:
             data = json.loads(self.holder_path.read_text("utf-8"))
             return LockHolder(**data)
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RecursionError):
             return None
 
 
@@ -263,15 +263,6 @@ def _may_be_alive(holder: LockHolder) -> bool:
     except OSError:  # e.g. EPERM: alive, under another user
         return True
     return True
-
-
-def _user() -> str:
-    import getpass  # imports here keep the start-up of validate and plan short
-
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return "unknown"
 
 
 class FileJournal:
@@ -348,7 +339,7 @@ class FileJournal:
             else:
                 with contextlib.suppress(FileNotFoundError):
                     self._store.journal_path.unlink()
-                _fsync_dir(self._store.journal_path.parent)
+                fsync_dir(self._store.journal_path.parent)
             return written
 
     def close(self) -> None:
@@ -356,5 +347,6 @@ class FileJournal:
 
 
 def open_store(location: Path) -> FileStateStore:
-    """The state backend for a configured location (only files, for now)."""
+    """The file backend for a state file (:func:`coins_sync.workspace.open_backend`
+    chooses between it and the postgres backend)."""
     return FileStateStore(location)

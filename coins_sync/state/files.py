@@ -16,7 +16,8 @@ from pathlib import Path
 from coins_sync.errors import StateError
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (a created, renamed or removed file) durable."""
     with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -66,7 +67,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 class AppendLog:
@@ -92,7 +93,7 @@ class AppendLog:
                 )
             self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             repair_tail(self._fd)  # a line torn by a full disk is ended first
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         return self._fd
 
     def append_locked(self, line: bytes) -> None:

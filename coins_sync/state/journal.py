@@ -49,9 +49,9 @@ class JournalRecord:
     kind: JournalKind
     key: RuleKey
     amount: int
-    # results: "created" | "updated" | "unknown" | "failed", or "unverified": an update
-    # whose outcome is unknown (``amount`` is the amount sent)
-    outcome: str = ""
+    # results: created, updated, imported, unknown, failed, or unverified: an update
+    # whose outcome is unknown (``amount`` is the amount sent); intents: None
+    outcome: Outcome | None = None
     coin_config_id: str | None = None
     at: str = ""
 
@@ -113,11 +113,15 @@ def _record_from(data: Any) -> JournalRecord:
     config_id = data.get("coinConfigId")
     if config_id is not None and not valid_config_id(config_id):
         raise ValueError("invalid coinConfigId")
+    kind = JournalKind(data["kind"])
+    outcome = data.get("outcome")
+    if kind == JournalKind.RESULT and outcome is None:
+        raise ValueError("a result without an outcome")
     return JournalRecord(
-        kind=JournalKind(data["kind"]),
+        kind=kind,
         key=key,
         amount=amount,
-        outcome=str(data.get("outcome", "")),
+        outcome=None if outcome is None else Outcome(outcome),  # unknown: ValueError
         coin_config_id=config_id,
         at=str(data.get("at", "")),
     )
@@ -129,16 +133,16 @@ def fold(state: State, records: Iterable[JournalRecord]) -> State:
     uncertain = dict(state.uncertain)
     open_intents: dict[RuleKey, JournalRecord] = {}
     for record in records:
-        if record.kind == "intent":
+        if record.kind == JournalKind.INTENT:
             open_intents[record.key] = record
             continue
         open_intents.pop(record.key, None)
-        if record.outcome in ("created", "updated", "imported") and record.coin_config_id:
+        if record.outcome in CONFIRMED and record.coin_config_id:
             entries[record.key] = StateEntry(record.key, record.amount, record.coin_config_id)
             uncertain.pop(record.key, None)
-        elif record.outcome == "unknown":
+        elif record.outcome == Outcome.UNKNOWN:
             uncertain[record.key] = Uncertain(record.key, record.amount, record.at)
-        elif record.outcome == "unverified" and record.key in entries:
+        elif record.outcome == Outcome.UNVERIFIED and record.key in entries:
             entries[record.key] = replace(entries[record.key], pending=record.amount)
     for key, intent in open_intents.items():
         if key not in entries:  # a create was sent and never answered

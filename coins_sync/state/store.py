@@ -27,6 +27,16 @@ class LockHolder:
         )
 
 
+def os_user() -> str:
+    """The operating-system user running this process, or ``unknown``."""
+    import getpass  # imports here keep the start-up of validate and plan short
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
+
+
 class StateStore(Protocol):
     """Where one environment's state lives. File today; a database backend can follow."""
 

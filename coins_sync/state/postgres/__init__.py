@@ -1,7 +1,8 @@
 """Team state on PostgreSQL: many runners, one truth.
 
-:class:`PostgresStateStore` implements :class:`coins_sync.state.StateStore` (and
-:class:`PostgresJournal` the :class:`coins_sync.state.Journal`) on a PostgreSQL server.
+:class:`PostgresStateStore` implements :class:`coins_sync.state.store.StateStore` (and
+:class:`PostgresJournal` the :class:`coins_sync.state.journal.Journal`) on a PostgreSQL
+server.
 
 * :mod:`~coins_sync.state.postgres.connection`: the driver (imported only when used,
   ``coins-sync[postgres]``), the DSN from ``COINS_SYNC_PG_DSN`` or libpq's defaults,

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from coins_sync.state.audit import AuditRecord, audit_data, current_actor
+from coins_sync.state.audit import AuditAction, AuditRecord, audit_data, current_actor
+from coins_sync.state.journal import Outcome
 from coins_sync.state.postgres.connection import driver
 from coins_sync.state.postgres.migrations import applied
 
@@ -39,8 +40,9 @@ class PostgresAudit:
 
     def record(self, item: AuditRecord) -> None:
         journal = self.store._journal
-        followed_by_result = item.action == "create" or (
-            item.action == "update" and item.outcome in ("updated", "uncertain")
+        followed_by_result = item.action == AuditAction.CREATE or (
+            item.action == AuditAction.UPDATE
+            and item.outcome in (Outcome.UPDATED, Outcome.UNCERTAIN)
         )
         if journal is not None and followed_by_result:
             journal.stash(item)

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
+from coins_sync import envvars
 from coins_sync.errors import StateError
 
-DSN_VARIABLE = "COINS_SYNC_PG_DSN"
 EXTRA_HINT = "install the extra: pip install 'coins-sync[postgres]'"
 APPLICATION = "coins-sync"
 
@@ -70,7 +70,7 @@ class Database:
         self.env = env
         self.schema = schema
         self.environ = dict(os.environ if environ is None else environ)
-        self.dsn = dsn if dsn is not None else self.environ.get(DSN_VARIABLE, "")
+        self.dsn = dsn if dsn is not None else self.environ.get(envvars.PG_DSN, "")
 
     def where(self) -> str:
         """The server and database, never the password."""

@@ -23,7 +23,6 @@ from typing import Any
 
 from coins_sync.errors import LockError, StateError
 from coins_sync.state.audit import current_actor, current_commit
-from coins_sync.state.file import _user
 from coins_sync.state.model import utc_now
 from coins_sync.state.postgres.connection import Database, driver
 from coins_sync.state.postgres.migrations import applied
@@ -183,9 +182,7 @@ class StateLock:
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "user": current_actor(self.db.environ)
-            if "GITHUB_ACTOR" in self.db.environ
-            else _user(),
+            "user": current_actor(self.db.environ),
             "command": command,
             "since": utc_now(),
             "backend_pid": conn.info.backend_pid,

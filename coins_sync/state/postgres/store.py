@@ -1,7 +1,7 @@
 """Team state on PostgreSQL: many runners, one truth.
 
-:class:`PostgresStateStore` implements :class:`coins_sync.state.StateStore` on a
-PostgreSQL schema: read, write, ``state push`` (replace), recovery after a run that
+:class:`PostgresStateStore` implements :class:`coins_sync.state.store.StateStore` on
+a PostgreSQL schema: read, write, ``state push`` (replace), recovery after a run that
 died, and the fold of a local rescue file. The lock and its fence live in
 :mod:`~coins_sync.state.postgres.lock`, the per-call journal in
 :mod:`~coins_sync.state.postgres.journal`.
@@ -28,7 +28,7 @@ from typing import Any
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
-from coins_sync.state.journal import Outcome, parse_journal
+from coins_sync.state.journal import JournalKind, Outcome, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 from coins_sync.state.postgres import migrations
 from coins_sync.state.postgres.audit import PostgresAudit, read_audit
@@ -157,6 +157,19 @@ class PostgresStateStore(Database):
 
     # writing --------------------------------------------------------------------
 
+    def _held_row(self, conn: Any, params: dict[str, Any]) -> tuple[str, int]:
+        """The environment row, locked FOR UPDATE, if this run still holds the state
+        lock (epoch unchanged); a fenced run gets FencedError and writes nothing."""
+        s = self.schema
+        row = conn.execute(
+            f"SELECT lineage, serial FROM {s}.environment {LOCK_CHECK} FOR UPDATE", params
+        ).fetchone()
+        if row is None:
+            raise FencedError(
+                f"{self.describe()}: this run lost the state lock; nothing was written"
+            )
+        return str(row[0]), int(row[1])
+
     def write(self, state: State) -> State:
         """Persist ``state`` under the lock (fenced): only the changed entries."""
         psycopg = driver()
@@ -165,14 +178,7 @@ class PostgresStateStore(Database):
         s = self.schema
         try:
             with conn.transaction():
-                row = conn.execute(
-                    f"SELECT lineage, serial FROM {s}.environment {LOCK_CHECK} FOR UPDATE",
-                    params,
-                ).fetchone()
-                if row is None:
-                    raise FencedError(
-                        f"{self.describe()}: this run lost the state lock; nothing was written"
-                    )
+                row = self._held_row(conn, params)
                 lineage, serial = str(row[0]), int(row[1])
                 current = self._read_in(conn) if lineage else State.new()
                 if lineage and state.lineage != lineage:
@@ -236,12 +242,7 @@ class PostgresStateStore(Database):
         s = self.schema
         try:
             with conn.transaction():
-                row = conn.execute(
-                    f"SELECT lineage, serial FROM {s}.environment {LOCK_CHECK} FOR UPDATE",
-                    params,
-                ).fetchone()
-                if row is None:
-                    raise FencedError(f"{self.describe()}: this run lost the state lock")
+                row = self._held_row(conn, params)
                 current = self._read_in(conn) if row[0] else State.new()
                 serial = max(state.serial, int(row[1]) + 1)
                 self._replace_entries(conn, current, state)
@@ -324,14 +325,12 @@ class PostgresStateStore(Database):
         journal = PostgresJournal(self, lineage, rescue=False)
         try:
             for record in replay.records:
-                if record.kind != "result":
-                    continue
+                if record.kind != JournalKind.RESULT or record.outcome is None:
+                    continue  # parse_journal gives every result an outcome
                 updates = (Outcome.UPDATED, Outcome.UNVERIFIED)
                 action = AuditAction.UPDATE if record.outcome in updates else AuditAction.CREATE
                 unknown = (Outcome.UNKNOWN, Outcome.UNVERIFIED)
-                outcome = (
-                    Outcome.UNCERTAIN if record.outcome in unknown else Outcome(record.outcome)
-                )
+                outcome = Outcome.UNCERTAIN if record.outcome in unknown else record.outcome
                 note = "recorded from the rescue file after a lost database connection"
                 journal.stash(
                     AuditRecord(

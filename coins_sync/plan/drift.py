@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
+from coins_sync import defaults
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import ApiError
 from coins_sync.state.model import State, StateEntry
@@ -33,18 +35,39 @@ class Reader(Protocol):
     def get(self, coin_config_id: str) -> RemoteConfig: ...
 
 
+class DriftField(StrEnum):
+    """What differs for one managed config; the value is its name in the JSON plan.
+
+    Only an amount drift can be acted on (planned as an update); a missing config or a
+    moved key field needs a person.
+    """
+
+    AMOUNT = "amount"
+    COMPANY_ID = "companyId"
+    CONFIGURATION = "configuration"
+    EVENT = "event"
+    MISSING = "missing"
+
+
 @dataclass(frozen=True, slots=True)
 class Drift:
-    """One difference between the state and the server for a managed config."""
+    """One difference between the state and the server for a managed config.
+
+    ``field`` is a :class:`DriftField`; its text value is accepted and converted, and
+    any other text is a ValueError.
+    """
 
     key: RuleKey
     coin_config_id: str
-    field: str  # "amount", "companyId", "configuration", "event" or "missing"
+    field: DriftField
     in_state: str
     on_server: str
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "field", DriftField(self.field))
+
     def describe(self) -> str:
-        if self.field == "missing":
+        if self.field is DriftField.MISSING:
             return (
                 f"{self.key}: {self.coin_config_id} was not found on the server (404); "
                 f"left alone. If it is really gone, `coins-sync state rm {self.key}` lets "
@@ -65,7 +88,9 @@ def _fetch(reader: Reader, entry: StateEntry) -> RemoteConfig | None:
         raise
 
 
-def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, list[Drift]]:
+def refresh(
+    state: State, reader: Reader, parallelism: int = defaults.PARALLELISM
+) -> tuple[State, list[Drift]]:
     """GET every entry (``parallelism`` at a time); return the refreshed state and drift.
 
     Any error other than a 404 aborts the refresh: a plan on half-known data is worse
@@ -80,14 +105,16 @@ def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, 
     refreshed = dict(state.entries)
     for entry, remote in zip(entries, remotes, strict=True):
         if remote is None:
-            drift.append(Drift(entry.key, entry.coin_config_id, "missing", "present", "absent"))
+            drift.append(
+                Drift(entry.key, entry.coin_config_id, DriftField.MISSING, "present", "absent")
+            )
             continue
         moved = [
             Drift(entry.key, entry.coin_config_id, name, ours, theirs)
             for name, ours, theirs in (
-                ("companyId", entry.key.company_id, remote.key.company_id),
-                ("configuration", entry.key.configuration, remote.key.configuration),
-                ("event", entry.key.event, remote.key.event),
+                (DriftField.COMPANY_ID, entry.key.company_id, remote.key.company_id),
+                (DriftField.CONFIGURATION, entry.key.configuration, remote.key.configuration),
+                (DriftField.EVENT, entry.key.event, remote.key.event),
             )
             if ours != theirs
         ]
@@ -97,7 +124,7 @@ def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, 
                 Drift(
                     entry.key,
                     entry.coin_config_id,
-                    "amount",
+                    DriftField.AMOUNT,
                     str(entry.amount),
                     str(remote.amount),
                 )
@@ -109,4 +136,4 @@ def refresh(state: State, reader: Reader, parallelism: int = 8) -> tuple[State, 
 
 def untouchable(drift: list[Drift]) -> set[RuleKey]:
     """Keys whose drift coins-sync must not act on: missing or moved to another key."""
-    return {d.key for d in drift if d.field != "amount"}
+    return {d.key for d in drift if d.field is not DriftField.AMOUNT}

@@ -1,7 +1,8 @@
 """The reconciler: desired rules versus state, as a typed, sorted plan.
 
 ``plan()`` is pure: no I/O, no side effects, so it is tested with plain values. The
-safety check is separate so a plan can always be shown, even when it may not be applied.
+safety check (:meth:`Plan.raise_if_unsafe`) is a separate call, so a plan can always be
+shown, even when it may not be applied.
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from coins_sync import defaults
 from coins_sync.configs.model import Rule, RuleKey, Source
-from coins_sync.errors import CoinsSyncError, UnsafePlanError
-from coins_sync.refresh import Drift
+from coins_sync.errors import AmountOutOfRangeError, PlanConflictError, TooManyUpdatesError
+from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.state.model import State
 
 
@@ -103,7 +105,7 @@ class Plan:
     def needs_a_person(self) -> tuple[RuleKey, ...]:
         """Managed keys whose config is gone (404) or moved to other key fields on the
         server: coins-sync cannot fix them, so they are changes for a person to settle."""
-        return tuple(sorted({d.key for d in self.drift if d.field != "amount"}))
+        return tuple(sorted({d.key for d in self.drift if d.field is not DriftField.AMOUNT}))
 
     @property
     def has_changes(self) -> bool:
@@ -111,12 +113,44 @@ class Plan:
             change.action in CHANGING for change in self.changes
         )
 
+    def raise_if_unsafe(self, safety: SafetyRules, force: bool = False) -> None:
+        """Raise an UnsafePlanError subclass when this plan should not be applied as it is.
+
+        An amount out of range (:class:`AmountOutOfRangeError`) is refused even with
+        ``force``; too many updates (:class:`TooManyUpdatesError`) only without it.
+        """
+        too_big = [
+            change
+            for change in self.of(Action.CREATE, Action.IMPORT, Action.UPDATE, Action.UNCERTAIN)
+            if change.amount > safety.max_amount or change.amount < 0
+        ]
+        if too_big:
+            first = too_big[0]
+            raise AmountOutOfRangeError(
+                f"{first.key}: amount {first.amount} is above max_amount {safety.max_amount} "
+                f"({len(too_big)} such change(s)); this is always refused",
+                key=str(first.key),
+                amount=first.amount,
+                max_amount=safety.max_amount,
+                count=len(too_big),
+            )
+        if force:
+            return
+        updates = len(self.of(Action.UPDATE))
+        managed = self.managed
+        if managed >= safety.min_entries and updates > safety.update_threshold * managed:
+            share = 100 * updates / managed
+            raise TooManyUpdatesError(
+                f"unsafe plan: {updates} updates touch {share:.0f}% of {managed} managed "
+                f"entries, over the {safety.update_threshold:.0%} threshold. Review the plan, "
+                "then rerun with --force, or raise update_threshold for this environment",
+                updates=updates,
+                managed=managed,
+                threshold=safety.update_threshold,
+            )
+
 
 _change_key = operator.attrgetter("key")
-
-
-class PlanConflictError(CoinsSyncError):
-    """A ``coinConfigId`` in the configs contradicts what the state records."""
 
 
 def _id_conflicts(desired: Mapping[RuleKey, Rule], state: State) -> list[str]:
@@ -233,32 +267,6 @@ def plan(
 class SafetyRules:
     """Guards against a plan that touches too much at once, in the manner of octoDNS."""
 
-    max_amount: int = 10_000
-    update_threshold: float = 0.3
-    min_entries: int = 10
-
-
-def check_safety(the_plan: Plan, rules: SafetyRules, force: bool = False) -> None:
-    """Raise UnsafePlanError when the plan should not be applied as it is."""
-    too_big = [
-        change
-        for change in the_plan.of(Action.CREATE, Action.IMPORT, Action.UPDATE, Action.UNCERTAIN)
-        if change.amount > rules.max_amount or change.amount < 0
-    ]
-    if too_big:
-        first = too_big[0]
-        raise UnsafePlanError(
-            f"{first.key}: amount {first.amount} is above max_amount {rules.max_amount} "
-            f"({len(too_big)} such change(s)); this is always refused"
-        )
-    if force:
-        return
-    updates = len(the_plan.of(Action.UPDATE))
-    managed = the_plan.managed
-    if managed >= rules.min_entries and updates > rules.update_threshold * managed:
-        share = 100 * updates / managed
-        raise UnsafePlanError(
-            f"unsafe plan: {updates} updates touch {share:.0f}% of {managed} managed entries, "
-            f"over the {rules.update_threshold:.0%} threshold. Review the plan, then rerun "
-            "with --force, or raise update_threshold for this environment"
-        )
+    max_amount: int = defaults.MAX_AMOUNT
+    update_threshold: float = defaults.UPDATE_THRESHOLD
+    min_entries: int = defaults.UPDATE_THRESHOLD_MIN_ENTRIES

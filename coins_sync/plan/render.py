@@ -13,9 +13,9 @@ from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from coins_sync.errors import UnknownFormatError
-from coins_sync.markdown import code
-from coins_sync.plan import Action, Change, Plan
-from coins_sync.refresh import Drift
+from coins_sync.plan.drift import Drift, DriftField
+from coins_sync.plan.markdown import code
+from coins_sync.plan.reconcile import Action, Change, Plan
 
 PLAN_FORMAT_VERSION = 1
 #: GitHub refuses comments over 65,536 characters; keep a margin for the wrapper text.
@@ -153,7 +153,7 @@ def change_to_json(change: Change) -> dict[str, Any]:
 
 def drift_value(drift: Drift, value: str) -> int | str:
     """A drift value in its natural JSON type: amounts are numbers, the rest text."""
-    return int(value) if drift.field == "amount" else value
+    return int(value) if drift.field is DriftField.AMOUNT else value
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -176,7 +176,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             {
                 "key": d.key.as_dict(),
                 "coinConfigId": d.coin_config_id,
-                "field": d.field,
+                "field": d.field.value,
                 "state": drift_value(d, d.in_state),
                 "server": drift_value(d, d.on_server),
             }
@@ -201,10 +201,10 @@ def _md_row(change: Change) -> str:
 
 
 def _md_drift(drift: Drift) -> str:
-    """One drift item; every value in it is inert and cut (see coins_sync.markdown)."""
+    """One drift item; every value in it is inert and cut (see coins_sync.plan.markdown)."""
     key = code(str(drift.key), MARKDOWN_KEY_LIMIT)
     config = code(drift.coin_config_id)
-    if drift.field == "missing":
+    if drift.field is DriftField.MISSING:
         return (
             f"- {key}: {config} was not found on the server (404); left alone. If it is "
             "really gone, `coins-sync state rm KEY` lets the next apply create it again"

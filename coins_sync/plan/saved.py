@@ -9,16 +9,12 @@ from typing import Any
 
 from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
-from coins_sync.errors import CoinsSyncError, SettingsError, StalePlanError
-from coins_sync.plan import Action, Change, Plan, PlanContext, plan
-from coins_sync.refresh import Drift
-from coins_sync.render import plan_to_json
+from coins_sync.errors import PlanFileError, SettingsError, StalePlanError
+from coins_sync.plan.drift import Drift, DriftField
+from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
+from coins_sync.plan.render import plan_to_json
 from coins_sync.state.files import atomic_write
 from coins_sync.state.model import State
-
-
-class PlanFileError(CoinsSyncError):
-    """A saved plan file cannot be read or is not a coins-sync plan."""
 
 
 def save_plan(plan: Plan, path: Path) -> None:
@@ -34,7 +30,7 @@ def _source(text: str | None) -> Source | None:
     if not text or ":" not in text:
         return None
     path, _, line = text.rpartition(":")
-    return Source(path, int(line)) if line.isdigit() else None
+    return Source(path, int(line)) if line.isascii() and line.isdigit() else None
 
 
 def load_plan(path: Path) -> Plan:
@@ -52,6 +48,7 @@ def load_plan(path: Path) -> Plan:
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise PlanFileError(f"{path}: not a coins-sync plan: {where}: {error.message}")
+    _whole_numbers(path, data)
     changes = []
     first_at: dict[RuleKey, int] = {}
     for index, item in enumerate(data["changes"]):
@@ -83,7 +80,7 @@ def load_plan(path: Path) -> Plan:
         Drift(
             _key(d["key"]),
             d["coinConfigId"],
-            d["field"],
+            DriftField(d["field"]),
             _drift_text(path, index, "state", d),
             _drift_text(path, index, "server", d),
         )
@@ -99,10 +96,25 @@ def load_plan(path: Path) -> Plan:
     )
 
 
+def _whole_numbers(path: Path, data: dict[str, Any]) -> None:
+    """The schema's ``integer`` lets ``6.0`` through; a plan's numbers must be JSON whole
+    numbers, or a hand-edited ``6.0`` would be sent to the API as it is."""
+    found = [("managed", data["managed"]), ("state/serial", data["state"]["serial"])]
+    for index, item in enumerate(data["changes"]):
+        found += [
+            (f"changes/{index}/{name}", item[name]) for name in ("amount", "before") if name in item
+        ]
+    for where, value in found:
+        if value is not None and type(value) is not int:
+            raise PlanFileError(
+                f"{path}: not a coins-sync plan: {where}: {value!r} is not a whole number"
+            )
+
+
 def _drift_text(path: Path, index: int, name: str, item: dict[str, Any]) -> str:
     """A drift value as the plan holds it (text); an amount must be a JSON whole number."""
     value = item[name]
-    if item["field"] == "amount" and type(value) is not int:  # the schema lets 6.0 pass
+    if item["field"] == DriftField.AMOUNT and type(value) is not int:  # the schema lets 6.0 pass
         raise PlanFileError(
             f"{path}: not a coins-sync plan: drift/{index}/{name}: {value!r} is not a whole number"
         )
@@ -132,7 +144,7 @@ def check_fresh(saved: Plan, env: str, state: State, configs: ConfigSet) -> None
         )
 
 
-def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
+def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> Plan:
     """Refuse a saved plan unless it equals a fresh offline plan, change for change.
 
     Lineage, serial and digest already match when this runs, so only a hand-edited plan
@@ -145,6 +157,9 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
     an amount drift may turn into an update that sets the configs' amount on the id the
     state records, and an update the refresh found unneeded (or blocked) may be missing.
     Nothing in the file can justify any other create, update or uncertain retry.
+
+    Returns the saved plan with the fresh plan's unchanged rules added (a saved plan
+    lists only changes), so that its summary counts them as the plan command did.
     """
     fresh = plan(configs.rules, state, saved.context)
     if saved.managed != fresh.managed:
@@ -173,9 +188,8 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> None:
                 f"the saved plan lacks the fresh plan's {_describe(want)}; it was edited by "
                 "hand. Nothing was sent. Run `coins-sync plan` again"
             )
-
-
-_KEY_FIELDS = ("companyId", "configuration", "event")
+    kept = tuple(c for c in fresh.of(Action.UNCHANGED) if c.key not in listed)
+    return replace(saved, changes=tuple(sorted((*saved.changes, *kept), key=lambda c: c.sort_key)))
 
 
 def _same(change: Change, want: Change) -> bool:
@@ -219,8 +233,8 @@ def _mismatch(change: Change, want: Change | None) -> StalePlanError:
     )
 
 
-def _key_field(key: RuleKey, name: str) -> str:
-    return key.as_dict()[name]
+def _key_field(key: RuleKey, field: DriftField) -> str:
+    return key.as_dict()[field.value]
 
 
 def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[Drift]]:
@@ -228,10 +242,10 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
     claims: dict[RuleKey, list[Drift]] = {}
     for d in drift:
         entry = state.entries.get(d.key)
-        if d.field == "amount":
+        if d.field is DriftField.AMOUNT:
             ok = entry is not None and d.in_state == str(entry.amount)
             ok = ok and d.on_server.isdigit() and d.on_server != d.in_state
-        elif d.field == "missing":
+        elif d.field is DriftField.MISSING:
             ok = (d.in_state, d.on_server) == ("present", "absent")
         else:
             ok = d.in_state == _key_field(d.key, d.field) and d.on_server != d.in_state
@@ -240,7 +254,7 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
         fields = {other.field for other in seen} | {d.field}
         # refresh reports one amount or one missing drift alone, key fields at most once each
         ok = ok and d.field not in {other.field for other in seen}
-        ok = ok and not ({"amount", "missing"} & fields and len(fields) > 1)
+        ok = ok and not ({DriftField.AMOUNT, DriftField.MISSING} & fields and len(fields) > 1)
         if not ok:
             raise StalePlanError(
                 f"the saved plan's drift for {d.key} ({d.field}: {d.in_state!r} in state, "
@@ -254,7 +268,7 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
 
 def _server_amount(drift: list[Drift]) -> int | None:
     for d in drift:
-        if d.field == "amount":
+        if d.field is DriftField.AMOUNT:
             return int(d.on_server)
     return None
 
@@ -293,7 +307,7 @@ def _drift_skip(want: Change, drift: list[Drift]) -> bool:
     (the config is missing or moved to another key, so it is left alone)."""
     if want.action is not Action.UPDATE:
         return False
-    if any(d.field != "amount" for d in drift):
+    if any(d.field is not DriftField.AMOUNT for d in drift):
         return True
     return _server_amount(drift) == want.amount
 
