@@ -20,7 +20,7 @@ import pytest
 from coins_sync.apply import Executor, wait
 from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
-from coins_sync.plan import Action, Change, Plan
+from coins_sync.plan.reconcile import Action, Change, Plan
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.journal import JournalKind, JournalRecord, PairJournal, Snapshot
 from coins_sync.state.model import State
