@@ -38,7 +38,7 @@ from pathlib import Path
 from coins_sync import defaults
 from coins_sync.apply.ledger import Ledger
 from coins_sync.apply.report import ApplyReport, stopped_error
-from coins_sync.apply.send import CoinsApi, Sender
+from coins_sync.apply.send import Ahead, CoinsApi, Sender
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import (
     StateError,
@@ -128,19 +128,26 @@ class Executor:
                 return False
         return not self.stop.is_set()
 
+    def _take(self, queue: Iterator[Change]) -> Change | None:
+        """The next change to send; None when the queue is empty or the run stops."""
+        with self._queue_lock:
+            return None if self.stop.is_set() else next(queue, None)
+
     def _work_on(self, queue: Iterator[Change], errors: list[BaseException]) -> None:
         if not self._wait_for_probe():
             return
-        while not self.stop.is_set():
-            with self._queue_lock:
-                change = next(queue, None)
-            if change is None:
-                self._probed.set()
-                return
+        change = self._take(queue)
+        intent: JournalRecord | None = None  # change's intent, journaled ahead
+        while change is not None:
+            if self.stop.is_set():
+                break
+            ahead = Ahead(lambda: self._take(queue))
+            sent, intent = intent, None  # from here on, sent is never closed as not sent
             try:
                 try:
-                    self.sender.send(change)
+                    self.sender.send(change, sent, ahead)
                 finally:
+                    intent = ahead.intent
                     with self._queue_lock:
                         self.done += 1
                     self._probed.set()
@@ -149,7 +156,18 @@ class Executor:
                 log.debug("apply worker stopped", exc_info=True)
                 errors.append(e)
                 self.stop.set()
-                return
+                break
+            change = ahead.change if ahead.taken else self._take(queue)
+        else:
+            self._probed.set()
+        if intent is not None:  # journaled with the last result; the run stopped first
+            try:
+                self.ledger.not_sent(intent)
+            except BaseException as e:  # reported unless it follows an earlier failure
+                log.debug("apply worker could not close an intent", exc_info=True)
+                if not errors:
+                    errors.append(e)
+                self.stop.set()
 
     def interrupt(self, signal_name: str = "") -> None:
         """Stop sending: requests in flight finish and are recorded. Safe in a signal

@@ -25,7 +25,14 @@ from coins_sync.apply.report import ApplyReport, describe
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.state.audit import AuditRecord, AuditSink
-from coins_sync.state.journal import CONFIRMED, Journal, JournalKind, JournalRecord
+from coins_sync.state.journal import (
+    CONFIRMED,
+    Journal,
+    JournalKind,
+    JournalRecord,
+    Outcome,
+    PairJournal,
+)
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 
 log = logging.getLogger(__name__)
@@ -49,6 +56,7 @@ class Ledger:
         rescue: Callable[[str, list[JournalRecord]], Path] | None = None,
     ) -> None:
         self.journal = journal
+        self._pair = journal if isinstance(journal, PairJournal) else None
         self.audit = audit
         self.rescue = rescue
         self.fold_every = max(1, fold_every)
@@ -93,15 +101,51 @@ class Ledger:
         self.journal.append(intent, lambda: self.inflight.__setitem__(key, intent))
         return intent
 
-    def record(self, record: JournalRecord, book: Callable[[], None]) -> None:
-        """Journal a result; ``book`` runs under the mutex even if the write fails."""
+    def record(
+        self,
+        record: JournalRecord,
+        book: Callable[[], None],
+        then: tuple[RuleKey, int] | None = None,
+    ) -> JournalRecord | None:
+        """Journal a result; ``book`` runs under the mutex even if the write fails.
+
+        With ``then`` (the key and amount of the create this worker sends next), that
+        create's intent is journaled in the same write when the journal can, and
+        returned: the caller must then send that create, or close the intent with
+        :meth:`not_sent`. None when no intent was written."""
 
         def booked() -> None:
             book()
             self._results.append(record)
             self._since_fold += 1
 
-        self.journal.append(record, booked, book_on_failure=True)
+        pair = self._pair
+        if then is None or pair is None:
+            self.journal.append(record, booked, book_on_failure=True)
+            return None
+        key, amount = then
+        intent = JournalRecord(JournalKind.INTENT, key, amount, at=utc_now())
+        pair.append_pair(
+            record,
+            booked,
+            intent,
+            lambda: self.inflight.__setitem__(key, intent),
+            book_on_failure=True,
+        )
+        return intent
+
+    def not_sent(self, intent: JournalRecord) -> None:
+        """Close an intent journaled ahead whose create will not be sent (the run is
+        stopping): a ``failed`` result, which the fold drops, so it never becomes an
+        uncertain create. Booked even if the write fails: nothing was sent, and a
+        checkpoint of the file backend then drops the open intent."""
+        key = intent.key
+        record = JournalRecord(JournalKind.RESULT, key, intent.amount, Outcome.FAILED, at=utc_now())
+
+        def closed() -> None:
+            self.inflight.pop(key, None)
+
+        self.journal.append(record, closed, book_on_failure=True)
 
     def write_audit(self, item: AuditRecord) -> None:
         """Write an audit line; a failure is reported at the end, never allowed to stop

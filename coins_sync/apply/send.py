@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -39,6 +39,24 @@ class CoinsApi(Protocol):
     ) -> RemoteConfig: ...
 
 
+class Ahead:
+    """The change a worker sends next, taken (by ``take``, at most once) when the
+    current one is answered, so that a create's intent can be journaled in the same
+    write as that answer's result. ``intent`` is set when it was."""
+
+    def __init__(self, take: Callable[[], Change | None]) -> None:
+        self._take = take
+        self.taken = False
+        self.change: Change | None = None
+        self.intent: JournalRecord | None = None
+
+    def next(self) -> Change | None:
+        if not self.taken:
+            self.taken = True
+            self.change = self._take()
+        return self.change
+
+
 class Sender:
     """Sends single changes for an :class:`~coins_sync.apply.executor.Executor`; safe
     to call from its workers at once. ``stop`` is set when the run should send nothing
@@ -60,14 +78,33 @@ class Sender:
         self.stop = stop
         self._lock = lock
 
-    def send(self, change: Change) -> None:
-        """Send one change (an uncertain create being retried is sent as a create)."""
+    def send(
+        self, change: Change, intent: JournalRecord | None = None, ahead: Ahead | None = None
+    ) -> None:
+        """Send one change (an uncertain create being retried is sent as a create).
+
+        ``intent``: the create's intent, already journaled (see ``ahead``). With
+        ``ahead``, a confirmed result takes the worker's next change and, when it is a
+        create the configs still ask for, journals its intent in the same write
+        (``ahead.intent``)."""
         if change.action is Action.UPDATE:
-            self._update(change)
+            self._update(change, ahead)
         elif change.action is Action.IMPORT:
-            self._import(change)
+            self._import(change, ahead)
         else:
-            self._create(change)
+            self._create(change, intent, ahead)
+
+    def _then(self, ahead: Ahead | None) -> tuple[RuleKey, int] | None:
+        """The key and amount of the next change when its intent may be journaled now:
+        a create that the configs still ask for (else it is refused in its turn)."""
+        if ahead is None:
+            return None
+        then = ahead.next()
+        if then is None or then.action in (Action.UPDATE, Action.IMPORT):
+            return None
+        if self.desired.get(then.key) != then.amount:
+            return None
+        return then.key, then.amount
 
     def _refused(self, action: AuditAction, change: Change) -> bool:
         """True (and the change recorded as failed, nothing sent) unless the configs
@@ -95,11 +132,12 @@ class Sender:
         )
         return True
 
-    def _create(self, change: Change) -> None:
-        if self._refused(AuditAction.CREATE, change):
-            return
+    def _create(self, change: Change, intent: JournalRecord | None, ahead: Ahead | None) -> None:
         key, amount = change.key, change.amount
-        intent = self.ledger.intent(key, amount)
+        if intent is None:
+            if self._refused(AuditAction.CREATE, change):
+                return
+            intent = self.ledger.intent(key, amount)
         try:
             remote = self.api.create(key, amount)
         except OutcomeUnknownError as e:
@@ -152,9 +190,12 @@ class Sender:
                 AuditAction.CREATE, key, Outcome.CREATED, None, amount, remote.coin_config_id
             )
         )
-        self.ledger.record(record, created)
+        if ahead is not None:
+            ahead.intent = self.ledger.record(record, created, self._then(ahead))
+        else:
+            self.ledger.record(record, created)
 
-    def _import(self, change: Change) -> None:
+    def _import(self, change: Change, ahead: Ahead | None) -> None:
         if self._refused(AuditAction.IMPORT, change):
             return
         key, amount, config_id = change.key, change.amount, change.coin_config_id
@@ -207,7 +248,10 @@ class Sender:
         self.ledger.write_audit(
             AuditRecord(AuditAction.IMPORT, key, Outcome.IMPORTED, None, found.amount, config_id)
         )
-        self.ledger.record(record, imported)
+        if found.amount == amount and ahead is not None:
+            ahead.intent = self.ledger.record(record, imported, self._then(ahead))
+        else:
+            self.ledger.record(record, imported)
         if found.amount != amount:  # the configs' amount wins, in this same run
             self._update(
                 Change(
@@ -217,10 +261,11 @@ class Sender:
                     before=found.amount,
                     source=change.source,
                     coin_config_id=config_id,
-                )
+                ),
+                ahead,
             )
 
-    def _update(self, change: Change) -> None:
+    def _update(self, change: Change, ahead: Ahead | None = None) -> None:
         key, amount, config_id = change.key, change.amount, change.coin_config_id
         if config_id is None:  # a plan always carries it; a hand-edited one may not
             self.report.failed.append((key, "update without a coinConfigId"))
@@ -266,7 +311,10 @@ class Sender:
                 remote.coin_config_id,
             )
         )
-        self.ledger.record(record, updated)
+        if ahead is not None:
+            ahead.intent = self.ledger.record(record, updated, self._then(ahead))
+        else:
+            self.ledger.record(record, updated)
 
     def _update_unknown(self, change: Change, config_id: str, reason: str) -> None:
         """The PATCH may or may not have been applied: the entry keeps its amount and is

@@ -298,6 +298,30 @@ class FileJournal:
             if book is not None:
                 book()
 
+    def append_pair(
+        self,
+        record: JournalRecord,
+        book: Callable[[], None],
+        intent: JournalRecord,
+        book_intent: Callable[[], None],
+        *,
+        book_on_failure: bool = False,
+    ) -> None:
+        """Append ``record`` and then ``intent`` with one write and one fsync. A crash
+        can tear only the intent's line (skipped by the replay: its create was not
+        sent) or the result's, as with :meth:`append`. When the write fails, the intent
+        is not booked; the next checkpoint rewrites the journal without it."""
+        lines = record.to_line(self._lineage) + intent.to_line(self._lineage)
+        with self._log.mutex:
+            try:
+                self._log.append_locked(lines)
+            except StateError:
+                if book_on_failure:
+                    book()
+                raise
+            book()
+            book_intent()
+
     def checkpoint(self, snapshot: Snapshot) -> State:
         """Write the state from ``snapshot`` and restart the journal with only the
         records it keeps (intents still in flight).

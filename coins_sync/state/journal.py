@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
@@ -165,3 +165,25 @@ class Journal(Protocol):
     def checkpoint(self, snapshot: Snapshot) -> State: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PairJournal(Journal, Protocol):
+    """A journal that can write a result and the next create's intent as one durable
+    write (one fsync, one statement), so a worker pays one round trip per create."""
+
+    def append_pair(
+        self,
+        record: JournalRecord,
+        book: Callable[[], None],
+        intent: JournalRecord,
+        book_intent: Callable[[], None],
+        *,
+        book_on_failure: bool = False,
+    ) -> None:
+        """Append ``record`` and then ``intent``, both durable before it returns.
+
+        ``book`` is as in ``append``; ``book_intent`` runs only once both are durable.
+        When the write fails, neither counts as written (the intent's create is not
+        sent)."""
+        ...

@@ -386,15 +386,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["startup"],
-        help="measure only this figure (startup: the validate startup ratio, a few seconds)",
+        choices=["startup", "apply"],
+        help="measure only this figure (startup: the validate startup ratio, a few seconds; "
+        "apply: the apply efficiency, --runs times, on --backend)",
     )
     options = parser.parse_args(argv)
     runs = max(1, min(options.runs, 15))
     if options.only == "startup":
         return only_startup()
     if options.backend == "postgres":
-        return on_postgres(argv or [])
+        return on_postgres(sys.argv[1:] if argv is None else argv)
+    if options.only == "apply":
+        return only_apply(runs)
 
     root = Path(tempfile.mkdtemp(prefix="coins-sync-bench-"))
     started = time.perf_counter()
@@ -486,6 +489,48 @@ def only_startup() -> int:
     header = (
         f"coins-sync bench --only startup: {os.cpu_count()} CPUs, Python "
         f"{sys.version.split()[0]}, {time.perf_counter() - started:.1f} s in all"
+    )
+    print(render(rows, header))
+    return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def only_apply(runs: int) -> int:
+    """The apply efficiency alone (``--only apply``), ``runs`` times: each figure and the
+    median, so that a change can be measured against another on a noisy machine."""
+    root = Path(tempfile.mkdtemp(prefix="coins-sync-bench-apply-"))
+    started = time.perf_counter()
+    ideal = APPLY_CREATES * APPLY_LATENCY_MS / 1000 / APPLY_PARALLELISM
+    efficiencies: list[float] = []
+    try:
+        env = child_env(root)
+        timed_apply(root, env, "warm-up", 16, 0, APPLY_PARALLELISM)  # fills the bytecode cache
+        for n in range(runs):
+            apply_s, _ = timed_apply(
+                root, env, f"apply-{n}", APPLY_CREATES, APPLY_LATENCY_MS, APPLY_PARALLELISM
+            )
+            efficiencies.append(ideal / apply_s)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    median = statistics.median(efficiencies)
+    rows = [
+        Row(
+            f"apply {APPLY_CREATES} creates, {APPLY_LATENCY_MS} ms, -p {APPLY_PARALLELISM}",
+            ", ".join(f"{e:.0%}" for e in efficiencies),
+            f"ideal {ideal:.2f} s",
+        ),
+        Row(
+            f"apply: ideal / actual (median of {runs})",
+            f"{median:.0%}",
+            f">= {TARGET_APPLY_EFFICIENCY:.0%}",
+            median >= TARGET_APPLY_EFFICIENCY,
+        ),
+    ]
+    header = (
+        f"coins-sync bench --only apply ({BACKEND}): {os.cpu_count()} CPUs, Python "
+        f"{sys.version.split()[0]}, {time.perf_counter() - started:.0f} s in all"
     )
     print(render(rows, header))
     return 0 if all(r.ok is not False for r in rows) else 1

@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 class _Pending:
     """One record waiting for the group commit that writes it (see PostgresJournal)."""
 
-    __slots__ = ("done", "error", "kind", "lead", "ready", "row")
+    __slots__ = ("done", "error", "intents", "lead", "ready", "results")
 
-    def __init__(self, kind: str, row: dict[str, Any]) -> None:
-        self.kind = kind
-        self.row = row
+    def __init__(self, intents: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+        self.intents = intents
+        self.results = results
         self.done = False  # committed, or failed with ``error``
         self.lead = False  # its thread is to write the next group
         self.error: BaseException | None = None
@@ -147,14 +147,8 @@ class PostgresJournal:
             audit.commit if audit else None,
         )
 
-    def append(
-        self,
-        record: JournalRecord,
-        book: Callable[[], None] | None = None,
-        *,
-        book_on_failure: bool = False,
-    ) -> None:
-        psycopg = driver()
+    def _row(self, record: JournalRecord) -> dict[str, Any]:
+        """The JSON row of ``record`` for the statement (a result's with its audit)."""
         key = record.key
         row: dict[str, Any] = {
             "company": key.company_id,
@@ -177,14 +171,59 @@ class PostgresJournal:
             audit = self._audit_data(key)
             if audit is not None:
                 row["audit"] = audit
+        return row
+
+    def append(
+        self,
+        record: JournalRecord,
+        book: Callable[[], None] | None = None,
+        *,
+        book_on_failure: bool = False,
+    ) -> None:
+        row = self._row(record)
+        if record.kind == "intent":
+            self._append(_Pending([row], []), record, book, book_on_failure)
+        else:
+            self._append(_Pending([], [row]), record, book, book_on_failure)
+
+    def append_pair(
+        self,
+        record: JournalRecord,
+        book: Callable[[], None],
+        intent: JournalRecord,
+        book_intent: Callable[[], None],
+        *,
+        book_on_failure: bool = False,
+    ) -> None:
+        """The result ``record`` and the next create's ``intent`` in one statement: both
+        committed, or neither (then the intent's create is not sent)."""
+
+        def booked() -> None:
+            book()
+            book_intent()
+
+        pending = _Pending([self._row(intent)], [self._row(record)])
+        self._append(pending, record, booked, book_on_failure, book)
+
+    def _append(
+        self,
+        pending: _Pending,
+        record: JournalRecord,
+        book: Callable[[], None] | None,
+        book_on_failure: bool,
+        book_failed: Callable[[], None] | None = None,
+    ) -> None:
+        """Commit ``pending``; ``record`` is what to rescue when it was a result."""
+        psycopg = driver()
         try:
             if self._failed:
                 raise FencedError("an earlier write of this run failed")
-            self._commit(_Pending("intent" if record.kind == "intent" else "result", row))
+            self._commit(pending)
         except (psycopg.Error, StateError) as e:
             self._failed = True
-            if book is not None and book_on_failure:
-                book()
+            on_failure = book_failed or book
+            if on_failure is not None and book_on_failure:
+                on_failure()
             if record.kind == "result":
                 self._rescue_result(record)
             if isinstance(e, StateError):
@@ -234,8 +273,8 @@ class PostgresJournal:
         """One fenced statement (two after a bump) that commits every record of ``batch``."""
         params = {
             **self._params,
-            "intents": json.dumps([p.row for p in batch if p.kind == "intent"]),
-            "results": json.dumps([p.row for p in batch if p.kind == "result"], sort_keys=True),
+            "intents": json.dumps([row for p in batch for row in p.intents]),
+            "results": json.dumps([row for p in batch for row in p.results], sort_keys=True),
         }
         conn = self._conn()
         row = conn.execute(self._sql[False], params, prepare=True).fetchone()
