@@ -322,3 +322,31 @@ def parses(line: bytes) -> bool:
     except ValueError:
         return False
     return True
+
+
+def test_a_rescue_file_that_cannot_be_written_is_said_and_the_run_fails_cleanly(
+    project: Path,
+    invoke: Invoke,
+    sandbox: SandboxServer,
+    store: FileStateStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nowhere left to keep the results: the user is told which file failed and why, and
+    the confirmed ids are printed (the last copy), without a traceback."""
+    from coins_sync.state.files import AppendLog
+
+    real_open = AppendLog._open
+
+    def full_disk_for_the_rescue(self: AppendLog) -> int:
+        if self.what == "rescue file":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(self)
+
+    monkeypatch.setattr(AppendLog, "_open", full_disk_for_the_rescue)
+    confirmed = after_creates(monkeypatch, 2, lambda: git_pull(store))
+    done = apply(invoke, sandbox)
+    assert done.exit_code == 1, done.output
+    assert "Traceback" not in done.output
+    assert "cannot append to the rescue file: [Errno 28] No space left" in done.output
+    for remote in confirmed:
+        assert remote.coin_config_id in done.output

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from coins_sync.apply.report import ApplyReport, describe
+from coins_sync.apply.report import ApplyReport
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.state.audit import AuditRecord, AuditSink
@@ -172,8 +172,8 @@ class Ledger:
             return
         try:
             report.rescue = self.rescue(self.base.lineage, records)
-        except OSError as e:
-            log.error("cannot write the rescue file: %s", describe(e))
+        except StateError as e:  # it names the file and the OS error
+            log.error("%s", e)
 
     def close(self) -> None:
         """Close the journal, then the audit log, whatever the first raised."""

@@ -114,14 +114,10 @@ class FileStateStore:
 
     def write_rescue(self, lineage: str, records: Iterable[JournalRecord]) -> Path:
         """Append ``records`` to the rescue file beside the state (fsynced); the next
-        command folds it into the state. Raises OSError when it cannot be written."""
+        command folds it into the state. Raises StateError when it cannot be written."""
         rescue = AppendLog(self.rescue_path, "rescue file")
         try:
             rescue.append(b"".join(record.to_line(lineage) for record in records))
-        except StateError as e:
-            if isinstance(e.__cause__, OSError):
-                raise e.__cause__ from None  # the caller words the OS error itself
-            raise  # pragma: no cover - AppendLog raises StateError only from an OSError
         finally:
             rescue.close()
         return self.rescue_path
