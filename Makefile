@@ -67,22 +67,28 @@ DEMO_PG := .demo-postgres
 demo-postgres: $(STAMP)
 	@rm -rf $(DEMO_PG) && mkdir -p $(DEMO_PG)/project
 	@cp -r configs $(DEMO_PG)/project/configs
-	@printf '[tool.coins-sync]\ndefault_environment = "demo"\n\n[tool.coins-sync.environments.demo]\napi_url = "http://127.0.0.1:$(SANDBOX_PORT)"\nbackend = "postgres"\n' > $(DEMO_PG)/project/pyproject.toml
-	@mktemp -d /tmp/coins-sync-demo-pg.XXXXXX > $(DEMO_PG)/cluster-dir
-	@$(BIN)/python tests/pg_fixture.py start $$(cat $(DEMO_PG)/cluster-dir) > $(DEMO_PG)/dsn || \
-	  { echo "demo-postgres needs the PostgreSQL server binaries (apt-get install postgresql)"; exit 1; }
-	@$(CS) sandbox --port $(SANDBOX_PORT) > $(DEMO_PG)/sandbox.log 2>&1 & echo $$! > $(DEMO_PG)/sandbox.pid
-	@trap 'cd $(CURDIR); kill $$(cat $(DEMO_PG)/sandbox.pid) 2>/dev/null; $(BIN)/python tests/pg_fixture.py stop $$(cat $(DEMO_PG)/cluster-dir); rm -rf $$(cat $(DEMO_PG)/cluster-dir)' EXIT; \
-	export COINS_SYNC_PG_DSN="$$(cat $(DEMO_PG)/dsn)"; \
-	for i in $$(seq 1 50); do \
-	  $(BIN)/python -c "import socket; socket.create_connection(('127.0.0.1', $(SANDBOX_PORT)), 0.2)" 2>/dev/null && break; \
+	@printf '[tool.coins-sync]\ndefault_environment = "demo"\n\n[tool.coins-sync.environments.demo]\nbackend = "postgres"\n' > $(DEMO_PG)/project/pyproject.toml
+	@set -eu; \
+	cluster=$$(mktemp -d /tmp/coins-sync-demo-pg.XXXXXX); \
+	$(CS) sandbox --port $(SANDBOX_PORT) > $(DEMO_PG)/sandbox.log 2>&1 & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null || true; $(CURDIR)/$(BIN)/python $(CURDIR)/tests/pg_fixture.py stop $$cluster >/dev/null 2>&1 || true; rm -rf $$cluster' EXIT; \
+	dsn=$$($(BIN)/python tests/pg_fixture.py start $$cluster) || \
+	  { echo "make demo-postgres: needs the PostgreSQL server binaries (apt-get install postgresql)" >&2; exit 1; }; \
+	export COINS_SYNC_PG_DSN="$$dsn"; \
+	url=""; \
+	for i in $$(seq 1 100); do \
+	  url=$$(sed -n 's/^coins-sync sandbox listening on \(http[^ ]*\).*/\1/p' $(DEMO_PG)/sandbox.log); \
+	  [ -n "$$url" ] && break; \
+	  kill -0 $$pid 2>/dev/null || break; \
 	  sleep 0.1; \
 	done; \
-	cd $(DEMO_PG)/project && \
-	echo "== coins-sync plan (state in PostgreSQL)"; $(CURDIR)/$(CS) plan && \
-	echo "== coins-sync apply --yes"; $(CURDIR)/$(CS) apply --yes && \
-	echo "== coins-sync state list"; $(CURDIR)/$(CS) state list && \
-	echo "== coins-sync plan (again: nothing left to do)"; $(CURDIR)/$(CS) plan --detailed-exitcode && \
+	if [ -z "$$url" ]; then echo "make demo-postgres: the sandbox did not start:" >&2; cat $(DEMO_PG)/sandbox.log >&2; exit 1; fi; \
+	cd $(DEMO_PG)/project; \
+	echo "== sandbox on $$url"; \
+	echo "== coins-sync plan (state in PostgreSQL)"; $(CURDIR)/$(CS) plan --api-url $$url; \
+	echo "== coins-sync apply --yes"; $(CURDIR)/$(CS) apply --api-url $$url --yes; \
+	echo "== coins-sync state list"; $(CURDIR)/$(CS) state list; \
+	echo "== coins-sync plan (again: nothing left to do)"; $(CURDIR)/$(CS) plan --api-url $$url --detailed-exitcode; \
 	echo "== files written under the project (none for the state):"; find . -path ./configs -prune -o -type f -print
 
 plan: $(STAMP)

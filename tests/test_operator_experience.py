@@ -277,21 +277,26 @@ def test_sandbox_warns_without_credentials_and_off_loopback() -> None:
     assert "Warning: listening on 0.0.0.0" in wide
 
 
-def test_make_demo_refuses_a_busy_port_and_fails_loudly() -> None:
-    """`make demo` must never talk to whatever already listens on its port."""
+@pytest.mark.parametrize("target", ["demo", "demo-postgres"])
+def test_make_demo_refuses_a_busy_port_and_fails_loudly(target: str) -> None:
+    """`make demo` (and its postgres twin) must never talk to whatever already listens
+    on its port, and must stop at the first failing step."""
     import shutil
     import socket
 
     from tests.conftest import REPO
+    from tests.pg_fixture import find_bin
 
     if not (REPO / ".venv" / ".installed").exists() or shutil.which("make") is None:
         raise AssertionError("make test installs .venv first; run this suite via make test")
+    if target == "demo-postgres" and find_bin() is None and os.environ.get("CI") != "true":
+        pytest.skip("no PostgreSQL server binaries on this developer machine")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
         done = subprocess.run(
-            ["make", "-s", "demo", f"SANDBOX_PORT={port}"],
+            ["make", "-s", target, f"SANDBOX_PORT={port}"],
             cwd=REPO,
             capture_output=True,
             text=True,
