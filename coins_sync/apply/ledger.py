@@ -20,6 +20,7 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeGuard
 
 from coins_sync.apply.report import ApplyReport
 from coins_sync.configs.model import RuleKey
@@ -36,6 +37,13 @@ from coins_sync.state.journal import (
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 
 log = logging.getLogger(__name__)
+
+
+def can_pair(journal: Journal) -> TypeGuard[PairJournal]:
+    """Whether ``journal`` writes a result and the next intent together. Asked of the
+    method itself: an isinstance check on the protocol breaks when a tool (mutmut)
+    adds members to the protocol class."""
+    return callable(getattr(journal, "append_pair", None))
 
 
 class Ledger:
@@ -56,7 +64,7 @@ class Ledger:
         rescue: Callable[[str, list[JournalRecord]], Path] | None = None,
     ) -> None:
         self.journal = journal
-        self._pair = journal if isinstance(journal, PairJournal) else None
+        self._pair = journal if can_pair(journal) else None
         self.audit = audit
         self.rescue = rescue
         self.fold_every = max(1, fold_every)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
@@ -167,7 +167,6 @@ class Journal(Protocol):
     def close(self) -> None: ...
 
 
-@runtime_checkable
 class PairJournal(Journal, Protocol):
     """A journal that can write a result and the next create's intent as one durable
     write (one fsync, one statement), so a worker pays one round trip per create."""
