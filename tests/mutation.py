@@ -150,8 +150,9 @@ def results() -> dict[str, tuple[Path, str]]:
     from mutmut.stats import status_by_exit_code
 
     found: dict[str, tuple[Path, str]] = {}
-    for meta in sorted((REPO / "mutants" / "coins_sync").glob("*.py.meta")):
-        source = Path("coins_sync") / meta.name.removesuffix(".meta")
+    mutants = REPO / "mutants"
+    for meta in sorted((mutants / "coins_sync").rglob("*.py.meta")):  # sub-packages too
+        source = meta.relative_to(mutants).with_name(meta.name.removesuffix(".meta"))
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         for name, code in codes.items():
             if selected(name):

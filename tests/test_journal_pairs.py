@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from coins_sync.apply import Executor, wait
+from coins_sync.apply import ApplyStoppedError, Executor, wait
 from coins_sync.apply.ledger import can_pair
 from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
+from coins_sync.errors import StateError
 from coins_sync.plan.reconcile import Action, Change, Plan
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.journal import JournalKind, JournalRecord, PairJournal, Snapshot
@@ -199,3 +200,71 @@ def test_the_fold_drops_an_intent_closed_as_not_sent() -> None:
     closed = JournalRecord(JournalKind.RESULT, key, 10, "failed", at="2026-01-01T00:00:01Z")
     assert key in fold(State(lineage="L"), [intent]).uncertain
     assert not fold(State(lineage="L"), [intent, closed]).uncertain
+
+
+def test_an_intent_journaled_ahead_survives_a_mid_run_fold(tmp_path: Path) -> None:
+    """The intent written with a result is open until its own result: a fold meanwhile
+    keeps it in the journal, so a crash before the answer makes it uncertain, never
+    silently forgotten (and re-sent as a duplicate)."""
+    from coins_sync.apply.ledger import Ledger
+    from coins_sync.state.journal import Outcome
+    from coins_sync.state.model import StateEntry, utc_now
+
+    with file_backend(tmp_path) as (store, durable):
+        state = store.write(store.recover()[0])
+        ledger = Ledger(store.journal(state), state)
+        first, second = KEYS[:2]
+        ledger.intent(first, DESIRED[first])
+        result = JournalRecord(
+            JournalKind.RESULT, first, DESIRED[first], Outcome.CREATED, "PAIR0001", utc_now()
+        )
+
+        def created() -> None:  # what the executor books for a confirmed create
+            ledger.inflight.pop(first, None)
+            ledger.entries[first] = StateEntry(first, DESIRED[first], "PAIR0001")
+
+        ahead = ledger.record(result, created, then=(second, DESIRED[second]))
+        assert ahead is not None and durable(second)
+        ledger.fold()  # a mid-run fold before the second create is answered
+        assert durable(second)  # still journaled after the fold
+        crashed = store.read()  # what the next command sees if we die now
+        assert second in crashed.uncertain
+        assert first in crashed.entries
+
+
+def test_a_failed_combined_write_still_books_the_confirmed_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server confirmed a create; the write of its result (with the next intent)
+    fails on a full disk. The result is kept in memory and folded at the end, and the
+    next create, whose intent never reached the disk, is not sent."""
+    import errno
+
+    from coins_sync.state.files import AppendLog
+
+    real = AppendLog.append_locked
+    calls = {"n": 0}
+
+    def second_write_fails(self: AppendLog, line: bytes) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first result, paired with the second intent
+            self.close_locked()
+            raise StateError(f"{self.path}: cannot append to the journal: [Errno {errno.ENOSPC}]")
+        real(self, line)
+
+    with file_backend(tmp_path) as (store, durable):
+        api = CheckingApi(durable)
+        executor, _ = run(store, api)
+        monkeypatch.setattr(AppendLog, "append_locked", second_write_fails)
+        wait(executor, executor.start(creates()), tick=0.01)
+        with pytest.raises(ApplyStoppedError, match="cannot append to the journal") as stopped:
+            executor.finish()
+        report = stopped.value.report
+        monkeypatch.setattr(AppendLog, "append_locked", real)
+        assert not api.problems
+        assert api.sent == KEYS[:1]  # nothing after the failed write
+        final = store.read()
+        assert list(final.entries) == KEYS[:1]  # the confirmed create was not lost
+        assert final.entries[KEYS[0]].coin_config_id == "PAIR0001"
+        assert not final.uncertain
+        assert report.created == KEYS[:1]
