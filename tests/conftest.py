@@ -90,6 +90,33 @@ def server_configs(server: SandboxServer) -> list[dict[str, Any]]:
 # --- PostgreSQL (team state) ------------------------------------------------------
 
 
+@pytest.fixture
+def servers() -> Iterator[Callable[..., SandboxServer]]:
+    """Start sandboxes with any options (accepting SANDBOX_TOKEN); all stopped after."""
+    started: list[SandboxServer] = []
+
+    def start(**options: Any) -> SandboxServer:
+        server = SandboxServer(SandboxOptions(port=0, token=SANDBOX_TOKEN, **options))
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API client retries with millisecond backoffs (the CLI builds its options)."""
+    import functools
+
+    from coins_sync.enkash import ClientOptions
+
+    fast = functools.partial(ClientOptions, backoff_initial=0.001, backoff_max=0.002)
+    monkeypatch.setattr("coins_sync.enkash.ClientOptions", fast)
+
+
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Any]:
     """A throw-away PostgreSQL cluster for the session (see tests/pg_fixture.py).

@@ -4,43 +4,19 @@ revert of the configs cannot hide the amount the server really holds."""
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
 
-from coins_sync.enkash import ClientOptions
-from coins_sync.sandbox import SandboxOptions, SandboxServer
+from coins_sync.sandbox import SandboxServer
 from coins_sync.state.journal import JournalKind, JournalRecord
 from coins_sync.state.model import State, StateEntry, serialize
 from coins_sync.state.postgres import PostgresStateStore
 from tests.conftest import Invoke, write
 from tests.test_unknown_update import ENV, ID, KEY, TOKEN, rules, server_amount
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = functools.partial(ClientOptions, backoff_initial=0.001, backoff_max=0.002)
-    monkeypatch.setattr("coins_sync.enkash.ClientOptions", fast)
-
-
-@pytest.fixture
-def servers() -> Iterator[Callable[..., SandboxServer]]:
-    started: list[SandboxServer] = []
-
-    def start(**options: Any) -> SandboxServer:
-        server = SandboxServer(SandboxOptions(port=0, token=TOKEN, **options))
-        started.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -125,7 +124,7 @@ def test_a_saved_plan_number_must_be_a_json_whole_number(
 
 
 def test_a_deeply_nested_state_elsewhere_in_the_project_is_no_crash(
-    project: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+    project: Path, invoke: Invoke, fast_retries: None
 ) -> None:
     """A new state looks for states of the same name elsewhere; one it cannot parse is
     not one (it is skipped), whatever its nesting."""
@@ -133,8 +132,6 @@ def test_a_deeply_nested_state_elsewhere_in_the_project_is_no_crash(
     elsewhere = project / "sub" / "state" / "default.json"
     elsewhere.parent.mkdir(parents=True)
     elsewhere.write_bytes(b"[" * 100_000 + b"]" * 100_000)
-    fast = functools.partial(ClientOptions, backoff_initial=0.001, backoff_max=0.002)
-    monkeypatch.setattr("coins_sync.enkash.ClientOptions", fast)
     done = invoke(
         "apply",
         "--yes",

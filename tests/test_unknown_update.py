@@ -3,7 +3,6 @@ next plan, so a revert of the configs cannot hide the amount the server really h
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,11 +14,11 @@ import pytest
 from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.errors import ApiError, OutcomeUnknownError
-from coins_sync.sandbox import SandboxOptions, SandboxServer
+from coins_sync.sandbox import SandboxServer
 from coins_sync.state.model import State, parse_state, serialize
-from tests.conftest import Invoke, write
+from tests.conftest import SANDBOX_TOKEN, Invoke, write
 
-TOKEN = "unknown-patch-t0ken-never-shown"
+TOKEN = SANDBOX_TOKEN  # what the `servers` sandboxes accept
 ENV = {"COINS_SYNC_TOKEN": TOKEN}
 KEY = RuleKey("ACME", "DEFAULT", "MEAL_CARD_PAYMENT")
 ID = "WCC1"
@@ -108,27 +107,6 @@ def test_response_code_1_is_a_plain_failure(client_for: Callable[..., CoinsClien
 
 
 # --- end to end: stored, answer lost, configs reverted --------------------------------
-
-
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    fast = functools.partial(ClientOptions, backoff_initial=0.001, backoff_max=0.002)
-    monkeypatch.setattr("coins_sync.enkash.ClientOptions", fast)
-
-
-@pytest.fixture
-def servers() -> Iterator[Callable[..., SandboxServer]]:
-    started: list[SandboxServer] = []
-
-    def start(**options: Any) -> SandboxServer:
-        server = SandboxServer(SandboxOptions(port=0, token=TOKEN, **options))
-        started.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def state_of(project: Path) -> dict[str, Any]:
