@@ -604,3 +604,13 @@ def test_pull_copies_the_branch_state_for_a_local_plan_and_guards_local_results(
     refused = cli_in(laptop, "git-lease", "pull")
     assert refused.exit_code == 1 and "default.journal.jsonl holds results" in refused.output
     assert lease_of(origin) == ""  # pull takes no lease
+
+
+def test_the_git_lease_refuses_an_environment_whose_state_is_in_postgres(origin: Path) -> None:
+    runner = clone(origin, "pg-runner")
+    (runner / "pyproject.toml").write_text(
+        '[tool.coins-sync]\n[tool.coins-sync.environments.team]\nbackend = "postgres"\n'
+    )
+    refused = cli_in(runner, "git-lease", "acquire", "--env", "team")
+    assert refused.exit_code == 1 and "the git lease does not apply to it" in refused.output
+    assert lease_of(origin) == "" and "Traceback" not in refused.output

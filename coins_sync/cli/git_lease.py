@@ -55,9 +55,17 @@ def lease_options(func: F) -> F:
 
 
 def lease_from(env_name: str | None, state_path: Path | None, branch: str, remote: str) -> GitLease:
+    from coins_sync.errors import GitLeaseError
     from coins_sync.gitlease import GitLease
 
     settings = resolve_settings(env_name, None, state_path, None)
+    if settings.backend != "file":
+        raise GitLeaseError(
+            f"environment {settings.env!r} keeps its state in {settings.backend} "
+            f'(backend = "{settings.backend}"), not in a file on a git branch: the git '
+            "lease does not apply to it, and nothing was taken or sent. Use the "
+            "postgres workflow (docs/workflows/coins-sync-postgres.yml) for it"
+        )
     return GitLease(settings.state, branch=branch, remote=remote)
 
 
