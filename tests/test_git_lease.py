@@ -614,3 +614,39 @@ def test_the_git_lease_refuses_an_environment_whose_state_is_in_postgres(origin:
     refused = cli_in(runner, "git-lease", "acquire", "--env", "team")
     assert refused.exit_code == 1 and "the git lease does not apply to it" in refused.output
     assert lease_of(origin) == "" and "Traceback" not in refused.output
+
+
+def test_a_fresh_clone_never_plans_creates_from_an_empty_state(
+    origin: Path, sandbox: SandboxServer
+) -> None:
+    full_run(origin, sandbox, "run-0")  # the state lives on coins-sync-state, not on main
+    laptop = clone(origin, "laptop")
+    assert not (laptop / "state/default.json").exists()
+    planned = cli_in(laptop, "plan")
+    assert planned.exit_code == 1
+    assert "git branch coins-sync-state (origin/coins-sync-state) holds it" in planned.output
+    assert "`coins-sync git-lease pull`" in planned.output and "to create" not in planned.output
+    applied = cli_in(laptop, "apply", "--yes", "--api-url", sandbox.url)
+    assert applied.exit_code == 1 and "git-lease pull" in applied.output
+    assert len(sandbox.configs()) == KEYS and duplicates(sandbox) == 0
+    assert not (laptop / "state/default.json").exists()
+
+    assert cli_in(laptop, "git-lease", "pull").exit_code == 0
+    assert "(no changes)" in cli_in(laptop, "plan").output
+
+
+def test_the_fresh_clone_guard_names_the_configured_branch(
+    origin: Path, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COINS_SYNC_STATE_BRANCH", "team-state")
+    runner = clone(origin, "run-0")
+    assert cli_in(runner, "git-lease", "acquire", "--run-id", "run-0").exit_code == 0
+    apply(runner, sandbox)
+    assert push(runner).exit_code == 0
+    laptop = clone(origin, "laptop")
+    planned = cli_in(laptop, "plan")
+    assert planned.exit_code == 1 and "git branch team-state (origin/team-state)" in planned.output
+    assert "`coins-sync git-lease pull --branch team-state`" in planned.output
+    # a clone without the branch plans creates from an empty state as before
+    monkeypatch.setenv("COINS_SYNC_STATE_BRANCH", "coins-sync-state")
+    assert cli_in(laptop, "plan").exit_code == 0

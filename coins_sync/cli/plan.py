@@ -73,6 +73,7 @@ def plan_command(
             the_plan = workspace.plan(refresh_with=client)
     else:
         the_plan, unread = plan_verified(workspace)
+    workspace.refuse_fresh_clone(the_plan, force)
     click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
     the_plan.raise_if_unsafe(workspace.safety, force=force)
     if out is not None:

@@ -33,18 +33,16 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 from coins_sync.errors import GitLeaseError, LeaseHeldError, LeasePushError
 from coins_sync.gitlease.git import Git, commit_message, parse_trailers
 from coins_sync.gitlease.restore import check_restored, read_kept
+from coins_sync.gitlease.status import BranchStatus, LeaseState, RunInfo, holder_from
 from coins_sync.state.audit import audit_path_for, current_actor
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.files import atomic_write
@@ -56,88 +54,6 @@ DEFAULT_BRANCH = "coins-sync-state"
 DEFAULT_REMOTE = "origin"
 TRAILER = "Coins-Sync-Lease"
 LEASE_REFS = "refs/coins-sync/lease/"
-
-
-class LeaseState(Enum):
-    MISSING = "missing"  # the branch does not exist yet
-    FREE = "free"
-    HELD = "held"
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Who takes a lease: written into the lease commit for the people who read it."""
-
-    run: str
-    actor: str
-    commit: str
-    at: str
-
-    @classmethod
-    def current(cls, environ: Mapping[str, str], run: str | None, commit: str) -> RunInfo:
-        if not run:
-            gh_run, attempt = environ.get("GITHUB_RUN_ID"), environ.get("GITHUB_RUN_ATTEMPT")
-            if gh_run:
-                run = f"{gh_run}-{attempt}" if attempt else gh_run
-            else:
-                run = f"local-{socket.gethostname()}-{os.getpid()}"
-        return cls(
-            run=_one_line(run), actor=_one_line(current_actor(environ)), commit=commit, at=utc_now()
-        )
-
-    def trailers(self) -> dict[str, str]:
-        return {
-            "Coins-Sync-Run": self.run,
-            "Coins-Sync-Actor": self.actor,
-            "Coins-Sync-Commit": self.commit,
-            "Coins-Sync-At": self.at,
-        }
-
-    def describe(self) -> str:
-        return f"run {self.run} (by {self.actor} at {self.at}, main commit {self.commit[:12]})"
-
-
-@dataclass(frozen=True)
-class BranchStatus:
-    """The state branch as fetched: its tip, its lease commit and the run holding it.
-
-    ``lease`` is the lease ref's commit; None when free, or when an older coins-sync's
-    lease commit is the branch tip (``legacy``)."""
-
-    branch: str
-    state: LeaseState
-    tip: str | None
-    holder: RunInfo | None
-    lease: str | None = None
-
-    def describe(self) -> str:
-        if self.state is LeaseState.MISSING:
-            return f"branch {self.branch} does not exist yet; the first acquire creates it"
-        if self.state is LeaseState.HELD and self.holder is not None:
-            return f"branch {self.branch} is leased by {self.holder.describe()}"
-        return f"branch {self.branch} is free (tip {str(self.tip)[:12]})"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "branch": self.branch,
-            "lease": self.state.value,
-            "tip": self.tip,
-            "lease_commit": self.lease,
-            "holder": None if self.holder is None else self.holder.__dict__,
-        }
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "unknown"
-
-
-def _holder_from(trailers: Mapping[str, str]) -> RunInfo:
-    return RunInfo(
-        run=trailers.get("Coins-Sync-Run", "unknown"),
-        actor=trailers.get("Coins-Sync-Actor", "unknown"),
-        commit=trailers.get("Coins-Sync-Commit", "unknown"),
-        at=trailers.get("Coins-Sync-At", "unknown"),
-    )
 
 
 class GitLease:
@@ -220,12 +136,12 @@ class GitLease:
         lease = listed.get(self.lease_ref)
         if lease is not None:
             trailers = parse_trailers(self.git.out("log", "-1", "--format=%B", lease))
-            return BranchStatus(self.branch, LeaseState.HELD, tip, _holder_from(trailers), lease)
+            return BranchStatus(self.branch, LeaseState.HELD, tip, holder_from(trailers), lease)
         if tip is None:
             return BranchStatus(self.branch, LeaseState.MISSING, None, None)
         trailers = parse_trailers(self.git.out("log", "-1", "--format=%B", tip))
         if trailers.get(TRAILER) == "held":  # the older protocol: the tip was the lease
-            return BranchStatus(self.branch, LeaseState.HELD, tip, _holder_from(trailers))
+            return BranchStatus(self.branch, LeaseState.HELD, tip, holder_from(trailers))
         return BranchStatus(self.branch, LeaseState.FREE, tip, None)
 
     def _blob(self, commit: str, path: str) -> bytes | None:
