@@ -63,10 +63,19 @@ class PostgresJournal:
     not take goes to the rescue file and to stderr before the error is raised.
     """
 
-    def __init__(self, store: PostgresStateStore, lineage: str, *, rescue: bool = True) -> None:
+    def __init__(
+        self,
+        store: PostgresStateStore,
+        lineage: str,
+        *,
+        rescue: bool = True,
+        serial: int | None = None,
+    ) -> None:
         self._store = store
         self._lineage = lineage
         self._rescue = rescue
+        #: the database's serial as of this run's last write: the fence of a rescue line
+        self._serial = serial
         self._connection: Any = None
         self._closed = False
         self._mutex = threading.Lock()
@@ -280,6 +289,8 @@ class PostgresJournal:
         row = conn.execute(self._sql[False], params, prepare=True).fetchone()
         if row and row[0] and not row[1]:  # clean: the first write since a bump
             row = conn.execute(self._sql[True], params, prepare=True).fetchone()
+            if row and row[0] and self._serial is not None:
+                self._serial += 1  # that write bumped the serial
         if not row or not row[0]:
             raise FencedError(
                 f"{self._store.describe()}: this run lost the state lock (another run "
@@ -292,7 +303,7 @@ class PostgresJournal:
         if not self._rescue:
             return
         path = self._store.rescue_path
-        line = record.to_line(self._lineage)
+        line = record.to_line(self._lineage, self._serial)
         with self._mutex:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -344,6 +355,7 @@ class PostgresJournal:
             return state
         if row is None:
             return state
+        self._serial = int(row[1])
         return replace(state, lineage=str(row[0]), serial=int(row[1]), exists=True)
 
     def close(self) -> None:
