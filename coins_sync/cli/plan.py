@@ -19,11 +19,12 @@ from coins_sync.cli.options import (
     with_workspace,
 )
 from coins_sync.errors import AuthError, ConfigError, SettingsError
+from coins_sync.plan.online import unverified
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.render import RENDERERS, render
 from coins_sync.plan.saved import refuse_state_target, save_plan
 from coins_sync.settings import load_settings
-from coins_sync.workspace import Workspace, unverified
+from coins_sync.workspace import Workspace
 
 
 @cli.command()
