@@ -23,7 +23,7 @@ from coins_sync.plan.online import plan_refreshed, plan_settled, settle
 from coins_sync.plan.reconcile import Plan, PlanContext, SafetyRules, plan
 from coins_sync.settings import Settings
 from coins_sync.state.audit import AuditLog, AuditRecord, AuditSink, audit_path_for, read_audit
-from coins_sync.state.file import open_store
+from coins_sync.state.file import FileStateStore, open_store
 from coins_sync.state.model import State
 from coins_sync.state.store import StateStore
 
@@ -36,9 +36,14 @@ def open_backend(settings: Settings) -> StateStore:
     if settings.backend == "postgres":
         from coins_sync.state.postgres import PostgresStateStore
 
-        rescue = settings.state.with_name(settings.state.stem + ".pg-rescue.jsonl")
+        rescue = pg_rescue_path(settings.state)
         return PostgresStateStore(settings.env, settings.pg_schema, rescue_path=rescue)
     return open_store(settings.state)
+
+
+def pg_rescue_path(state: Path) -> Path:
+    """Where a PostgreSQL environment keeps results the database did not take."""
+    return state.with_name(state.stem + ".pg-rescue.jsonl")
 
 
 @dataclass
@@ -78,6 +83,21 @@ class Workspace:
             max_amount=self.settings.max_amount, max_file_bytes=self.settings.max_file_bytes
         )
         return loader.load(paths or [self.settings.configs])
+
+    def state_files(self) -> tuple[Path, ...]:
+        """The files that travel with the environment's state path (whatever its
+        backend): no command may write anything else onto them."""
+        store = FileStateStore(self.settings.state)
+        return (
+            store.path,
+            store.backup_path,
+            store.journal_path,
+            store.rescue_path,
+            store.lock_path,
+            store.holder_path,
+            audit_path_for(store.path),
+            pg_rescue_path(store.path),
+        )
 
     def read_state(self) -> State:
         """The state as apply would see it, leftover journal included; writes nothing."""

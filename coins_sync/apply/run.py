@@ -24,10 +24,10 @@ from coins_sync.apply.report import ApplyReport, describe
 from coins_sync.apply.send import CoinsApi
 from coins_sync.configs.model import ConfigSet
 from coins_sync.enkash import RemoteConfig
-from coins_sync.errors import StalePlanError, StateError
+from coins_sync.errors import StateError
 from coins_sync.plan.online import Settled, plan_refreshed, plan_settled, settle, unverified
 from coins_sync.plan.reconcile import Plan
-from coins_sync.plan.saved import check_consistent, check_fresh, load_plan
+from coins_sync.plan.saved import check_consistent, check_fresh, check_read_back, load_plan
 from coins_sync.state.audit import AuditSink
 from coins_sync.state.elsewhere import states_elsewhere
 from coins_sync.state.file import FileStateStore
@@ -218,23 +218,13 @@ def plan_from(
 
 def saved_plan(path: Path, env: str, settled: Settled, configs: ConfigSet) -> Plan:
     """A ``plan --out`` file, refused unless it was made for this environment, from the
-    state as it was read (``settled.before``) and these configs, and unless it equals a
-    fresh plan of what the server holds for the updates read back just now."""
+    state as it was read (``settled.before``) and these configs, and unless what it
+    assumed of the updates read back just now is what the server holds."""
     saved = load_plan(path)
     check_fresh(saved, env, settled.before, configs)
-    try:
-        return check_consistent(saved, settled.state, configs)
-    except StalePlanError:
-        if not settled.changed:
-            raise
-        read = unverified(settled.before)
-        now = settled.state.entries
-        shown = ", ".join(f"{key} holds {now[key].amount}" for key in sorted(read) if key in now)
-        raise StalePlanError(
-            f"stale plan: the outcome of {len(read)} earlier update(s) was unknown when it "
-            f"was made, and the server was read back now ({shown}; recorded in the state). "
-            "Nothing was sent. Run `coins-sync plan` again"
-        ) from None
+    checked = check_consistent(saved, settled.before, configs)
+    check_read_back(saved, settled)
+    return checked
 
 
 def start_state(workspace: Workspace, state: State, force: bool) -> State:

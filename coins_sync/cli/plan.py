@@ -96,7 +96,7 @@ def plan_command(
       coins-sync plan --refresh      # also GET every managed config to find drift
     """
     if out is not None:
-        refuse_state_target(out, workspace.settings.state)
+        refuse_state_target(out, workspace.state_files(), str(workspace.settings.state))
     unread = 0
     if refresh:
         with make_client(workspace.settings) as client:
