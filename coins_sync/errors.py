@@ -35,10 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # the report is apply's value; this module imports nothing of apply
-    from coins_sync.apply.report import ApplyReport
+from typing import Any
 
 
 @dataclass(frozen=True, order=True)
@@ -103,10 +100,12 @@ class FencedError(StateError):
 class ApplyStoppedError(StateError):
     """An apply stopped early because a worker, a journal write or a checkpoint failed.
 
-    ``report`` says what was done before it stopped; its ``state`` is what was folded.
+    ``report`` (an :class:`~coins_sync.apply.report.ApplyReport`) says what was done
+    before it stopped; its ``state`` is what was folded. It is typed ``Any`` so that this
+    module imports nothing of coins-sync (no import cycle, not even for type checking).
     """
 
-    def __init__(self, message: str, report: ApplyReport) -> None:
+    def __init__(self, message: str, report: Any) -> None:
         super().__init__(message)
         self.report = report
 
