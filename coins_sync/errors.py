@@ -11,7 +11,8 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     ├── ConfigError            rule files that cannot be used (carries .problems)
     ├── StateError             unreadable, corrupt or unknown-version state / journal
     │   ├── LockError          the state is locked by another holder (carries .holder)
-    │   └── StateConflictError another writer replaced the state; nothing was overwritten
+    │   ├── StateConflictError another writer replaced the state; nothing was overwritten
+    │   └── CheckpointError    a checkpoint could not be made (.unrecorded, .kept)
     ├── StalePlanError         a saved plan no longer matches state or configs
     ├── PlanFileError          a saved plan file that cannot be read or is not a plan
     ├── PlanConflictError      a coinConfigId in the configs contradicts the state
@@ -33,6 +34,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coins_sync.configs.model import RuleKey
 
 
 @dataclass(frozen=True, order=True)
@@ -88,6 +94,25 @@ class LockError(StateError):
 class StateConflictError(StateError):
     """The state on disk is not the one this command read: another writer (a ``git pull``,
     another working copy) replaced it. Nothing was overwritten."""
+
+
+class CheckpointError(StateError):
+    """A journal's checkpoint could not be made: the run lost its lock or its database.
+
+    ``unrecorded`` lists each result the server confirmed that the state does not hold,
+    as (key, coinConfigId), possibly none; ``kept`` is the file they were written to
+    instead (None when nothing was, or writing it failed). The message says both.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        unrecorded: Sequence[tuple[RuleKey, str]] = (),
+        kept: Path | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.unrecorded = tuple(unrecorded)
+        self.kept = kept
 
 
 class StalePlanError(CoinsSyncError):

@@ -324,8 +324,8 @@ def test_push_pull_and_lineage_checks(
 def test_schema_sql_prints_the_migrations(invoke: Invoke) -> None:
     result = invoke("state", "schema-sql", "--schema", "rewards")
     assert result.exit_code == 0
-    assert "CREATE TABLE rewards.environment" in result.output
-    assert "INSERT INTO rewards.schema_migrations" in result.output
+    assert 'CREATE TABLE "rewards".environment' in result.output
+    assert 'INSERT INTO "rewards".schema_migrations' in result.output
     assert invoke("state", "schema-sql", "--schema", "Bad-Name").exit_code == 1
 
 

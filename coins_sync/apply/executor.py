@@ -263,7 +263,7 @@ class Executor:
         except Exception as e:
             log.debug("final checkpoint failed", exc_info=True)
             fold_error = e
-            self.ledger.save_unfolded(self.report)
+            self.ledger.save_unfolded(self.report, e)
         finally:
             self.ledger.close()
         self.report.state = self.ledger.base
