@@ -95,6 +95,7 @@ class StateLock:
         self.classid, self.objid = unsigned >> 32, unsigned & 0xFFFF_FFFF
         self.conn: Any = None  # the lock session, while held
         self.epoch: int | None = None
+        self.pid: int | None = None  # the lock session's backend
         self.run_id: int | None = None
         self.lineage = ""  # the environment's lineage when the lock was taken
 
@@ -106,7 +107,7 @@ class StateLock:
             "epoch": self.epoch,
             "classid": self.classid,
             "objid": self.objid,
-            "lock_pid": self.conn.info.backend_pid,
+            "lock_pid": self.pid,
             "run": self.run_id,
         }
 
@@ -220,12 +221,14 @@ class StateLock:
             ).fetchone()
         self.epoch, self.lineage = int(row[0]), str(row[1])
         self.run_id = int(run[0])
+        self.pid = int(conn.info.backend_pid)
         self.conn = conn
 
     def _release(self) -> None:
         conn, self.conn = self.conn, None
         epoch, self.epoch = self.epoch, None
         run_id, self.run_id = self.run_id, None
+        self.pid = None
         if conn is None:
             return
         sql = self.db.sql
@@ -291,8 +294,15 @@ class StateLock:
                     (self.db.env,),
                 ).fetchone()
             if row is not None and epoch is not None and int(row[0]) != epoch:
-                who = self.holder(probe)
-                now = "" if who == "another run (details unknown)" else f"; it is now held by {who}"
+                now = ""
+                holder = probe.execute(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                    "AND objsubid = 1 AND classid = %s::bigint::oid "
+                    "AND objid = %s::bigint::oid",
+                    (self.classid, self.objid),
+                ).fetchone()
+                if holder is not None and holder[0] != self.pid:
+                    now = f"; it is now held by {self.holder(probe)}"
                 return f"another run took the lock, or `state force-unlock` ended this one{now}"
         except (psycopg.Error, StateError):
             pass
