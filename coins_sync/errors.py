@@ -12,7 +12,9 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     ├── StateError             unreadable, corrupt or unknown-version state / journal
     │   ├── LockError          the state is locked by another holder (carries .holder)
     │   ├── StateConflictError another writer replaced the state; nothing was overwritten
-    │   └── CheckpointError    a checkpoint could not be made (.unrecorded, .kept)
+    │   ├── FencedError        this run lost the PostgreSQL state lock; nothing more is written
+    │   ├── CheckpointError    a checkpoint could not be made (.unrecorded, .kept)
+    │   └── ApplyStoppedError  an apply stopped early (carries .report: what was done)
     ├── StalePlanError         a saved plan no longer matches state or configs
     ├── PlanFileError          a saved plan file that cannot be read or is not a plan
     ├── PlanConflictError      a coinConfigId in the configs contradicts the state
@@ -37,7 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the report is apply's value; this module imports nothing of apply
+    from coins_sync.apply.report import ApplyReport
     from coins_sync.configs.model import RuleKey
 
 
@@ -96,6 +99,10 @@ class StateConflictError(StateError):
     another working copy) replaced it. Nothing was overwritten."""
 
 
+class FencedError(StateError):
+    """This run no longer holds the state lock; nothing more may be written or sent."""
+
+
 class CheckpointError(StateError):
     """A journal's checkpoint could not be made: the run lost its lock or its database.
 
@@ -113,6 +120,17 @@ class CheckpointError(StateError):
         super().__init__(message)
         self.unrecorded = tuple(unrecorded)
         self.kept = kept
+
+
+class ApplyStoppedError(StateError):
+    """An apply stopped early because a worker, a journal write or a checkpoint failed.
+
+    ``report`` says what was done before it stopped; its ``state`` is what was folded.
+    """
+
+    def __init__(self, message: str, report: ApplyReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class StalePlanError(CoinsSyncError):

@@ -20,10 +20,11 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from coins_sync.configs.model import RuleKey
+from coins_sync.errors import FencedError
 from coins_sync.state.audit import AuditAction, AuditRecord, audit_data
 from coins_sync.state.journal import Outcome
 from coins_sync.state.postgres.connection import Database, driver, storable
-from coins_sync.state.postgres.lock import HELD, FencedError, StateLock
+from coins_sync.state.postgres.lock import HELD, StateLock
 from coins_sync.state.postgres.migrations import applied
 
 #: One audit row, fenced: inserted only while this run holds the lock.

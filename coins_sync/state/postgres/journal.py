@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import CheckpointError, StateError
+from coins_sync.errors import CheckpointError, FencedError, StateError
 from coins_sync.state.journal import CONFIRMED, JournalRecord, Outcome, Snapshot
 from coins_sync.state.model import State, utc_now
 from coins_sync.state.postgres.connection import Database, driver, storable
-from coins_sync.state.postgres.lock import FENCE, HELD, SHARE_FENCE, FencedError, StateLock
+from coins_sync.state.postgres.lock import FENCE, HELD, SHARE_FENCE, StateLock
 
 log = logging.getLogger(__name__)
 
