@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,65 @@ def test_a_schema_named_like_a_keyword_works(
     assert len(rows(pg_dsn, 'SELECT * FROM "user".audit')) == 2
     report = invoke("report", "--format", "json")
     assert report.exit_code == 0, report.output
+
+
+# -- the lock session ended by the server, not by another run -------------------------
+
+
+def test_the_servers_idle_session_timeout_does_not_end_a_runs_lock(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    """The lock session sits idle while the journal writes on its own connection; a
+    server with idle_session_timeout must not end it (and so fence the run)."""
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        name = conn.info.dbname
+        conn.execute(f"ALTER DATABASE {name} SET idle_session_timeout = '100ms'")
+    with applying(pg_dsn, tmp_path / "rescue.jsonl") as (store, _audit, journal):
+        journal.append(intent(MEAL))
+        time.sleep(0.5)  # well past the timeout, for both the lock and the journal session
+        journal.append(created(MEAL, "ID1"))
+        journal.checkpoint(lambda: (State.new(), []))
+        store.write(store.read().with_entry(StateEntry(INVOICE, 10, "ID2")))
+    assert set(store_for(pg_dsn).read().entries) == {MEAL, INVOICE}
+
+
+def lock_session_pid(dsn: str) -> int:
+    found = rows(
+        dsn,
+        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'coins-sync lock %'",
+    )
+    assert len(found) == 1, found
+    return int(found[0][0])
+
+
+def test_a_lock_session_ended_by_the_server_is_named_not_blamed_on_another_run(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    with applying(pg_dsn, tmp_path / "rescue.jsonl") as (store, _audit, journal):
+        journal.append(intent(MEAL))
+        # as if idle_session_timeout could not be turned off for the session (a pooler
+        # in between, say): the server ends the idle lock session
+        store._lock.conn.execute("SET idle_session_timeout = '50ms'")
+        pid = lock_session_pid(pg_dsn)
+        for _ in range(200):  # bounded: the server ends it within the timeout
+            time.sleep(0.05)
+            if not rows(pg_dsn, f"SELECT 1 FROM pg_stat_activity WHERE pid = {pid}"):
+                break
+        with pytest.raises(StateError) as caught:
+            journal.append(created(MEAL, "ID1"))
+    message = str(caught.value)
+    assert "lost the state lock" in message
+    assert "idle_session_timeout ended it" in message, message
+    assert "another run" not in message
+
+
+def test_a_lock_session_ended_by_an_administrator_is_named(pg_dsn: str, tmp_path: Path) -> None:
+    with applying(pg_dsn, tmp_path / "rescue.jsonl") as (_, _audit, journal):
+        journal.append(intent(MEAL))
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(%s, 5000)", (lock_session_pid(pg_dsn),))
+        with pytest.raises(StateError) as caught:
+            journal.append(created(MEAL, "ID1"))
+    message = str(caught.value)
+    assert "an administrator ended it" in message, message
+    assert "another run" not in message
