@@ -394,7 +394,10 @@ def test_missing_driver_names_the_extra(
     "dsn, secret",
     [
         ("postgresql://bob:hun%ter2-secret@/x?host=/nonexistent-socket-dir", "ter2-secret"),
-        ("host=/nonexistent-socket-dir user=bob password=hunter2 leaked-part dbname=x", "leaked-part"),
+        (
+            "host=/nonexistent-socket-dir user=bob password=hunter2 leaked-part dbname=x",
+            "leaked-part",
+        ),
     ],
     ids=["url-with-percent", "key-value-with-space"],
 )

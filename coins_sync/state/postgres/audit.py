@@ -24,13 +24,13 @@ from coins_sync.errors import FencedError
 from coins_sync.state.audit import AuditAction, AuditRecord, audit_data
 from coins_sync.state.journal import Outcome
 from coins_sync.state.postgres.connection import Database, driver, storable
-from coins_sync.state.postgres.lock import HELD, StateLock
+from coins_sync.state.postgres.lock import StateLock, held_by
 from coins_sync.state.postgres.migrations import applied
 
 #: One audit row, fenced: inserted only while this run holds the lock.
 FENCED_INSERT = (
     "INSERT INTO {s}.audit (env, run_id, record) "
-    "SELECT name, %(run)s, %(record)s::jsonb FROM {s}.environment" + HELD
+    "SELECT name, %(run)s, %(record)s::jsonb FROM {s}.environment{held}"
 )
 
 
@@ -94,13 +94,13 @@ class PostgresAudit:
         """One row as a statement of its own: fenced while this process holds the lock."""
         psycopg = driver()
         record = json.dumps(storable(data), sort_keys=True)
-        held = self.lock.epoch is not None
+        locked = self.lock.epoch is not None
         conn = self.db.connect(purpose="audit")
         try:
             self.ensure_schema(conn)
-            if held:
+            if locked:
                 params = {**self.lock.params(), "record": record}
-                done = conn.execute(self.db.sql(FENCED_INSERT), params)
+                done = conn.execute(self.db.sql(FENCED_INSERT, held=held_by(self.db)), params)
                 if done.rowcount != 1:
                     raise FencedError(
                         f"{self.db.describe()}: this run lost the state lock "

@@ -131,12 +131,13 @@ class Database:
         detail = f": {self.detail(e)}" if e is not None else ""
         return StateError(f"{self.describe()}: {message}{detail}")
 
-    def sql(self, template: str) -> Any:
-        """``template`` as a ``psycopg.sql.Composed`` with ``{s}`` the schema's quoted
-        name: a schema called ``user`` or ``order`` works like any other."""
+    def sql(self, template: str, **parts: Any) -> Any:
+        """``template`` as a ``psycopg.sql.Composed``: ``{s}`` is the schema's quoted
+        name (a schema called ``user`` or ``order`` works like any other), and every
+        other ``{name}`` the composed SQL passed as ``name`` (a fence, say)."""
         from psycopg import sql
 
-        return sql.SQL(template).format(s=sql.Identifier(self.schema))
+        return sql.SQL(template).format(s=sql.Identifier(self.schema), **parts)
 
     def checked_dsn(self) -> str:
         """The DSN, once libpq can parse it. libpq's own message quotes the part it

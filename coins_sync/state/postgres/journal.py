@@ -32,12 +32,12 @@ from coins_sync.errors import CheckpointError, FencedError, StateError
 from coins_sync.state.journal import CONFIRMED, JournalRecord, Outcome, Snapshot
 from coins_sync.state.model import State, utc_now
 from coins_sync.state.postgres.connection import Database, driver, storable
-from coins_sync.state.postgres.lock import FENCE, HELD, SHARE_FENCE, StateLock
+from coins_sync.state.postgres.lock import StateLock, fence, held_by
 
 log = logging.getLogger(__name__)
 
-#: The one statement of a group commit (``{fence}`` is :data:`FENCE` or
-#: :data:`SHARE_FENCE`, ``{s}`` the schema). It returns (fence rows, dirty): (1, false)
+#: The one statement of a group commit (``{fence}`` is the lock module's ``FENCE`` or
+#: ``SHARE_FENCE``, ``{s}`` the schema). It returns (fence rows, dirty): (1, false)
 #: wrote nothing to the state tables (retry with FENCE); (0, _) means fenced.
 WRITE = """WITH {fence},
 i AS (SELECT * FROM jsonb_to_recordset(%(intents)s::jsonb) AS i(company text,
@@ -79,9 +79,8 @@ SELECT count(*), coalesce(bool_and(dirty), false) FROM fence"""
 #: The checkpoint: the serial bumped if this run wrote since the last bump, the row
 #: clean again; no row back means this run no longer holds the lock.
 CHECKPOINT = (
-    "UPDATE {s}.environment SET serial = serial + dirty::int, dirty = false"
-    + HELD
-    + " RETURNING lineage, serial"
+    "UPDATE {s}.environment SET serial = serial + dirty::int, dirty = false{held} "
+    "RETURNING lineage, serial"
 )
 
 
@@ -139,10 +138,7 @@ class PostgresJournal:
         self._failed = False
         self._rescued: list[JournalRecord] = []  # results only in the rescue file
         self._kept = True  # False once writing the rescue file failed
-        self._sql = {
-            bump: db.sql(WRITE.replace("{fence}", (FENCE if bump else SHARE_FENCE).strip()))
-            for bump in (False, True)
-        }
+        self._sql = {bump: db.sql(WRITE, fence=fence(db, bump)) for bump in (False, True)}
 
     @property
     def closed(self) -> bool:
@@ -380,7 +376,11 @@ class PostgresJournal:
             return state  # every result was committed; the error that stopped the run says why
         psycopg = driver()
         try:
-            row = self._conn().execute(self._db.sql(CHECKPOINT), self._params).fetchone()
+            row = (
+                self._conn()
+                .execute(self._db.sql(CHECKPOINT, held=held_by(self._db)), self._params)
+                .fetchone()
+            )
         except (psycopg.Error, StateError) as e:
             raise CheckpointError(
                 f"{self._db.describe()}: {self._failure(e, 'making the checkpoint')} "

@@ -44,30 +44,21 @@ HELD = """
             AND classid = %(classid)s::bigint::oid AND objid = %(objid)s::bigint::oid
             AND objsubid = 1)"""
 
-#: The journal's first write after a bump (a template: ``{s}`` is the schema): zero rows
-#: unless this run holds the lock; else it bumps the serial and marks the row dirty.
-FENCE = (
-    """
-fence AS (
-    UPDATE {s}.environment SET serial = serial + 1, dirty = true"""
-    + HELD
-    + """
+#: The journal's first write after a bump (a template: ``{s}`` is the schema, ``{held}``
+#: :data:`HELD`): zero rows unless this run holds the lock; else it bumps the serial and
+#: marks the row dirty.
+FENCE = """fence AS (
+    UPDATE {s}.environment SET serial = serial + 1, dirty = true{held}
     RETURNING name, dirty)"""
-)
 
 #: Every other journal write: the same checks, but the row is only locked FOR SHARE, so
 #: concurrent writers do not queue. ``dirty`` false (a checkpoint bumped the serial
 #: meanwhile) means: write nothing, and retry with :data:`FENCE`. FOR SHARE conflicts
 #: with the UPDATE of a lock take, a force-unlock and a checkpoint, so each write is
 #: ordered wholly before or after them, and re-checked after them.
-SHARE_FENCE = (
-    """
-fence AS (
-    SELECT name, dirty FROM {s}.environment"""
-    + HELD
-    + """
+SHARE_FENCE = """fence AS (
+    SELECT name, dirty FROM {s}.environment{held}
     FOR SHARE)"""
-)
 
 #: The fence of a write on the lock session itself.
 LOCK_CHECK = """
@@ -78,6 +69,22 @@ LOCK_CHECK = """
             AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
             AND classid = %(classid)s::bigint::oid AND objid = %(objid)s::bigint::oid
             AND objsubid = 1)"""
+
+
+def held_by(db: Database) -> Any:
+    """:data:`HELD` as composed SQL, for a template's ``{held}``."""
+    return db.sql(HELD)
+
+
+def lock_check(db: Database) -> Any:
+    """:data:`LOCK_CHECK` as composed SQL, for a template's ``{lock_check}``."""
+    return db.sql(LOCK_CHECK)
+
+
+def fence(db: Database, bump: bool) -> Any:
+    """The ``fence`` CTE of a journal write: :data:`FENCE` (``bump``) or
+    :data:`SHARE_FENCE`, for a template's ``{fence}``."""
+    return db.sql(FENCE if bump else SHARE_FENCE, held=held_by(db))
 
 
 class StateLock:

@@ -141,12 +141,18 @@ def full_sql(schema: str) -> str:
     for version, sql in MIGRATIONS:
         parts.append(f"-- migration {version}")
         parts.append(render(version, sql, schema).rstrip())
-        parts.append(
-            f"INSERT INTO {name}.schema_migrations (version, checksum) "
-            f"VALUES ({version}, '{checksum(sql)}');"
-        )
+        parts.append(record_sql(schema, version, checksum(sql)))
     parts.append("COMMIT;")
     return "\n".join(parts) + "\n"
+
+
+def record_sql(schema: str, version: int, digest: str) -> str:
+    """The script's line that records one applied migration."""
+    from psycopg import sql
+
+    line = sql.SQL("INSERT INTO {s}.schema_migrations (version, checksum) VALUES ({v}, {c});")
+    composed = line.format(s=sql.Identifier(schema), v=sql.Literal(version), c=sql.Literal(digest))
+    return str(composed.as_string(None))
 
 
 def migration_key(schema: str) -> int:

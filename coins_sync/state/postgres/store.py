@@ -34,13 +34,13 @@ from coins_sync.state.postgres import migrations
 from coins_sync.state.postgres.audit import PostgresAudit, read_audit
 from coins_sync.state.postgres.connection import Database, driver, storable
 from coins_sync.state.postgres.journal import PostgresJournal
-from coins_sync.state.postgres.lock import FENCE, LOCK_CHECK, StateLock
+from coins_sync.state.postgres.lock import StateLock, fence, lock_check
 
 SET_SERIAL = "UPDATE {s}.environment SET lineage = %s, serial = %s WHERE name = %s"
 
 #: Recovery: open intents of a run that died become uncertain entries (fenced).
 ABANDON = (
-    "WITH " + FENCE.strip() + ", closed AS ("
+    "WITH {fence}, closed AS ("
     "  UPDATE {s}.operation SET outcome = 'abandoned', done_at = now() "
     "  WHERE env = %(env)s AND outcome IS NULL "
     "    AND EXISTS (SELECT 1 FROM fence) "
@@ -177,7 +177,10 @@ class PostgresStateStore(Database):
         """The environment row, locked FOR UPDATE, if this run still holds the state
         lock (epoch unchanged); a fenced run gets FencedError and writes nothing."""
         row = conn.execute(
-            self.sql("SELECT lineage, serial FROM {s}.environment" + LOCK_CHECK + " FOR UPDATE"),
+            self.sql(
+                "SELECT lineage, serial FROM {s}.environment{lock_check} FOR UPDATE",
+                lock_check=lock_check(self),
+            ),
             params,
         ).fetchone()
         if row is None:
@@ -295,7 +298,7 @@ class PostgresStateStore(Database):
             with conn.transaction():
                 open_row = conn.execute(open_intents, (self.env,)).fetchone()
                 if open_row is not None and open_row[0]:
-                    row = conn.execute(sql(ABANDON), params).fetchall()
+                    row = conn.execute(sql(ABANDON, fence=fence(self, True)), params).fetchall()
                     count = conn.execute(open_intents, (self.env,)).fetchone()
                     if count is not None and count[0]:
                         raise self._fenced("nothing was recovered")
@@ -307,9 +310,9 @@ class PostgresStateStore(Database):
                 # an earlier run (or the rescue fold above) wrote after the last bump
                 bumped = conn.execute(
                     sql(
-                        "UPDATE {s}.environment SET serial = serial + dirty::int, dirty = false"
-                        + LOCK_CHECK
-                        + " RETURNING 1"
+                        "UPDATE {s}.environment SET serial = serial + dirty::int, "
+                        "dirty = false{lock_check} RETURNING 1",
+                        lock_check=lock_check(self),
                     ),
                     params,
                 ).fetchone()
