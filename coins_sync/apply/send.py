@@ -18,7 +18,13 @@ from coins_sync.apply.ledger import Ledger
 from coins_sync.apply.report import ApplyReport
 from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
-from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, UnreachableError
+from coins_sync.errors import (
+    ApiError,
+    AuthError,
+    OutcomeUnknownError,
+    RateLimitError,
+    UnreachableError,
+)
 from coins_sync.plan.reconcile import Action, Change
 from coins_sync.state.audit import AuditAction, AuditRecord
 from coins_sync.state.journal import JournalKind, JournalRecord, Outcome
@@ -340,9 +346,10 @@ class Sender:
         )
 
     def _stop_if_hopeless(self, error: ApiError) -> None:
-        """A refused credential or an API that cannot be reached fails every call the
-        same way: stop at the first one, so one clear error is reported, not one per key."""
-        if isinstance(error, AuthError | UnreachableError):
+        """A refused credential, an API that cannot be reached, or a spent budget for
+        waiting on the rate limit fails every call the same way: stop at the first one,
+        so one clear error is reported, not one per key."""
+        if isinstance(error, AuthError | UnreachableError | RateLimitError):
             with self._lock:
                 if self.report.stopped_by is None:
                     self.report.stopped_by = str(error)
