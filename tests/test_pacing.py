@@ -48,7 +48,14 @@ def test_a_rate_limited_apply_creates_everything_in_one_run(
     chaos.write_rules(project / "configs", rules)
     server = servers(rate=25.0, burst=5, retry_after=retry_after)
     result = invoke(
-        "apply", "--yes", "--api-url", server.url, "--parallelism", "16", "--max-wait", "120",
+        "apply",
+        "--yes",
+        "--api-url",
+        server.url,
+        "--parallelism",
+        "16",
+        "--max-wait",
+        "120",
         env=ENV,
     )
     assert result.exit_code == 0, result.output
@@ -91,7 +98,14 @@ def test_a_spent_budget_fails_what_is_left_with_one_message(
     # longer than a budget of 0 s
     server = servers(rate=0.1, burst=2)
     result = invoke(
-        "apply", "--yes", "--api-url", server.url, "--parallelism", "4", "--max-wait", "0",
+        "apply",
+        "--yes",
+        "--api-url",
+        server.url,
+        "--parallelism",
+        "4",
+        "--max-wait",
+        "0",
         env=ENV,
     )
     assert result.exit_code == 1, result.output
