@@ -248,7 +248,7 @@ class Pacer:
             self._next_slot = now
         self._limit = max(1.0, self._limit * _LIMIT_CUT)
         self._last_cut = now
-        settled = measured is not None and self._rate == max(_RATE_FLOOR, measured)
+        settled = bool(measured) and self._rate == measured
         if not self._announced and settled and span >= _SETTLED_AFTER:
             self._announced = True
             log.warning(
@@ -259,6 +259,18 @@ class Pacer:
             )
 
     # -- the end ----------------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        """The most requests in flight now (the ceiling until a 429 or a latency rise)."""
+        with self._cond:
+            return int(self._limit)
+
+    @property
+    def rate(self) -> float | None:
+        """The paced rate (requests/s); None until the server refused a request."""
+        with self._cond:
+            return self._rate
 
     @property
     def refused(self) -> int:
