@@ -43,8 +43,9 @@ __all__ = ["Answer", "Pacer"]
 log = logging.getLogger(__name__)
 
 #: Cuts on a 429: the concurrency limit halves; the rate becomes the rate that got
-#: through over the last _WINDOW seconds less a tenth, or a fifth less than it was,
-#: whichever is higher (what got through is low while the run paused).
+#: through over the last _WINDOW seconds less a tenth, or a fifth less than it was
+#: (half, until a rate that got through was settled on), whichever is higher: what got
+#: through is low while the run paused.
 _LIMIT_CUT = 0.5
 _RATE_CUT = 0.9
 _RATE_BACKOFF = 0.8
@@ -100,7 +101,12 @@ class Pacer:
         self._rate: float | None = None  # requests/s once a 429 came; None: unpaced
         self._next_slot = 0.0
         self._last_cut = -1.0  # a 429 of a request sent before this cuts nothing
+        self._generation = 0  # bumped by each cut and pause: slots taken before are void
+        self._latency_cut = -1.0
         self._first_send: float | None = None
+        self._paced_since: float | None = None  # the first 429; then, what got through:
+        self._paced_ok = 0
+        self._last_ok = 0.0
         self._successes: deque[float] = deque()  # when answers came, over the last _WINDOW
         self._since_success = 0  # cuts in a row with nothing through: the back-off's power
         self._waited = 0.0  # pause seconds counted against max_wait
@@ -122,11 +128,14 @@ class Pacer:
         """
         slept_to = 0.0  # a finished sleep counts as time passed (also on a test's clock)
         slot: float | None = None  # this request's place in the paced rate, once taken
+        generation = -1  # the slot's; a cut or a pause since then voids it
         while True:
             with self._cond:
                 if self._spent is not None:
                     raise RateLimitError(self._spent)
                 now = max(self._clock(), slept_to)
+                if generation != self._generation:
+                    slot, generation = None, self._generation
                 if self._pause_until > now:
                     target, slot = self._pause_until, None
                 elif self._in_flight >= int(self._limit):
@@ -175,6 +184,9 @@ class Pacer:
 
     def _succeeded(self, started: float, now: float) -> None:
         self._successes.append(now)
+        if self._paced_since is not None:
+            self._paced_ok += 1
+            self._last_ok = now
         if len(self._successes) > _WINDOW_MAX:
             self._successes.popleft()
         self._since_success = 0
@@ -193,9 +205,9 @@ class Pacer:
             self._smooth > _LATENCY_RISE * self._lowest
             and self._smooth - self._lowest > _LATENCY_SLACK
         )
-        if risen and self._limit > 1 and now - self._last_cut > self._smooth:
+        if risen and self._limit > 1 and now - self._latency_cut > self._smooth:
             self._limit = max(1.0, self._limit * _LATENCY_CUT)
-            self._last_cut = now
+            self._latency_cut = now
             log.debug(
                 "latency %.3fs (lowest %.3fs): at most %d in flight",
                 self._smooth,
@@ -232,22 +244,28 @@ class Pacer:
         self._waited += extra
         self._pause_until = until
         self._next_slot = max(self._next_slot, until)
+        self._generation += 1
 
     def _cut(self, now: float) -> None:
         self._since_success += 1
+        if self._paced_since is None:
+            self._paced_since = now
         while self._successes and self._successes[0] < now - _WINDOW:
             self._successes.popleft()
         first = self._first_send if self._first_send is not None else now
         span = min(_WINDOW, now - first)
         through = len(self._successes) / span if span > 0 else None
         measured = None if through is None else through * _RATE_CUT
-        halved = None if self._rate is None else self._rate * _RATE_BACKOFF
+        # until a rate that got through was settled on, the rate is far too high: halve it
+        backoff = _RATE_BACKOFF if self._announced else _LIMIT_CUT
+        halved = None if self._rate is None else self._rate * backoff
         candidates = [r for r in (measured, halved) if r is not None]
         if candidates:
             self._rate = max(_RATE_FLOOR, max(candidates))
             self._next_slot = now
         self._limit = max(1.0, self._limit * _LIMIT_CUT)
         self._last_cut = now
+        self._generation += 1
         settled = bool(measured) and self._rate == measured
         if not self._announced and settled and span >= _SETTLED_AFTER:
             self._announced = True
@@ -283,7 +301,10 @@ class Pacer:
         with self._cond:
             if not self._refused:
                 return None
-            paced = f"paced to about {_about(self._rate)} requests/s; " if self._rate else ""
+            paced = ""
+            span = self._last_ok - (self._paced_since or 0.0)
+            if self._paced_ok > 1 and span > 0:  # what got through since the first 429
+                paced = f"paced to about {_about(self._paced_ok / span)} requests/s; "
             refused = f"{self._refused} request{'s were' if self._refused != 1 else ' was'}"
             end = "retried" if self._spent is None else "retried until the budget was spent"
             return f"{paced}{refused} refused (429) and {end}"
