@@ -201,6 +201,14 @@ class UnreachableError(ApiError):
         self.address = address
 
 
+class RateLimitError(ApiError):
+    """The server kept refusing requests (429) until the run's budget for waiting on
+    its rate limit was spent; the request was not processed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=429)
+
+
 class OutcomeUnknownError(ApiError):
     """A create or update was sent but whether the server processed it is unknown."""
 
