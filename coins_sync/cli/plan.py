@@ -17,10 +17,11 @@ from coins_sync.cli.options import (
     with_workspace,
 )
 from coins_sync.errors import AuthError, SettingsError
+from coins_sync.plan.online import unverified
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.render import RENDERERS, render
 from coins_sync.plan.saved import save_plan
-from coins_sync.workspace import Workspace, unverified
+from coins_sync.workspace import Workspace
 
 
 @click.command("plan")
