@@ -110,3 +110,34 @@ def test_a_plan_shows_rescued_creates_as_recorded(
     assert "0 to create" in planned.output and "0 uncertain" in planned.output, planned.output
     assert "retry-uncertain" not in planned.output
     assert f"{len(KEYS)} unchanged" in planned.output
+
+
+def test_a_plan_during_an_apply_on_postgres_shows_creates_in_flight(
+    project: Path, invoke: Invoke, pg_dsn: str
+) -> None:
+    write(
+        project / "pyproject.toml",
+        '[tool.coins-sync]\ndefault_environment = "team"\n\n'
+        '[tool.coins-sync.environments.team]\napi_url = "http://127.0.0.1:9"\n'
+        'backend = "postgres"\n',
+    )
+    write(
+        project / "configs/acme.yaml",
+        "companyId: ACME\nrules:\n"
+        + "".join(f"  - event: E{i}\n    amount: 5\n" for i in range(len(KEYS))),
+    )
+    running = store(pg_dsn, project / "state" / "team.pg-rescue.jsonl")
+    with running.lock("apply (env team)"):
+        state, _ = running.recover()
+        journal = running.journal(running.write(state))
+        for key in KEYS[:2]:  # two creates sent, not answered yet
+            journal.append(JournalRecord(JournalKind.INTENT, key, 5, at="t"))
+        planned = invoke("plan")
+        journal.close()
+    assert planned.exit_code == 0, planned.output
+    assert "An apply holds the state lock" in planned.output
+    assert "running 'apply (env team)'" in planned.output
+    assert "2 in flight" in planned.output and "0 uncertain" in planned.output
+    assert "2 to create" in planned.output and "retry-uncertain" not in planned.output
+    after = invoke("plan")  # the run ended without answers: now they are uncertain
+    assert "holds the state lock" not in after.output and "2 uncertain" in after.output

@@ -175,7 +175,7 @@ class PostgresStateStore(Database):
         for company, configuration, event, amount, since in cursor:
             key = RuleKey(company, configuration, event)
             if key not in entries:
-                uncertain[key] = Uncertain(key, int(amount), since)
+                uncertain[key] = Uncertain(key, int(amount), since, open=True)
         return State(lineage=lineage, serial=serial, entries=entries, uncertain=uncertain)
 
     # locking --------------------------------------------------------------------
@@ -185,6 +185,10 @@ class PostgresStateStore(Database):
         with self._lock.hold(command, timeout):
             self._lineage = self._lock.lineage
             yield
+
+    def lock_holder(self) -> str | None:
+        """Who holds the state lock now, without taking it; None when nobody does."""
+        return self._lock.current_holder()
 
     def force_unlock(self) -> str | None:
         """End the holder's session and bump the epoch, so its writes are fenced out.
