@@ -169,3 +169,50 @@ def test_state_pull_of_a_postgres_environment_never_overwrites_its_rescue_file(
     assert done.exit_code == 1 and "refusing to write the state onto" in done.output
     assert rescue.read_bytes() == b'{"kind":"result"}\n'
     assert invoke("state", "pull", "--env", "team", "--to", "backup.json").exit_code == 1
+
+
+def test_every_reading_command_says_the_journal_and_rescue_files_are_pending(
+    project: Path, invoke: Invoke, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19, case 8: after a compare-and-swap refusal, the message names the commands
+    that fold; plan, report, state list and state pull say the files are pending."""
+    store = FileStateStore(project / "state" / "default.json")
+    write(project / "configs/acme.yaml", rules(5))
+    original = CoinsClient.create
+    made: list[RemoteConfig] = []
+
+    def create(self: CoinsClient, key: RuleKey, amount: int) -> RemoteConfig:
+        remote = original(self, key, amount)
+        made.append(remote)
+        if len(made) == 2:  # a `git pull` replaces the state meanwhile
+            current = store.read_stored()
+            store.path.write_bytes(serialize(State(current.lineage, current.serial + 2, {})))
+        return remote
+
+    monkeypatch.setattr(CoinsClient, "create", create)
+    done = apply(invoke, sandbox)
+    monkeypatch.setattr(CoinsClient, "create", original)
+    assert done.exit_code == 1, done.output
+    assert "The next `coins-sync apply` (or `state rm`, `state import`) folds them" in done.output
+    assert "next coins-sync command folds" not in done.output
+    on_disk = store.path.read_bytes()
+
+    for command in (
+        ("plan",),
+        ("report",),
+        ("state", "list"),
+        ("state", "pull", "--to", "backup.json"),
+    ):
+        result = invoke(*command, env=ENV)
+        assert result.exit_code == 0, result.output
+        assert "default.rescue.jsonl" in result.output, command
+        assert "results not folded into state/default.json yet" in result.output, command
+        assert "Only `coins-sync apply`, `state rm` and `state import` fold them" in result.output
+        assert store.path.read_bytes() == on_disk  # they said so: nothing was folded
+    assert "4 unchanged" in invoke("plan", env=ENV).output  # shown folded, in memory
+
+    again = apply(invoke, sandbox)  # nothing to send; it folds under the lock
+    assert again.exit_code == 0, again.output
+    assert not store.rescue_path.exists() and not store.journal_path.exists()
+    assert len(store.read_stored().entries) == 4 and len(sandbox.configs()) == 4
+    assert "not folded" not in invoke("plan", env=ENV).output

@@ -92,8 +92,10 @@ def stopped_error(
         where = _rescue_note(report)
         parts.append(
             f"{what[0].upper() if parts else what[0]}{what[1:]} ({describe(fold_error)}). "
-            f"{where}; the next coins-sync command folds them into the state: run "
-            "`coins-sync plan` and check it before applying again"
+            f"{where}. The next `coins-sync apply` (or `state rm`, `state import`) folds "
+            "them into the state under its lock; `plan`, `report` and `state list` show "
+            "them and say they are pending: run `coins-sync plan` and check it before "
+            "applying again"
         )
     return ApplyStoppedError(". ".join(parts), report)
 

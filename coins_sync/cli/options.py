@@ -203,3 +203,21 @@ def make_client(
         create_http.close()
         http.close()
         raise
+
+
+def say_pending(workspace: Workspace) -> None:
+    """A command that reads the state without its lock (plan, report, state list,
+    state pull) folds the journal and rescue files in memory only: say which files are
+    pending and which commands fold them."""
+    from coins_sync import console
+
+    store = workspace.store
+    files = store.pending_files()
+    if not files:
+        return
+    names = " and ".join(str(path) for path in files)
+    console.err(
+        f"Note: {names} hold{'s' if len(files) == 1 else ''} results not folded into "
+        f"{store.describe()} yet; they are shown here as folded. Only `coins-sync apply`, "
+        "`state rm` and `state import` fold them into the state (under its lock)."
+    )

@@ -15,6 +15,7 @@ from coins_sync.cli.options import (
     format_option,
     make_client,
     same_flags,
+    say_pending,
     with_workspace,
 )
 from coins_sync.errors import AuthError, SettingsError
@@ -74,6 +75,7 @@ def plan_command(
         refuse_bookkeeping_target(out, workspace.settings.state, "the plan", "--out")
     unread = 0
     state = workspace.read_state()
+    say_pending(workspace)
     if refresh:
         with make_client(workspace.settings) as client:
             the_plan = workspace.plan(state, refresh_with=client)
@@ -144,6 +146,7 @@ def report(workspace: Workspace, fmt: str) -> int:
     configs = workspace.load_configs()
     unreadable: list[str] = []
     rows = reports.build_report(configs, workspace.read_state(), workspace.read_audit(unreadable))
+    say_pending(workspace)
     if unreadable:  # never skipped silently: the report may miss their changes
         shown = ", ".join(unreadable[:5]) + (", ..." if len(unreadable) > 5 else "")
         console.err(

@@ -14,6 +14,7 @@ from coins_sync.cli.options import (
     format_option,
     make_client,
     parse_key,
+    say_pending,
     with_workspace,
     yes_option,
 )
@@ -47,6 +48,7 @@ def state_list(workspace: Workspace, fmt: str) -> int:
       coins-sync state list --env prod --format json
     """
     current = workspace.read_state()
+    say_pending(workspace)
     console.out(console.state_listing(current, workspace.store.describe(), fmt))
     return EXIT_OK
 
@@ -214,6 +216,7 @@ def state_pull(workspace: Workspace, target: Path) -> int:
 
     refuse_bookkeeping_target(target, workspace.settings.state, "the state", "--to")
     current = workspace.read_state()
+    say_pending(workspace)
     if not current.exists:
         raise StateError(f"{workspace.store.describe()} holds no state yet; nothing to pull")
     atomic_write(target, serialize(current))

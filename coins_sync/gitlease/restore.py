@@ -72,8 +72,8 @@ def check_pull(store: FileStateStore, branch_raw: bytes | None, where: str) -> N
         if path.exists():
             raise StateError(
                 f"{path} holds results not folded into the state yet; the branch's files "
-                "would replace them. Run `coins-sync state list` (it folds them) and push "
-                "the state under a lease first. Nothing was pulled"
+                "would replace them. Keep it: move it aside (and `git-lease restore` it if "
+                "the branch lacks its results), then pull. Nothing was pulled"
             )
     local = store.read_stored()
     if not local.exists or branch_raw is None:

@@ -108,7 +108,7 @@ class FileStateStore:
                 found.append((path, replay, sort_fenced(state, replay.records)))
         return found
 
-    def pending(self) -> list[Path]:
+    def pending_files(self) -> list[Path]:
         """The journal and rescue files not folded into the state file yet."""
         return [path for path in (self.rescue_path, self.journal_path) if path.is_file()]
 
@@ -123,8 +123,9 @@ class FileStateStore:
         return fold(state, [r for _, _, fenced in replays for r in fenced.fold])
 
     def write_rescue(self, lineage: str, records: Iterable[JournalRecord]) -> Path:
-        """Append ``records`` to the rescue file beside the state (fsynced); the next
-        command folds it into the state. Raises StateError when it cannot be written."""
+        """Append ``records`` to the rescue file beside the state (fsynced), each line
+        fenced by :attr:`fence`; the next apply (or state rm/import) folds it into the
+        state. Raises StateError when it cannot be written."""
         rescue = AppendLog(self.rescue_path, "rescue file")
         try:
             lines = (record.to_line(lineage, self.fence) for record in records)

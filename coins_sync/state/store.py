@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from coins_sync.state.journal import Journal
@@ -54,6 +55,11 @@ class StateStore(Protocol):
 
     def lock(self, command: str, timeout: float = 0.0) -> contextlib.AbstractContextManager[None]:
         """Hold the exclusive lock, or raise LockError naming the holder."""
+        ...
+
+    def pending_files(self) -> list[Path]:
+        """Local journal and rescue files whose results are not in the state yet (a
+        read folds them in memory; apply, state rm and state import fold them for good)."""
         ...
 
     def lock_holder(self) -> str | None:

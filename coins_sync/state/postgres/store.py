@@ -186,6 +186,10 @@ class PostgresStateStore(Database):
             self._lineage = self._lock.lineage
             yield
 
+    def pending_files(self) -> list[Path]:
+        """The local rescue file, when there is one: its results are not in the database."""
+        return [self.rescue_path] if self.rescue_path.is_file() else []
+
     def lock_holder(self) -> str | None:
         """Who holds the state lock now, without taking it; None when nobody does."""
         return self._lock.current_holder()
