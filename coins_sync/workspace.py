@@ -20,10 +20,10 @@ from coins_sync.configs.model import ConfigSet
 from coins_sync.errors import SettingsError
 from coins_sync.plan.drift import Reader
 from coins_sync.plan.online import plan_refreshed, plan_settled, settle
-from coins_sync.plan.reconcile import Plan, PlanContext, SafetyRules, plan
+from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
 from coins_sync.settings import Settings
 from coins_sync.state.audit import AuditLog, AuditRecord, AuditSink, audit_path_for, read_audit
-from coins_sync.state.file import FileStateStore, open_store
+from coins_sync.state.file import open_store
 from coins_sync.state.model import State
 from coins_sync.state.store import StateStore
 
@@ -56,6 +56,19 @@ class Workspace:
     def __post_init__(self) -> None:
         self.store = open_backend(self.settings)
 
+    def refuse_fresh_clone(self, the_plan: Plan, force: bool) -> None:
+        """The other half of the new-empty-state guard: no creates are planned from an
+        empty state while the git state branch (``COINS_SYNC_STATE_BRANCH``, default
+        ``coins-sync-state``) holds this environment's state file, as in a fresh clone.
+        Offline: only refs the clone has. Raises StateError naming the branch."""
+        if the_plan.context.lineage or force or self.settings.backend != "file":
+            return  # a plan made against a state records its lineage
+        if not the_plan.of(Action.CREATE):
+            return
+        from coins_sync.statebranch import refuse_fresh_clone
+
+        refuse_fresh_clone(self.settings.state, self.store.describe())
+
     def audit_log(self, environ: Mapping[str, str]) -> AuditSink:
         """Where this environment's audit records go (file beside the state, or table)."""
         if self.settings.backend == "postgres":
@@ -83,21 +96,6 @@ class Workspace:
             max_amount=self.settings.max_amount, max_file_bytes=self.settings.max_file_bytes
         )
         return loader.load(paths or [self.settings.configs])
-
-    def state_files(self) -> tuple[Path, ...]:
-        """The files that travel with the environment's state path (whatever its
-        backend): no command may write anything else onto them."""
-        store = FileStateStore(self.settings.state)
-        return (
-            store.path,
-            store.backup_path,
-            store.journal_path,
-            store.rescue_path,
-            store.lock_path,
-            store.holder_path,
-            audit_path_for(store.path),
-            pg_rescue_path(store.path),
-        )
 
     def read_state(self) -> State:
         """The state as apply would see it, leftover journal included; writes nothing."""

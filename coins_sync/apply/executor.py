@@ -275,7 +275,7 @@ class Executor:
         except Exception as e:
             log.debug("final checkpoint failed", exc_info=True)
             fold_error = e
-            self.ledger.save_unfolded()
+            self.ledger.save_unfolded(e)
         finally:
             self.ledger.close()
         self.report.state = self.ledger.base

@@ -171,6 +171,7 @@ def run_apply(
             settled = settle_pending(workspace, recovered, api)
             the_plan = plan_from(workspace, request, settled, configs, api)
             the_plan.raise_if_unsafe(workspace.safety, force=request.force)
+            workspace.refuse_fresh_clone(the_plan, request.force)
             if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
                 return the_plan, None
             state = start_state(workspace, settled.state, request.force)

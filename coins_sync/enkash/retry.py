@@ -104,6 +104,10 @@ class RetryPolicy:
     def _pause(self, seconds: float) -> None:
         self._cancelled.wait(seconds)
 
+    def sleep(self, seconds: float) -> None:
+        """Wait as between retries: the injected sleep, else one that :meth:`cancel` ends."""
+        self._sleep(seconds)
+
     def retrying(self, what: str, doing: str) -> tenacity.Retrying:
         """Retries of :class:`Retry` failures only, with jittered backoff, each one logged."""
         attempts = self.attempts

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
-from coins_sync.errors import PlanFileError, SettingsError, StalePlanError
+from coins_sync.errors import PlanFileError, StalePlanError
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.online import Settled, unverified
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
@@ -353,14 +352,3 @@ def _drift_skip(want: Change, drift: list[Drift]) -> bool:
 
 def _lineage(lineage: str) -> str:
     return f"lineage {lineage}" if lineage else "no state yet"
-
-
-def refuse_state_target(out: Path, guarded: Iterable[Path], state: str) -> None:
-    """A saved plan must never land on the state or a file that travels with it
-    (``guarded``: the backend names them, see ``Workspace.state_files``)."""
-    target = out.resolve()
-    if any(target == path.resolve() for path in guarded):
-        raise SettingsError(
-            f"refusing to write the plan onto {out}: it belongs to the state "
-            f"{state}; choose another --out file. Nothing was written"
-        )
