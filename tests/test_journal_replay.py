@@ -21,7 +21,8 @@ from coins_sync.state.journal import JournalKind, JournalRecord, Outcome
 from coins_sync.state.model import State, StateEntry, Uncertain
 
 KEY = RuleKey("ACME", "DEFAULT", "MEAL")
-AT = "2026-01-01T00:00:00Z"
+AT = "2026-01-01T00:00:00Z"  # every intent's time
+LATER = "2026-01-01T00:00:09Z"  # every result's time
 
 #: (the state before the run, the lines the run left) -> the state the next command sees
 Replay = Callable[[State, Sequence[JournalRecord]], State]
@@ -32,11 +33,13 @@ def intent(amount: int) -> JournalRecord:
 
 
 def result(outcome: Outcome, amount: int, config_id: str | None = None) -> JournalRecord:
-    return JournalRecord(JournalKind.RESULT, KEY, amount, outcome, config_id, at=AT)
+    return JournalRecord(JournalKind.RESULT, KEY, amount, outcome, config_id, at=LATER)
 
 
-def lines(lineage: str, records: Sequence[JournalRecord]) -> bytes:
-    return b"".join(record.to_line(lineage) for record in records)
+def lines(state: State, records: Sequence[JournalRecord]) -> bytes:
+    """The lines a run left, written under the state it ran on (its lineage and its
+    serial, the fence a rescue or journal line carries)."""
+    return b"".join(record.to_line(state.lineage, state.serial) for record in records)
 
 
 def file_replay(tmp_path: Path, where: str) -> Replay:
@@ -45,7 +48,7 @@ def file_replay(tmp_path: Path, where: str) -> Replay:
         store.path.parent.mkdir()
         written = store.write(before)
         target = store.journal_path if where == "journal" else store.rescue_path
-        target.write_bytes(lines(written.lineage, records))
+        target.write_bytes(lines(written, records))
         with store.lock("test"):
             state, _ = store.recover()
         return state
@@ -61,7 +64,7 @@ def postgres_replay(tmp_path: Path, dsn: str) -> Replay:
         store = PostgresStateStore("team", dsn=dsn, rescue_path=rescue)
         with store.lock("test"):
             written = store.write(before)
-        rescue.write_bytes(lines(written.lineage, records))
+        rescue.write_bytes(lines(written, records))
         with store.lock("test"):
             state, _ = store.recover()
         return state
@@ -80,12 +83,33 @@ def replay(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Replay]:
         yield file_replay(tmp_path, request.param.removeprefix("file-"))
 
 
+@pytest.fixture(params=["journal", "rescue"])
+def file_only(request: pytest.FixtureRequest, tmp_path: Path) -> Replay:
+    """The file backend alone: PostgreSQL keeps its intents in the database (an open
+    operation row becomes uncertain there), so its rescue file holds results only."""
+    return file_replay(tmp_path, request.param)
+
+
 def test_a_create_with_an_unknown_outcome_is_uncertain_after_replay(replay: Replay) -> None:
     """F6: the fold ignored "unknown" results, so the key was neither an entry nor
     uncertain, and the next plan created it again."""
     state = replay(State("L"), [intent(6), result(Outcome.UNKNOWN, 6)])
     assert KEY not in state.entries
     assert state.uncertain[KEY].amount == 6
+    assert state.uncertain[KEY].since in (AT, LATER)
+
+
+def test_a_create_sent_and_never_answered_is_uncertain_since_its_intent(
+    file_only: Replay,
+) -> None:
+    state = file_only(State("L"), [intent(6)])
+    assert state.uncertain == {KEY: Uncertain(KEY, 6, AT)}
+    assert not state.entries
+
+
+def test_a_create_closed_as_not_sent_is_dropped(replay: Replay) -> None:
+    state = replay(State("L"), [intent(6), result(Outcome.FAILED, 6)])
+    assert not state.uncertain and not state.entries
 
 
 def test_a_create_confirmed_after_an_uncertain_one_is_no_longer_uncertain(

@@ -26,7 +26,8 @@ from coins_sync.enkash import (
 )
 from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError
 from coins_sync.plan.reconcile import Action, Change, Plan
-from coins_sync.state.journal import JournalRecord
+from coins_sync.state.audit import AuditAction, AuditRecord
+from coins_sync.state.journal import JournalRecord, Outcome
 from coins_sync.state.model import State, StateEntry
 from tests.test_executor_unit import DESIRED, KEYS, FakeApi, FakeJournal, executor_for, run
 
@@ -206,6 +207,19 @@ def creates_all() -> Plan:
 # --- C3 and C5: the send-time check on every way out ------------------------------------
 
 
+class Audit:
+    """The AuditSink protocol in memory."""
+
+    def __init__(self) -> None:
+        self.items: list[AuditRecord] = []
+
+    def record(self, item: AuditRecord) -> None:
+        self.items.append(item)
+
+    def close(self) -> None:
+        pass
+
+
 class PairJournal(FakeJournal):
     """A fake journal that writes a result and the next create's intent together, as
     the file and PostgreSQL journals do (so an intent can be journaled ahead)."""
@@ -235,13 +249,18 @@ def test_no_intent_is_journaled_ahead_for_a_create_the_configs_refuse() -> None:
         (Change(Action.CREATE, first, DESIRED[first]), Change(Action.CREATE, second, 6)),
         managed=0,
     )
-    executor = executor_for(api, journal, desired=desired, parallelism=1)
+    audit = Audit()
+    executor = executor_for(api, journal, desired=desired, parallelism=1, audit=audit)
     run(executor, plan)
     report = executor.finish()
     assert api.sent == [("create", first, DESIRED[first])]
     assert [r.key for r in journal.records if r.kind == "intent"] == [first]
     assert dict(report.failed) == {second: "not sent: the configs say amount 99, the plan 6"}
     assert report.state is not None and second not in report.state.uncertain
+    assert [(a.action, a.key, a.outcome) for a in audit.items] == [
+        (AuditAction.CREATE, first, Outcome.CREATED),
+        (AuditAction.CREATE, second, Outcome.FAILED),
+    ]
 
 
 class ReadingApi(FakeApi):
@@ -260,11 +279,21 @@ def test_an_import_the_configs_do_not_ask_for_is_never_sent(desired: dict[RuleKe
     api = ReadingApi()
     journal = FakeJournal()
     plan = Plan((Change(Action.IMPORT, KEY, 6, coin_config_id=ID),), managed=0)
-    executor = executor_for(api, journal, desired=desired, parallelism=1)
+    audit = Audit()
+    executor = executor_for(api, journal, desired=desired, parallelism=1, audit=audit)
     run(executor, plan)
     report = executor.finish()
     assert api.reads == [] and api.sent == []
     assert journal.records == []  # no intent either
     ((key, reason),) = report.failed
     assert key == KEY and reason.startswith("not sent:")
+    (item,) = audit.items
+    assert (item.action, item.key, item.outcome, item.after, item.coin_config_id) == (
+        AuditAction.IMPORT,
+        KEY,
+        Outcome.FAILED,
+        6,
+        ID,
+    )
+    assert item.message == reason
     assert report.state is not None and KEY not in report.state.entries

@@ -467,6 +467,10 @@ class CoinsClient:
             if reply.status != 429:
                 pacer.done(started, Answer.OK)
                 return reply
+            if create and self._wire.named_id(reply):
+                # a refusal that names an id may have created it: never paced and resent
+                pacer.done(started, Answer.FAILED)
+                return reply
             if self._policy.too_long_to_wait(reply.retry_after):
                 pacer.done(started, Answer.FAILED)
                 return reply
