@@ -281,7 +281,10 @@ def test_a_fenced_apply_lists_what_is_only_in_the_rescue_file_and_exits_1(
     assert "Traceback" not in result.output
     rescue = project / "state" / "team.pg-rescue.jsonl"
     assert config_id in rescue.read_text()
-    assert store_for(pg_dsn).read().entries == {}
+    # the database holds nothing of it (a store without that rescue file reads it alone);
+    # a plan here shows the rescued create as recorded, from the rescue file (issue 19)
+    assert store_for(pg_dsn, project / "no-rescue.jsonl").read().entries == {}
+    assert store_for(pg_dsn).read().entries[MEAL].coin_config_id == config_id
     assert "created" not in audit_outcomes(pg_dsn)
 
     # the next run folds the rescue file in and creates nothing again
