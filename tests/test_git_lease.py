@@ -650,3 +650,16 @@ def test_the_fresh_clone_guard_names_the_configured_branch(
     # a clone without the branch plans creates from an empty state as before
     monkeypatch.setenv("COINS_SYNC_STATE_BRANCH", "coins-sync-state")
     assert cli_in(laptop, "plan").exit_code == 0
+
+
+def test_acquire_never_replaces_a_local_journal_the_branch_lacks(
+    origin: Path, sandbox: SandboxServer
+) -> None:
+    full_run(origin, sandbox, "run-0")
+    laptop = clone(origin, "laptop")
+    assert cli_in(laptop, "git-lease", "pull").exit_code == 0
+    journal = laptop / "state/default.journal.jsonl"
+    journal.write_text("results of a local apply\n")
+    refused = acquire(laptop, "laptop-run")
+    assert refused.exit_code == 1 and "default.journal.jsonl holds results" in refused.output
+    assert journal.read_text() == "results of a local apply\n" and lease_of(origin) == ""

@@ -250,3 +250,28 @@ def test_two_apply_jobs_on_one_push_create_every_rule_once(
         timeout=60,
     )
     assert len(json.loads(state.stdout)["entries"]) == wanted
+
+
+@pytest.mark.parametrize(("backend", "refused"), [("file", True), ("postgres", False)])
+def test_the_postgres_templates_apply_job_refuses_an_environment_of_another_backend(
+    tmp_path: Path, backend: str, refused: bool
+) -> None:
+    template = yaml.safe_load((REPO / "docs/workflows/coins-sync-postgres.yml").read_text())
+    steps = template["jobs"]["apply"]["steps"]
+    guard = next(s for s in steps if "backend" in str(s.get("run", "")))
+    (tmp_path / "pyproject.toml").write_text(
+        f'[tool.coins-sync]\n[tool.coins-sync.environments.prod]\nbackend = "{backend}"\n'
+    )
+    env = {**git_env(tmp_path), **{k: str(v) for k, v in template["env"].items()}}
+    done = subprocess.run(
+        ["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", guard["run"]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode != 0) is refused, done.stderr
+    if refused:
+        assert "backend = 'file'" in done.stderr and "must not apply it" in done.stderr

@@ -211,7 +211,7 @@ class GitLease:
                     raise self._moved(status, what)
                 if status.tip is None:
                     raise LeasePushError(
-                        f"branch {self.branch} was deleted while run's lease was held; "
+                        f"branch {self.branch} was deleted while this run's lease was held; "
                         f"{what} was not pushed",
                         kept=self.kept_files(),
                     )
@@ -304,6 +304,8 @@ class GitLease:
                 status = self.fetch()
                 if status.state is LeaseState.HELD:
                     raise self._held(status)
+                if status.tip is not None:
+                    self._refuse_unfolded_here(status.tip)
                 updates: dict[str, tuple[str | None, str | None]] = {}
                 base = status.tip
                 if base is None:  # the first run creates the branch with its state
@@ -334,6 +336,18 @@ class GitLease:
                 f"could not take the lease on {self.branch} in {attempts} attempts: "
                 f"{said}; nothing was sent"
             )
+
+    def _refuse_unfolded_here(self, tip: str) -> None:
+        """The branch's files replace the local ones on acquire: never a local journal
+        or rescue file the branch does not hold as it is (results it may lack)."""
+        for local, path in self.files[2:3] + self.files[4:]:
+            if local.is_file() and local.read_bytes() != self._blob(tip, path):
+                raise GitLeaseError(
+                    f"{local} holds results that the branch {self.branch} does not; taking "
+                    "the lease would replace it with the branch's files. Keep it: move it "
+                    "aside (and `git-lease restore` its folder if the branch lacks its "
+                    "results). Nothing was taken or sent"
+                )
 
     def _held(self, status: BranchStatus) -> LeaseHeldError:
         holder = status.holder.describe() if status.holder else "an unknown run"
