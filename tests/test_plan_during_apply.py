@@ -28,8 +28,9 @@ RULES = "companyId: ACME\nrules:\n" + "".join(
 
 @pytest.fixture
 def slow() -> Iterator[SandboxServer]:
-    """Every request takes 4 s: the apply's creates stay in flight while we plan."""
-    with SandboxServer(SandboxOptions(port=0, token=SANDBOX_TOKEN, latency_ms=4000)) as server:
+    """Every request takes 2 s; one at a time, the apply runs for 8 s or more, so a create
+    is in flight whenever the plan below runs (it starts once the first one is)."""
+    with SandboxServer(SandboxOptions(port=0, token=SANDBOX_TOKEN, latency_ms=2000)) as server:
         yield server
 
 
@@ -64,7 +65,7 @@ def test_a_plan_during_an_apply_says_who_holds_the_lock_and_what_is_in_flight(
             "--api-url",
             slow.url,
             "--parallelism",
-            "4",
+            "1",
         ],
         cwd=project,
         env={**os.environ, **ENV},
