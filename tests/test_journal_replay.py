@@ -36,8 +36,9 @@ def result(outcome: Outcome, amount: int, config_id: str | None = None) -> Journ
     return JournalRecord(JournalKind.RESULT, KEY, amount, outcome, config_id, at=LATER)
 
 
-def lines(lineage: str, records: Sequence[JournalRecord]) -> bytes:
-    return b"".join(record.to_line(lineage) for record in records)
+def lines(state: State, records: Sequence[JournalRecord]) -> bytes:
+    """The lines a run writes under ``state`` (its lineage, and its serial as the fence)."""
+    return b"".join(record.to_line(state.lineage, state.serial) for record in records)
 
 
 def file_replay(tmp_path: Path, where: str) -> Replay:
@@ -46,7 +47,7 @@ def file_replay(tmp_path: Path, where: str) -> Replay:
         store.path.parent.mkdir()
         written = store.write(before)
         target = store.journal_path if where == "journal" else store.rescue_path
-        target.write_bytes(lines(written.lineage, records))
+        target.write_bytes(lines(written, records))
         with store.lock("test"):
             state, _ = store.recover()
         return state
@@ -62,7 +63,7 @@ def postgres_replay(tmp_path: Path, dsn: str) -> Replay:
         store = PostgresStateStore("team", dsn=dsn, rescue_path=rescue)
         with store.lock("test"):
             written = store.write(before)
-        rescue.write_bytes(lines(written.lineage, records))
+        rescue.write_bytes(lines(written, records))
         with store.lock("test"):
             state, _ = store.recover()
         return state

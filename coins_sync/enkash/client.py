@@ -455,7 +455,8 @@ class CoinsClient:
     ) -> Reply:
         """One exchange when the pacer lets it go; a 429 is sent again after the shared
         pause, for as long as the run's budget lasts (it was not processed). A 429 that
-        asks for more than ``retry_after_max`` is returned, for :func:`classify`."""
+        asks for more than ``retry_after_max``, or a create's 429 whose answer names a
+        coinConfigId, is returned, for :func:`classify`."""
         pacer = self._pacer
         while True:
             started = pacer.acquire(f"{method} {path}")
@@ -467,7 +468,10 @@ class CoinsClient:
             if reply.status != 429:
                 pacer.done(started, Answer.OK)
                 return reply
-            if self._policy.too_long_to_wait(reply.retry_after):
+            # a create's 429 that names an id may have been processed: never resent
+            if self._policy.too_long_to_wait(reply.retry_after) or (
+                create and self._wire.named_id(reply)
+            ):
                 pacer.done(started, Answer.FAILED)
                 return reply
             pacer.done(started, Answer.REFUSED, reply.retry_after)  # raises once spent
