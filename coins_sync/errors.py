@@ -27,6 +27,7 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     └── ApiError               the coins API refused or failed (carries .status, .code)
         ├── AuthError          no credentials, token refused, or 401 after a refresh
         ├── UnreachableError   no connection on any try; nothing was sent (.address)
+        ├── RateLimitError     the run's budget for waiting out 429s is spent; not sent
         └── OutcomeUnknownError  a create or update was sent and its result is unknown
 
 Messages never contain secrets: callers pass only public values into them.

@@ -38,7 +38,8 @@ def result(outcome: Outcome, amount: int, config_id: str | None = None) -> Journ
 
 
 def lines(state: State, records: Sequence[JournalRecord]) -> bytes:
-    """The lines a run writes under ``state`` (its lineage, and its serial as the fence)."""
+    """The lines a run left, written under the state it ran on (its lineage and its
+    serial, the fence a rescue or journal line carries)."""
     return b"".join(record.to_line(state.lineage, state.serial) for record in records)
 
 

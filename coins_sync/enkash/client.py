@@ -468,10 +468,11 @@ class CoinsClient:
             if reply.status != 429:
                 pacer.done(started, Answer.OK)
                 return reply
-            # a create's 429 that names an id may have been processed: never resent
-            if self._policy.too_long_to_wait(reply.retry_after) or (
-                create and self._wire.named_id(reply)
-            ):
+            if create and self._wire.named_id(reply):
+                # a refusal that names an id may have created it: never paced and resent
+                pacer.done(started, Answer.FAILED)
+                return reply
+            if self._policy.too_long_to_wait(reply.retry_after):
                 pacer.done(started, Answer.FAILED)
                 return reply
             pacer.done(started, Answer.REFUSED, reply.retry_after)  # raises once spent

@@ -87,6 +87,10 @@ class Plan:
     drift: tuple[Drift, ...] = ()
     new_companies: tuple[str, ...] = ()
     agreeing_ids: int = 0
+    #: who held the state lock when this plan was made (an apply running), or ""
+    lock_holder: str = ""
+    #: uncertain creates that are that apply's creates in flight, not unknown outcomes
+    in_flight: tuple[RuleKey, ...] = ()
 
     @property
     def first_contact_creates(self) -> int:

@@ -155,7 +155,7 @@ def fold(state: State, records: Iterable[JournalRecord]) -> State:
             entries[record.key] = replace(entries[record.key], pending=record.amount)
     for key, intent in open_intents.items():
         if key not in entries:  # a create was sent and never answered
-            uncertain[key] = Uncertain(key, intent.amount, intent.at)
+            uncertain[key] = Uncertain(key, intent.amount, intent.at, open=True)
     return replace(state, entries=entries, uncertain=uncertain)
 
 

@@ -59,6 +59,9 @@ class Uncertain:
     key: RuleKey
     amount: int
     since: str
+    #: an intent with no result yet (journal, or an open operation row), not a recorded
+    #: uncertain create: while an apply holds the lock, that apply is sending it now
+    open: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.key.as_dict(), "amount": self.amount, "since": self.since}
