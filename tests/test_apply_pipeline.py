@@ -253,3 +253,26 @@ def test_a_saved_plan_that_knew_the_config_is_missing_applies_the_rest(
     assert result.exit_code == 0, result.output
     assert on_server(sandbox) == {"MEAL": 6, "FUEL": 4}  # MEAL left alone
     assert entry_of(project, MEAL)["pendingAmount"] == 9
+
+
+def test_a_refused_saved_plan_names_every_read_back_that_differs(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    """FUEL's config is missing; MEAL's update to 9 landed though the state says 6."""
+    write(project / "configs/acme.yaml", rules(9, fuel=3))
+    assert apply(invoke, sandbox, "--yes").exit_code == 0
+    data = state_of(project)
+    for entry in data["entries"]:
+        if entry["event"] == "FUEL":
+            entry.update(coinConfigId="WCC999999", pendingAmount=4)
+        else:
+            entry.update(amount=6, pendingAmount=9)
+    write(project / "state/default.json", json.dumps(data))
+    write(project / "configs/acme.yaml", rules(6, fuel=4))
+    assert invoke("plan", "--out", "plan.json").exit_code == 0
+
+    result = apply(invoke, sandbox, "plan.json", "--yes")
+    assert result.exit_code == 1, result.output
+    assert "ACME/DEFAULT/FUEL: missing differs on the server" in result.output
+    assert "ACME/DEFAULT/MEAL holds 9, the plan assumed 6" in result.output
+    assert entry_of(project, MEAL)["amount"] == 9  # the read-back is recorded
