@@ -89,7 +89,9 @@ GUARDS = (
         ),
     ),
     Guard(
-        "the import's send-time check", ("coins_sync.apply.*ǁSenderǁ_import__mutmut_*",), "_refused"
+        "the import's send-time check",
+        ("coins_sync.apply.*ǁSenderǁ_import__mutmut_*",),
+        "self._refused(",
     ),
     # issue 20: F5, F6, F7 (the fold of a journal replayed after a crash)
     Guard("the fold of a replayed journal", ("coins_sync.state.journal.x_fold__mutmut_*",)),

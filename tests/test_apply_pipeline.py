@@ -212,3 +212,67 @@ def test_plan_out_onto_a_rescue_file_is_refused(project: Path, invoke: Invoke, t
     assert result.exit_code == 1, result.output
     assert "refusing to write the plan onto" in result.output
     assert (project / target).read_text() == "kept\n"
+
+
+def _pending_on_a_missing_config(project: Path, invoke: Invoke, srv: SandboxServer) -> None:
+    """MEAL and FUEL applied; then the state says MEAL is WCC999999 (which the server
+    does not have) with an update to 9 of unknown outcome, and the configs ask for 9."""
+    write(project / "configs/acme.yaml", rules(6, fuel=3))
+    assert apply(invoke, srv, "--yes").exit_code == 0
+    data = state_of(project)
+    for entry in data["entries"]:
+        if entry["event"] == "MEAL":
+            entry.update(coinConfigId="WCC999999", pendingAmount=9)
+    write(project / "state/default.json", json.dumps(data))
+    write(project / "configs/acme.yaml", rules(9, fuel=4))
+
+
+def test_a_saved_plan_made_blind_is_refused_when_the_pending_config_is_missing(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    """The blind plan updates MEAL on an id the read-back does not find (404): that
+    config needs a person, so the plan is refused and nothing is sent."""
+    _pending_on_a_missing_config(project, invoke, sandbox)
+    assert invoke("plan", "--out", "plan.json").exit_code == 0
+    patches = sandbox.stats["patches"]
+
+    result = apply(invoke, sandbox, "plan.json", "--yes")
+    assert result.exit_code == 1, result.output
+    assert "stale plan" in result.output and "ACME/DEFAULT/MEAL: missing" in result.output
+    assert sandbox.stats["patches"] == patches
+    assert entry_of(project, MEAL)["pendingAmount"] == 9  # a person decides
+
+
+def test_a_saved_plan_that_knew_the_config_is_missing_applies_the_rest(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    _pending_on_a_missing_config(project, invoke, sandbox)
+    saved = invoke("plan", "--out", "plan.json", "--api-url", sandbox.url, env=ENV)
+    assert saved.exit_code == 0, saved.output
+    result = apply(invoke, sandbox, "plan.json", "--yes")
+    assert result.exit_code == 0, result.output
+    assert on_server(sandbox) == {"MEAL": 6, "FUEL": 4}  # MEAL left alone
+    assert entry_of(project, MEAL)["pendingAmount"] == 9
+
+
+def test_a_refused_saved_plan_names_every_read_back_that_differs(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    """FUEL's config is missing; MEAL's update to 9 landed though the state says 6."""
+    write(project / "configs/acme.yaml", rules(9, fuel=3))
+    assert apply(invoke, sandbox, "--yes").exit_code == 0
+    data = state_of(project)
+    for entry in data["entries"]:
+        if entry["event"] == "FUEL":
+            entry.update(coinConfigId="WCC999999", pendingAmount=4)
+        else:
+            entry.update(amount=6, pendingAmount=9)
+    write(project / "state/default.json", json.dumps(data))
+    write(project / "configs/acme.yaml", rules(6, fuel=4))
+    assert invoke("plan", "--out", "plan.json").exit_code == 0
+
+    result = apply(invoke, sandbox, "plan.json", "--yes")
+    assert result.exit_code == 1, result.output
+    assert "ACME/DEFAULT/FUEL: missing differs on the server" in result.output
+    assert "ACME/DEFAULT/MEAL holds 9, the plan assumed 6" in result.output
+    assert entry_of(project, MEAL)["amount"] == 9  # the read-back is recorded

@@ -21,6 +21,7 @@ from coins_sync.state.journal import JournalKind, JournalRecord, Outcome
 from coins_sync.state.model import State, StateEntry, Uncertain
 
 KEY = RuleKey("ACME", "DEFAULT", "MEAL")
+OTHER = RuleKey("ACME", "DEFAULT", "FUEL")
 AT = "2026-01-01T00:00:00Z"  # every intent's time
 LATER = "2026-01-01T00:00:09Z"  # every result's time
 
@@ -150,3 +151,23 @@ def test_a_confirmed_update_after_an_unknown_one_clears_the_mark(replay: Replay)
     records = [result(Outcome.UNVERIFIED, 9, "WCC1"), result(Outcome.UPDATED, 9, "WCC1")]
     state = replay(before, records)
     assert state.entries[KEY] == StateEntry(KEY, 9, "WCC1")
+
+
+def test_an_unknown_update_of_a_key_no_longer_recorded_changes_nothing(
+    replay: Replay,
+) -> None:
+    """The entry was forgotten (``state rm``) before the replay: its update's doubt has
+    nothing left to mark, and nothing else is touched."""
+    before = State("L", entries={OTHER: StateEntry(OTHER, 3, "WCC3")})
+    state = replay(before, [result(Outcome.UNVERIFIED, 9, "WCC1")])
+    assert state.entries == {OTHER: StateEntry(OTHER, 3, "WCC3")}
+    assert not state.uncertain
+
+
+def test_a_closed_intent_never_marks_a_recorded_entry(replay: Replay) -> None:
+    """A ``failed`` result (an intent closed as not sent) folds to nothing, also for a
+    key the state records: the entry is not marked pending."""
+    before = State("L", entries={KEY: StateEntry(KEY, 6, "WCC1")})
+    state = replay(before, [intent(7), result(Outcome.FAILED, 7)])
+    assert state.entries == {KEY: StateEntry(KEY, 6, "WCC1")}
+    assert not state.uncertain

@@ -293,5 +293,6 @@ def test_saved_plan_for_an_older_serial_of_the_same_state_is_refused(
     assert result.exit_code == 1, result.output
     assert "stale plan" in result.output
     assert f"serial {serial} " in result.output and f"serial {serial + 1} " in result.output
+    assert result.output.count(f"(lineage {state['lineage']})") == 2  # the plan's, the state's
     assert sent(sandbox) == before
     assert len(sandbox.configs()) == 2

@@ -297,3 +297,36 @@ def test_an_import_the_configs_do_not_ask_for_is_never_sent(desired: dict[RuleKe
     )
     assert item.message == reason
     assert report.state is not None and KEY not in report.state.entries
+
+
+class MovedApi(ReadingApi):
+    """The id names another key on the server."""
+
+    def get(self, coin_config_id: str) -> RemoteConfig:
+        self.reads.append(coin_config_id)
+        return RemoteConfig(coin_config_id, RuleKey("ACME", "DEFAULT", "FUEL"), 6)
+
+
+def test_a_refused_import_is_audited_with_its_amount_and_id() -> None:
+    api = MovedApi()
+    journal = FakeJournal()
+    audit = Audit()
+    plan = Plan((Change(Action.IMPORT, KEY, 6, coin_config_id=ID),), managed=0)
+    executor = executor_for(api, journal, desired={KEY: 6}, parallelism=1, audit=audit)
+    run(executor, plan)
+    report = executor.finish()
+    assert api.reads == [ID] and api.sent == []
+    (item,) = audit.items
+    assert (item.action, item.key, item.outcome, item.after, item.coin_config_id) == (
+        AuditAction.IMPORT,
+        KEY,
+        Outcome.FAILED,
+        6,
+        ID,
+    )
+    assert item.message is not None and "ACME/DEFAULT/FUEL" in item.message
+    assert [(r.kind, r.outcome) for r in journal.records] == [
+        ("intent", None),
+        ("result", "failed"),
+    ]
+    assert report.state is not None and KEY not in report.state.entries

@@ -1,18 +1,19 @@
 """Apply: the only step that sends changes to EnKash and writes their results.
 
-* :mod:`~coins_sync.apply.run`: :func:`run_apply`, one run under the state lock (plan or
-  saved plan, confirm, execute), and the signal handling around it.
+* :mod:`~coins_sync.apply.run`: :func:`run_apply`, one run under the state lock: the
+  same pipeline for every way in (read back pending updates, take the plan from its
+  source, confirm, execute), and the signal handling around it.
 * :mod:`~coins_sync.apply.executor`: the :class:`Executor`, which sends a plan's
   creates, imports and updates with bounded parallelism, probe first, and stops, halts
   and finishes the run.
 * :mod:`~coins_sync.apply.send`: one change: the send-time check against the configs,
   the request, and its result.
 * :mod:`~coins_sync.apply.ledger`: the bookkeeping of each result into the journal and
-  the audit log, and the folds into the state.
-* :mod:`~coins_sync.apply.report`: :class:`ApplyReport`, what a run did, and
-  :class:`ApplyStoppedError`.
-* :mod:`~coins_sync.apply.adopt`: ``state import --from FILE``, adopting many existing
-  configs at once.
+  the audit log (one method per outcome), and the folds into the state.
+* :mod:`~coins_sync.apply.report`: :class:`ApplyReport`, what a run did, and the
+  :class:`~coins_sync.errors.ApplyStoppedError` that carries it.
+* :mod:`~coins_sync.apply.adopt`: ``state import KEY ID`` and ``state import --from
+  FILE``, adopting existing configs.
 
 Importing this package pulls in the API client; ``validate`` and an offline ``plan``
 never do.

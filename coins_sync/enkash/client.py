@@ -455,7 +455,8 @@ class CoinsClient:
     ) -> Reply:
         """One exchange when the pacer lets it go; a 429 is sent again after the shared
         pause, for as long as the run's budget lasts (it was not processed). A 429 that
-        asks for more than ``retry_after_max`` is returned, for :func:`classify`."""
+        asks for more than ``retry_after_max``, or a create's 429 whose answer names a
+        coinConfigId, is returned, for :func:`classify`."""
         pacer = self._pacer
         while True:
             started = pacer.acquire(f"{method} {path}")

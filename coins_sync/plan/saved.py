@@ -167,9 +167,7 @@ def check_read_back(saved: Plan, settled: Settled) -> None:
         if odd:
             differ.append(f"{key}: {', '.join(odd)} differs on the server")
             continue
-        now = settled.state.entries.get(key)
-        if now is None or now.pending is not None:
-            continue  # left alone (missing or moved, as the plan's drift says)
+        now = settled.state.entries[key]  # settle keeps every entry (a blocked one as it was)
         told = known.get((key, DriftField.AMOUNT))
         assumed = int(told.on_server) if told is not None else entry.amount
         if now.amount != assumed:
