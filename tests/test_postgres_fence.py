@@ -125,6 +125,69 @@ def test_an_intent_on_a_clean_row_after_an_epoch_bump_is_refused(
     assert not store_for(pg_dsn).read().uncertain
 
 
+class Fetched:
+    """A cursor whose one row was already read."""
+
+    def __init__(self, row: Any) -> None:
+        self.row = row
+
+    def fetchone(self) -> Any:
+        return self.row
+
+
+class TakenAfterTheSharedFence:
+    """The journal's connection, with a race staged: another run takes the lock right
+    after the shared fence found the environment row clean, before the journal's
+    bumping fence runs. Everything else goes to the real connection."""
+
+    def __init__(self, conn: Any, dsn: str) -> None:
+        self.conn = conn
+        self.dsn = dsn
+        self.staged = False
+
+    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+        cursor = self.conn.execute(query, params, **options)
+        if not self.staged and isinstance(query, bytes) and b"FOR SHARE" in query:
+            row = cursor.fetchone()
+            if row is not None and tuple(row) == (1, False):
+                self.staged = True
+                bump_epoch(self.dsn)
+            return Fetched(row)
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_the_bumping_fence_refuses_a_run_whose_epoch_moved_after_the_shared_fence(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    with applying(pg_dsn, tmp_path / "rescue.jsonl") as (store, _audit, journal):
+        journal.append(intent(MEAL))
+        journal.append(created(MEAL, "ID1"))
+        journal.checkpoint(lambda: (State.new(), []))  # the row is clean again
+        journal.close()
+        connect = store.connect
+        staged: list[TakenAfterTheSharedFence] = []
+
+        def racing(**options: Any) -> Any:
+            conn = connect(**options)
+            if not str(options.get("purpose", "")).startswith("apply"):
+                return conn
+            staged.append(TakenAfterTheSharedFence(conn, pg_dsn))
+            return staged[-1]
+
+        store.connect = racing  # type: ignore[method-assign]
+        journal = store.journal(store.read())
+        before = serial_and_dirty(pg_dsn)
+        with pytest.raises(StateError, match="another run took the lock"):
+            journal.append(intent(INVOICE))
+        assert len(staged) == 1 and staged[0].staged
+        journal.close()
+    assert serial_and_dirty(pg_dsn) == before
+    assert not store_for(pg_dsn).read().uncertain
+
+
 def test_a_result_and_the_next_intent_after_an_epoch_bump_are_refused(
     pg_dsn: str, tmp_path: Path
 ) -> None:
