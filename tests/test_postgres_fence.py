@@ -45,7 +45,7 @@ def bump_epoch(dsn: str) -> None:
         conn.execute("UPDATE coins_sync.environment SET lock_epoch = lock_epoch + 1")
         held = conn.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
             "AND a.application_name LIKE 'coins-sync lock %'"
         ).fetchone()
     assert held == (1,), "the old run's lock session must still hold the lock"
@@ -423,7 +423,8 @@ def test_the_servers_idle_session_timeout_does_not_end_a_runs_lock(
 def lock_session_pid(dsn: str) -> int:
     found = rows(
         dsn,
-        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'coins-sync lock %'",
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE 'coins-sync lock %'",
     )
     assert len(found) == 1, found
     return int(found[0][0])
