@@ -119,14 +119,23 @@ class PostgresJournal:
     """
 
     def __init__(
-        self, db: Database, lock: StateLock, lineage: str, rescue_path: Path | None
+        self,
+        db: Database,
+        lock: StateLock,
+        lineage: str,
+        rescue_path: Path | None,
+        *,
+        serial: int | None = None,
     ) -> None:
         """``rescue_path`` None: results the database did not take are not kept aside
-        (the fold of a rescue file, whose records are in that file already)."""
+        (the fold of a rescue file, whose records are in that file already). ``serial``:
+        the state's serial when the run began, tracked as this run writes: the fence of
+        every line it puts in the rescue file (state/fence.py)."""
         self._db = db
         self._lock = lock
         self._lineage = lineage
         self._rescue_path = rescue_path
+        self._serial = serial
         self._connection: Any = None
         self._closed = False
         self._mutex = threading.Lock()
@@ -311,6 +320,8 @@ class PostgresJournal:
         row = conn.execute(self._rendered[False], params, prepare=True).fetchone()
         if state and row and row[0] and not row[1]:  # clean: the first write since a bump
             row = conn.execute(self._rendered[True], params, prepare=True).fetchone()
+            if row and row[0] and self._serial is not None:
+                self._serial += 1  # that write bumped the serial
         if not row or not row[0]:
             raise FencedError(
                 f"{self._db.describe()}: this run lost the state lock ({self._lock.lost()}); "
@@ -333,7 +344,7 @@ class PostgresJournal:
         path = self._rescue_path
         if path is None:
             return
-        line = record.to_line(self._lineage)
+        line = record.to_line(self._lineage, self._serial)
         with self._mutex:
             self._rescued.append(record)
             try:
@@ -394,6 +405,7 @@ class PostgresJournal:
                 f"checkpoint ({self._lock.lost()}); every result of this run was recorded "
                 "before it, and the next run brings the serial up to date"
             )
+        self._serial = int(row[1])
         return replace(state, lineage=str(row[0]), serial=int(row[1]), exists=True)
 
     def _raise_unrecorded(self) -> None:

@@ -245,6 +245,25 @@ class StateLock:
             conn.execute(sql("UPDATE {s}.run SET ended_at = now() WHERE id = %s"), (run_id,))
         conn.close()
 
+    def current_holder(self) -> str | None:
+        """Who holds the lock now, without taking it (None when nobody does): for a
+        plan made while an apply runs."""
+        psycopg = driver()
+        conn = self.db.connect(purpose="lock holder")
+        try:
+            row = conn.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                "AND objsubid = 1 AND database = (SELECT oid FROM pg_database "
+                "WHERE datname = current_database()) "
+                "AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
+                (self.classid, self.objid),
+            ).fetchone()
+            return None if row is None else self.holder(conn)
+        except psycopg.Error as e:
+            raise self.db.error("cannot read who holds the state lock", e) from e
+        finally:
+            conn.close()
+
     def force_unlock(self) -> str | None:
         """End the holder's session and bump the epoch, so its writes are fenced out.
 

@@ -28,7 +28,8 @@ from typing import Any
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import FencedError, StateError
 from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
-from coins_sync.state.journal import JournalKind, Outcome, parse_journal
+from coins_sync.state.fence import sort_fenced
+from coins_sync.state.journal import JournalKind, Outcome, fold, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 from coins_sync.state.postgres import migrations
 from coins_sync.state.postgres.audit import PostgresAudit, read_audit
@@ -112,11 +113,32 @@ class PostgresStateStore(Database):
                 return self.read()
             state = self._read_in(conn)
             conn.rollback()
-            return state
         except psycopg.Error as e:
             raise self.error("cannot read the state", e) from e
         finally:
             conn.close()
+        return self._with_rescue(state)
+
+    def _with_rescue(self, state: State) -> State:
+        """``state`` with the local rescue file folded in, in memory only (fenced:
+        state/fence.py), so a plan shows rescued creates as recorded. The file stays
+        until the next apply (or state rm/import) folds it into the database."""
+        try:
+            raw = self.rescue_path.read_bytes()
+        except FileNotFoundError:
+            return state
+        except OSError as e:
+            log.warning("%s: cannot read the rescue file: %s", self.rescue_path, e)
+            return state
+        try:
+            replay = parse_journal(raw, state.lineage or self._lineage, str(self.rescue_path))
+        except StateError as e:  # another lineage: the next apply refuses it, loudly
+            log.warning("%s", e)
+            return state
+        fenced = sort_fenced(state, [r for r in replay.records if r.kind == JournalKind.RESULT])
+        for message in (*replay.damaged, *fenced.notes(str(self.rescue_path), state.serial)):
+            log.warning("%s", message)
+        return fold(state, fenced.fold)
 
     def _read_in(self, conn: Any) -> State:
         sql = self.sql
@@ -153,7 +175,7 @@ class PostgresStateStore(Database):
         for company, configuration, event, amount, since in cursor:
             key = RuleKey(company, configuration, event)
             if key not in entries:
-                uncertain[key] = Uncertain(key, int(amount), since)
+                uncertain[key] = Uncertain(key, int(amount), since, open=True)
         return State(lineage=lineage, serial=serial, entries=entries, uncertain=uncertain)
 
     # locking --------------------------------------------------------------------
@@ -163,6 +185,10 @@ class PostgresStateStore(Database):
         with self._lock.hold(command, timeout):
             self._lineage = self._lock.lineage
             yield
+
+    def lock_holder(self) -> str | None:
+        """Who holds the state lock now, without taking it; None when nobody does."""
+        return self._lock.current_holder()
 
     def force_unlock(self) -> str | None:
         """End the holder's session and bump the epoch, so its writes are fenced out.
@@ -338,11 +364,12 @@ class PostgresStateStore(Database):
             raise StateError(f"{path}: cannot read the rescue file: {e}") from e
         lineage = stored.lineage or self._lineage
         replay = parse_journal(raw, lineage, str(path))
+        fenced = sort_fenced(stored, replay.records)
         journal = PostgresJournal(self, self._lock, lineage, None)
         audit = self._audit or self.audit_log(self.environ, route=False)
         note = "recorded from the rescue file after a lost database connection"
         try:
-            for record in replay.records:
+            for record in fenced.fold:
                 if record.kind != JournalKind.RESULT or record.outcome is None:
                     continue  # parse_journal gives every result an outcome
                 updates = (Outcome.UPDATED, Outcome.UNVERIFIED)
@@ -356,18 +383,28 @@ class PostgresStateStore(Database):
                 journal.append(record)
         finally:
             journal.close()
-        aside = path.with_name(f"{path.name}.folded-{int(time.time())}")
-        os.replace(path, aside)
-        aside.unlink()
+        notes = fenced.notes(str(path), stored.serial)
+        if fenced.stale:  # kept for a person, never deleted
+            aside = path.with_name(f"{path.name}.stale-{int(time.time())}")
+            os.replace(path, aside)
+            notes.append(f"stale {path.name} kept as {aside}")
+        else:
+            aside = path.with_name(f"{path.name}.folded-{int(time.time())}")
+            os.replace(path, aside)
+            aside.unlink()
         return [
             *replay.damaged,
-            f"folded {len(replay.records)} record(s) from the rescue file {path}",
+            f"folded {len(fenced.fold)} of {len(replay.records)} record(s) from the rescue "
+            f"file {path}",
+            *notes,
         ]
 
     def journal(self, state: State) -> PostgresJournal:
         """The journal of one apply; this store's audit records go through it."""
         self._lineage = state.lineage
-        journal = PostgresJournal(self, self._lock, state.lineage, self.rescue_path)
+        journal = PostgresJournal(
+            self, self._lock, state.lineage, self.rescue_path, serial=state.serial
+        )
         self._journal = journal
         if self._audit is not None:
             self._audit.route = journal
