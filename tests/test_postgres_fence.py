@@ -440,8 +440,8 @@ def test_a_lock_session_ended_by_the_server_is_named_not_blamed_on_another_run(
         journal.append(intent(MEAL))
         # as if idle_session_timeout could not be turned off for the session (a pooler
         # in between, say): the server ends the idle lock session
-        store._lock.conn.execute("SET idle_session_timeout = '50ms'")
         pid = lock_session_pid(pg_dsn)
+        store._lock.conn.execute("SET idle_session_timeout = '50ms'")
         for _ in range(200):  # bounded: the server ends it within the timeout
             time.sleep(0.05)
             if pid not in {r[0] for r in rows(pg_dsn, "SELECT pid FROM pg_stat_activity")}:
