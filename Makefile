@@ -125,6 +125,7 @@ MUTANTS_WORKERS ?= 2
 mutants: $(STAMP)
 	$(BIN)/python -m pip install --quiet 'mutmut==$(MUTMUT_VERSION)'
 	nice -n 10 $(BIN)/python tests/mutation.py --max-children $(MUTANTS_WORKERS) $(MUTANTS_ARGS)
+	nice -n 10 $(BIN)/python tests/pg_mutants.py --workers $(MUTANTS_WORKERS)
 
 # Dependency audit. Not part of `make lint`: pip-audit needs PyPI's JSON API or OSV,
 # which this project's CI machines cannot reach (only the package index is served), so

@@ -45,7 +45,7 @@ def bump_epoch(dsn: str) -> None:
         conn.execute("UPDATE coins_sync.environment SET lock_epoch = lock_epoch + 1")
         held = conn.execute(
             "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-            "WHERE l.locktype = 'advisory' AND l.granted "
+            "WHERE l.locktype = 'advisory' AND l.granted AND a.datname = current_database() "
             "AND a.application_name LIKE 'coins-sync lock %'"
         ).fetchone()
     assert held == (1,), "the old run's lock session must still hold the lock"
@@ -121,6 +121,69 @@ def test_an_intent_on_a_clean_row_after_an_epoch_bump_is_refused(
         bump_epoch(pg_dsn)
         with pytest.raises(StateError, match="another run took the lock"):
             journal.append(intent(INVOICE))
+    assert serial_and_dirty(pg_dsn) == before
+    assert not store_for(pg_dsn).read().uncertain
+
+
+class Fetched:
+    """A cursor whose one row was already read."""
+
+    def __init__(self, row: Any) -> None:
+        self.row = row
+
+    def fetchone(self) -> Any:
+        return self.row
+
+
+class TakenAfterTheSharedFence:
+    """The journal's connection, with a race staged: another run takes the lock right
+    after the shared fence found the environment row clean, before the journal's
+    bumping fence runs. Everything else goes to the real connection."""
+
+    def __init__(self, conn: Any, dsn: str) -> None:
+        self.conn = conn
+        self.dsn = dsn
+        self.staged = False
+
+    def execute(self, query: Any, params: Any = None, **options: Any) -> Any:
+        cursor = self.conn.execute(query, params, **options)
+        if not self.staged and isinstance(query, bytes) and b"FOR SHARE" in query:
+            row = cursor.fetchone()
+            if row is not None and tuple(row) == (1, False):
+                self.staged = True
+                bump_epoch(self.dsn)
+            return Fetched(row)
+        return cursor
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
+def test_the_bumping_fence_refuses_a_run_whose_epoch_moved_after_the_shared_fence(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    with applying(pg_dsn, tmp_path / "rescue.jsonl") as (store, _audit, journal):
+        journal.append(intent(MEAL))
+        journal.append(created(MEAL, "ID1"))
+        journal.checkpoint(lambda: (State.new(), []))  # the row is clean again
+        journal.close()
+        connect = store.connect
+        staged: list[TakenAfterTheSharedFence] = []
+
+        def racing(**options: Any) -> Any:
+            conn = connect(**options)
+            if not str(options.get("purpose", "")).startswith("apply"):
+                return conn
+            staged.append(TakenAfterTheSharedFence(conn, pg_dsn))
+            return staged[-1]
+
+        store.connect = racing  # type: ignore[method-assign]
+        journal = store.journal(store.read())
+        before = serial_and_dirty(pg_dsn)
+        with pytest.raises(StateError, match="another run took the lock"):
+            journal.append(intent(INVOICE))
+        assert len(staged) == 1 and staged[0].staged
+        journal.close()
     assert serial_and_dirty(pg_dsn) == before
     assert not store_for(pg_dsn).read().uncertain
 
@@ -363,7 +426,8 @@ def test_the_servers_idle_session_timeout_does_not_end_a_runs_lock(
 def lock_session_pid(dsn: str) -> int:
     found = rows(
         dsn,
-        "SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'coins-sync lock %'",
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE 'coins-sync lock %'",
     )
     assert len(found) == 1, found
     return int(found[0][0])
@@ -376,8 +440,8 @@ def test_a_lock_session_ended_by_the_server_is_named_not_blamed_on_another_run(
         journal.append(intent(MEAL))
         # as if idle_session_timeout could not be turned off for the session (a pooler
         # in between, say): the server ends the idle lock session
-        store._lock.conn.execute("SET idle_session_timeout = '50ms'")
         pid = lock_session_pid(pg_dsn)
+        store._lock.conn.execute("SET idle_session_timeout = '50ms'")
         for _ in range(200):  # bounded: the server ends it within the timeout
             time.sleep(0.05)
             if pid not in {r[0] for r in rows(pg_dsn, "SELECT pid FROM pg_stat_activity")}:

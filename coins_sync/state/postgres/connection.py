@@ -80,16 +80,24 @@ def storable(value: Any) -> Any:
     return value
 
 
+#: Why the server ended a session: (SQLSTATE, the words of its message, the reason).
+ENDED_BY = (
+    ("57P05", "idle-session timeout", "the server's idle_session_timeout ended it"),
+    ("57P01", "administrator command", "an administrator ended it (pg_terminate_backend)"),
+    ("57P02", "crash of another server process", "the server crashed"),
+    ("25P03", "idle-in-transaction timeout", "idle_in_transaction_session_timeout ended it"),
+)
+
+
 def ended_by(e: BaseException) -> str:
-    """Why the server ended a session, from the error its client got (or "")."""
+    """Why the server ended a session, from the error its client got (or ""): by its
+    SQLSTATE, or by its message when the client saw only the text."""
     state = getattr(getattr(e, "diag", None), "sqlstate", None) or getattr(e, "sqlstate", None)
-    return {
-        "57P05": "the server's idle_session_timeout ended it",
-        "57P01": "an administrator ended it (pg_terminate_backend, or a server shutdown)",
-        "57P02": "the server crashed",
-        "57P03": "the server is not accepting connections",
-        "25P03": "the server's idle_in_transaction_session_timeout ended it",
-    }.get(str(state), "")
+    text = str(e)
+    for code, words, reason in ENDED_BY:
+        if state == code or words in text:
+            return reason
+    return ""
 
 
 class Database:

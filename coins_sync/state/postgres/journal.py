@@ -148,6 +148,7 @@ class PostgresJournal:
         self._rescued: list[JournalRecord] = []  # results only in the rescue file
         self._kept = True  # False once writing the rescue file failed
         self._sql = {bump: db.sql(WRITE, fence=fence(db, bump)) for bump in (False, True)}
+        self._rendered: dict[bool, bytes] = {}  # _sql for the connection, rendered once
 
     @property
     def closed(self) -> bool:
@@ -158,9 +159,9 @@ class PostgresJournal:
             if self._closed:
                 raise FencedError(f"{self._db.describe()}: the journal is closed")
             if self._connection is None:
-                self._connection = self._db.connect(
-                    purpose=f"apply {self._db.env}", long_lived=True
-                )
+                conn = self._db.connect(purpose=f"apply {self._db.env}", long_lived=True)
+                self._rendered = {bump: sql.as_bytes(conn) for bump, sql in self._sql.items()}
+                self._connection = conn
             return self._connection
 
     def stash(self, key: RuleKey, audit: dict[str, Any]) -> None:
@@ -316,9 +317,9 @@ class PostgresJournal:
             "state": state,
         }
         conn = self._conn()
-        row = conn.execute(self._sql[False], params, prepare=True).fetchone()
+        row = conn.execute(self._rendered[False], params, prepare=True).fetchone()
         if state and row and row[0] and not row[1]:  # clean: the first write since a bump
-            row = conn.execute(self._sql[True], params, prepare=True).fetchone()
+            row = conn.execute(self._rendered[True], params, prepare=True).fetchone()
             if row and row[0] and self._serial is not None:
                 self._serial += 1  # that write bumped the serial
         if not row or not row[0]:
