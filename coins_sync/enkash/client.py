@@ -30,7 +30,6 @@ be shared by many threads.
 
 from __future__ import annotations
 
-import http.cookiejar
 import logging
 import math
 import time
@@ -150,6 +149,28 @@ class ClientOptions:
             )
 
 
+class _NoCookies(httpx.Cookies):
+    """A jar that takes nothing from answers (and so costs nothing per answer)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class _Client(httpx.Client):
+    """An ``httpx.Client`` whose cookie jar stays empty: the only cookie ever sent is
+    the configured ``Cookie`` header."""
+
+    _jar = _NoCookies()
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._jar
+
+    @cookies.setter
+    def cookies(self, value: object) -> None:
+        raise TypeError("this client keeps no cookies; send a Cookie header instead")
+
+
 def make_http_client(
     options: ClientOptions,
     transport: httpx.BaseTransport | None = None,
@@ -160,7 +181,8 @@ def make_http_client(
 
     Bounded timeouts, a pool sized for ``max_connections`` parallel calls, no redirects
     (a redirected POST could be replayed elsewhere), and a cookie jar that stores
-    nothing, so the only cookie ever sent is the configured one.
+    nothing, so the only cookie ever sent is the configured one (and no answer is
+    parsed for cookies).
 
     With ``keepalive=False`` no idle connection is kept, so every request opens a fresh
     one: this is the ``create_http`` client of :class:`CoinsClient`.
@@ -175,13 +197,11 @@ def make_http_client(
         max_connections=options.max_connections,
         max_keepalive_connections=options.max_connections if keepalive else 0,
     )
-    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.Client(
+    return _Client(
         base_url=options.api_url,
         timeout=timeout,
         limits=limits,
         follow_redirects=False,
-        cookies=no_cookies,
         transport=transport,
     )
 
@@ -231,6 +251,7 @@ class CoinsClient:
         self._cookie = credentials.cookie
         self._options = options
         self._base = options.api_url.rstrip("/")
+        self._create_url = httpx.URL(self._base + CREATE_PATH)  # parsed once, not per create
         self._messages = Messages(credentials.secrets())
         self._wire = Wire(key, self._messages)
         self._policy = RetryPolicy(
@@ -490,7 +511,7 @@ class CoinsClient:
         try:
             with http.stream(
                 method,
-                self._base + path,
+                self._create_url if path == CREATE_PATH else self._base + path,
                 content=content,
                 headers=headers,
                 auth=auth,
