@@ -51,8 +51,9 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def valid_schema_name(name: str) -> bool:
-    """A ``pg_schema``: a lower-case SQL identifier that needs no quoting and is not a
-    system schema (the postgres backend puts it into its SQL as it is)."""
+    """A ``pg_schema``: a lower-case SQL identifier, not a system schema. The postgres
+    backend quotes it in its SQL (so a keyword such as ``user`` works); lower case
+    keeps the quoted name the schema an unquoted one names."""
     return bool(_SCHEMA_NAME.fullmatch(name)) and not name.startswith("pg_")
 
 

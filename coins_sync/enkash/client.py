@@ -435,11 +435,13 @@ class CoinsClient:
             ) from e
         except OutcomeUnknownError:
             raise
-        except AuthError:
-            raise
         except ApiError as e:
-            # this attempt (a 5xx) or an earlier one may have been applied
-            if method == "PATCH" and (state.maybe_applied or (e.status or 0) >= 500):
+            # An earlier attempt may have been applied (it timed out, or got a 5xx), or
+            # this one (a 5xx): whatever ends the call now, a refused or unrefreshable
+            # token included, the server may hold the new amount. A token failure is no
+            # answer of the PATCH itself, so only an earlier attempt makes it unknown.
+            this_one = not isinstance(e, AuthError) and (e.status or 0) >= 500
+            if method == "PATCH" and (state.maybe_applied or this_one):
                 raise OutcomeUnknownError(f"{e}; {_PATCH_UNKNOWN}", e.status, e.code) from e
             raise
         return self._wire.parse_config(reply, what, create)
@@ -485,6 +487,10 @@ class CoinsClient:
                 raise
             if reply.status != 429:
                 pacer.done(started, Answer.OK)
+                return reply
+            if create and self._wire.named_id(reply):
+                # a refusal that names an id may have created it: never paced and resent
+                pacer.done(started, Answer.FAILED)
                 return reply
             if self._policy.too_long_to_wait(reply.retry_after):
                 pacer.done(started, Answer.FAILED)
