@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ratelimit  # the rate-limit rows (issue 22), beside this file
+import validate_memory  # the validate-memory row (issue 22)
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -472,6 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         small_s, small_noop_s = small.seconds, small_noop.seconds
         large_s, large_noop_s = large.seconds, large_noop.seconds
         cpu_per_create = (small.cpu_seconds - small_noop.cpu_seconds) / GROWTH_SMALL
+        memory = (
+            validate_memory.measure(sys.modules[__name__], root, env) if BACKEND == "file" else None
+        )
         limited = (
             [ratelimit.measure(sys.modules[__name__], root, env, r) for r in (True, False)]
             if BACKEND == "file" and not options.no_rate_limit
@@ -538,6 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cpu_per_create * 1e3 <= TARGET_CPU_PER_CREATE_MS,
         ),
     ]
+    if memory is not None:
+        rows += validate_memory.rows(sys.modules[__name__], *memory)
     for figures in limited:
         rows += ratelimit.rows(sys.modules[__name__], figures)
     if startup is not None:  # the same on either backend: measured in the file run only
