@@ -79,14 +79,14 @@ def test_a_rate_limited_apply_creates_everything_in_one_run(
 def test_the_start_of_pacing_is_said_once_with_the_rate_settled_on(
     project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
 ) -> None:
-    chaos.write_rules(project / "configs", 40)
+    chaos.write_rules(project / "configs", 60)
     server = servers(rate=20.0, burst=2, retry_after=False)
     result = invoke("apply", "--yes", "--api-url", server.url, "--parallelism", "8", env=ENV)
     assert result.exit_code == 0, result.output
     started = [line for line in result.output.splitlines() if "pacing to about" in line]
     assert len(started) == 1, result.output
     assert "the server limits the request rate (HTTP 429)" in started[0]
-    assert duplicates(server) == 0 and server.stats["creates"] == 40
+    assert duplicates(server) == 0 and server.stats["creates"] == 60
 
 
 def test_a_spent_budget_fails_what_is_left_with_one_message(
