@@ -123,3 +123,28 @@ def test_a_spent_budget_fails_what_is_left_with_one_message(
     assert retry.exit_code == 0, retry.output
     assert f"Apply: {rules - created} created" in retry.output
     assert len(state_keys(project)) == rules
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "environments.default.max_wait must be 0 or more seconds, got -1.0"),
+        ('"soon"', "environments.default.max_wait must be a number or integer, got 'soon'"),
+    ],
+)
+def test_a_bad_max_wait_setting_is_refused_by_name(
+    project: Path, invoke: Invoke, value: str, message: str
+) -> None:
+    (project / "pyproject.toml").write_text(
+        f"[tool.coins-sync.environments.default]\nmax_wait = {value}\n", "utf-8"
+    )
+    result = invoke("plan")
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_max_wait_flag_is_checked(project: Path, invoke: Invoke) -> None:
+    result = invoke("apply", "--max-wait", "-5", "--yes")
+    assert result.exit_code == 1
+    assert "--max-wait" in result.output
