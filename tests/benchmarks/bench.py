@@ -11,13 +11,20 @@ Figures:
   100 files x 1000 rules that are all in sync with the state, against the median of 3
   processes that do only the unavoidable work: ``yaml.load(CSafeLoader)`` of the same
   files and ``json.loads`` of the same state. Both include interpreter start-up.
-* **peak RSS** of those plan processes (``wait4`` rusage of each child).
+* **peak RSS** of those plan processes: each process's own, from a small launcher's
+  ``wait4`` (see :data:`LAUNCHER`; the bench itself holds the rules it wrote).
 * **apply efficiency**: 2000 creates at 50 ms sandbox latency with ``--parallelism 16``,
   ideal time / wall time of the whole process, where ideal = 2000 x 0.05 / 16 s.
 * **bookkeeping growth**: per-create time of 20k creates over that of 2k creates, at
   0 ms latency. A create's time is the apply's wall time less that of the same apply
   run again with nothing to do (start-up, loading, planning), over the creates.
   Linear bookkeeping keeps it near 1; per-result state rewrites do not.
+* **client CPU per create** (issue 22): the CPU time of the 2k-create apply process
+  less that of its no-op rerun, over the creates.
+* **validate memory** (issue 22): the peak RSS of ``validate`` of 1M rules
+  (``validate_memory.py``).
+* **rate limit** (issue 22): apply against ``sandbox --rate 20 --burst 20``, with and
+  without ``Retry-After`` (``ratelimit.py``; ``--only rate-limit`` runs it alone).
 * **validate startup ratio** (issue #11): the median wall time of ``coins-sync validate``
   of the 3 example configs (the console script's own code, run by ``python -c``) over
   that of ``python -c "import yaml, click"``, interleaved, after untimed warm-up runs.
