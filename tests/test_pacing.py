@@ -64,7 +64,7 @@ def test_a_rate_limited_apply_creates_everything_in_one_run(
     assert server.stats["creates"] == rules and duplicates(server) == 0
     assert len(state_keys(project)) == rules
     lines = rate_lines(result.output)
-    # one line when pacing starts (if it settled before the end) and one summary line
+    # one line once pacing settled (if the run lasted that long) and one summary line
     summary = [line for line in lines if "requests were refused (429) and retried" in line]
     assert len(summary) == 1, lines
     refused = server.stats["rate_limited"]
@@ -79,6 +79,8 @@ def test_a_rate_limited_apply_creates_everything_in_one_run(
 def test_the_start_of_pacing_is_said_once_with_the_rate_settled_on(
     project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
 ) -> None:
+    # 60 creates at 20/s take 3 s: pacing settles (a second after the first 429) before
+    # the end
     chaos.write_rules(project / "configs", 60)
     server = servers(rate=20.0, burst=2, retry_after=False)
     result = invoke("apply", "--yes", "--api-url", server.url, "--parallelism", "8", env=ENV)
