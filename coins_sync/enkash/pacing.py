@@ -271,7 +271,9 @@ class Pacer:
         self._limit = max(1.0, self._limit * _LIMIT_CUT)
         self._last_cut = now
         self._generation += 1
-        self._settled = self._settled or bool(measured and self._rate == measured)
+        # settled once what got through beats the cut rate (not at the first cut: no rate)
+        won = measured is not None and halved is not None and measured >= halved
+        self._settled = self._settled or won
 
     def _announce(self, now: float) -> None:
         """Say once that pacing started, with the rate that gets through by now."""
