@@ -13,7 +13,6 @@ What is promised:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import operator
 from collections.abc import Iterator, Sequence
@@ -111,6 +110,8 @@ class RuleLoader:
         return len(files), count
 
     def _load(self, paths: Sequence[Path]) -> ConfigSet:
+        import hashlib  # here: validate (check) needs no digest and starts faster
+
         files, problems = discover(paths)
         digest = hashlib.sha256()
         rules: list[Rule] = []
@@ -151,6 +152,8 @@ class RuleLoader:
         except OSError as e:
             return fail(1, 1, f"cannot read file: {e.strerror or e}")
         if digest is not None:  # check() needs none
+            import hashlib  # imported already by _load; a dictionary look-up here
+
             digest.update(shown.encode("utf-8", "surrogateescape") + b"\0")
             digest.update(hashlib.sha256(raw).digest())
         try:
