@@ -9,7 +9,6 @@ report) into lines; the plan renderers live in :mod:`coins_sync.plan.render`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -63,7 +62,7 @@ def problems_report(problems: Sequence[Problem], fmt: str) -> str:
             ],
             "summary": {"problems": len(problems), "files_with_problems": files},
         }
-        return json.dumps(data, indent=2)
+        return _json(data, indent=2)
     lines = [str(problem) for problem in problems]
     lines.append(f"invalid: {plural(len(problems), 'problem')} in {plural(files, 'file')}")
     return "\n".join(lines)
@@ -73,7 +72,7 @@ def valid_report(files: int, rules: int, fmt: str) -> str:
     """``validate``'s answer when every file is valid."""
     if fmt == "json":
         data = {"valid": True, "problems": [], "summary": {"files": files, "rules": rules}}
-        return json.dumps(data, indent=2)
+        return _json(data, indent=2)
     return f"valid: {plural(rules, 'rule')} in {plural(files, 'file')}"
 
 
@@ -83,7 +82,7 @@ def valid_report(files: int, rules: int, fmt: str) -> str:
 def lease_status(status: BranchStatus, fmt: str) -> str:
     """``git-lease status``: the state branch's lease, as a sentence or JSON."""
     if fmt == "json":
-        return json.dumps(status.to_json(), indent=2)
+        return _json(status.to_json(), indent=2)
     return status.describe()
 
 
@@ -92,7 +91,7 @@ def state_listing(state: State, where: str, fmt: str) -> str:
     if fmt == "json":
         data = state.to_json()
         data.setdefault("uncertain", [])
-        return json.dumps(data, indent=2)
+        return _json(data, indent=2)
     rows = [
         (str(entry.key), str(entry.amount), entry.coin_config_id)
         for entry in sorted(state.entries.values(), key=lambda e: e.key)
@@ -183,6 +182,12 @@ def print_report(report: ApplyReport) -> None:
     click.echo(report.summary())
     if report.stopped_by is not None:
         err(f"Error: {report.stopped_by}. The run stopped; nothing more was sent.")
+
+
+def _json(data: object, indent: int) -> str:
+    import json  # only for --format json: text output starts faster without it
+
+    return json.dumps(data, indent=indent)
 
 
 # -- logging ------------------------------------------------------------------------

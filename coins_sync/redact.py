@@ -20,13 +20,10 @@ All secrets are matched in one pass, longest first, so a mask is never re-scrubb
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import quote, quote_plus
 
 from coins_sync import envvars
 
@@ -45,6 +42,8 @@ _PERCENT = re.compile(r"%[0-9A-F]{2}")
 
 def basic_value(client_id: str, client_secret: str) -> str:
     """The credentials of an HTTP Basic ``Authorization`` header (base64 of id:secret)."""
+    import base64
+
     return base64.b64encode(f"{client_id}:{client_secret}".encode()).decode("ascii")
 
 
@@ -64,6 +63,8 @@ def secrets_from_env(environ: Mapping[str, str] | None = None) -> list[str]:
 def encodings(secret: str) -> set[str]:
     """Every form in which ``secret`` may appear in text."""
     import html  # imports here keep the start-up of validate and plan short
+    import json
+    from urllib.parse import quote, quote_plus
 
     forms = {secret, secret.strip()}
     for value in list(forms):

@@ -24,16 +24,13 @@ ever read from this file; secrets come from environment variables only.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from coins_sync import defaults
 from coins_sync.errors import SettingsError
@@ -124,6 +121,8 @@ def check_api_url(url: str, *, allow_insecure_http: bool) -> str:
     http(s) URL with a host, no user name or password, no query or fragment, and https
     unless the host is loopback or plain http is explicitly allowed. Returns it without
     a trailing slash."""
+    from urllib.parse import urlsplit  # here, not at the top: validate starts faster
+
     try:
         parts = urlsplit(url)
         hostname = parts.hostname
@@ -150,6 +149,8 @@ def is_loopback(hostname: str) -> bool:
     that merely start like one (``127.evil.example``)."""
     if hostname.lower() in ("localhost", "localhost."):
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
@@ -211,6 +212,8 @@ def _shown(value: object) -> str:
 
 
 def _has_tool_table(pyproject: Path) -> bool:
+    import tomllib  # only where a pyproject.toml is found
+
     try:
         data = tomllib.loads(pyproject.read_text("utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
@@ -244,6 +247,8 @@ def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
     path = base / "pyproject.toml"
     table: dict[str, Any] = {}
     if path.is_file():
+        import tomllib
+
         try:
             data = tomllib.loads(path.read_text("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -156,3 +156,25 @@ def test_a_cancelled_run_sends_nothing_that_has_to_wait() -> None:
     p.cancel()
     with pytest.raises(ApiError, match="not sent, the run is stopping"):
         p.acquire("B")
+
+
+def test_pacing_is_announced_once_with_the_rate_that_gets_through(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = Clock()
+    p = pacer(clock, ceiling=4)
+    for _ in range(20):  # 10 requests/s get through
+        started = p.acquire("A")
+        clock.now += 0.1
+        p.done(started, Answer.OK)
+    p.done(p.acquire("A"), Answer.REFUSED, retry_after=0.5)
+    for _ in range(30):
+        started = p.acquire("A")
+        clock.now += 0.1
+        p.done(started, Answer.OK)
+    lines = [r.getMessage() for r in caplog.records if "pacing to about" in r.getMessage()]
+    assert len(lines) == 1, lines
+    # a second after the 429: what got through over the last 2 s, the pause included
+    assert lines[0].startswith(
+        "the server limits the request rate (HTTP 429): pacing to about 7.5 requests/s"
+    )

@@ -64,7 +64,7 @@ def test_a_rate_limited_apply_creates_everything_in_one_run(
     assert server.stats["creates"] == rules and duplicates(server) == 0
     assert len(state_keys(project)) == rules
     lines = rate_lines(result.output)
-    # one line when pacing starts (if it settled before the end) and one summary line
+    # one line once pacing settled (if the run lasted that long) and one summary line
     summary = [line for line in lines if "requests were refused (429) and retried" in line]
     assert len(summary) == 1, lines
     refused = server.stats["rate_limited"]
@@ -79,14 +79,16 @@ def test_a_rate_limited_apply_creates_everything_in_one_run(
 def test_the_start_of_pacing_is_said_once_with_the_rate_settled_on(
     project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
 ) -> None:
-    chaos.write_rules(project / "configs", 40)
+    # 60 creates at 20/s take 3 s: pacing settles (a second after the first 429) before
+    # the end
+    chaos.write_rules(project / "configs", 60)
     server = servers(rate=20.0, burst=2, retry_after=False)
     result = invoke("apply", "--yes", "--api-url", server.url, "--parallelism", "8", env=ENV)
     assert result.exit_code == 0, result.output
     started = [line for line in result.output.splitlines() if "pacing to about" in line]
     assert len(started) == 1, result.output
     assert "the server limits the request rate (HTTP 429)" in started[0]
-    assert duplicates(server) == 0 and server.stats["creates"] == 40
+    assert duplicates(server) == 0 and server.stats["creates"] == 60
 
 
 def test_a_spent_budget_fails_what_is_left_with_one_message(
@@ -123,3 +125,28 @@ def test_a_spent_budget_fails_what_is_left_with_one_message(
     assert retry.exit_code == 0, retry.output
     assert f"Apply: {rules - created} created" in retry.output
     assert len(state_keys(project)) == rules
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("-1", "environments.default.max_wait must be 0 or more seconds, got -1.0"),
+        ('"soon"', "environments.default.max_wait must be a number or integer, got 'soon'"),
+    ],
+)
+def test_a_bad_max_wait_setting_is_refused_by_name(
+    project: Path, invoke: Invoke, value: str, message: str
+) -> None:
+    (project / "pyproject.toml").write_text(
+        f"[tool.coins-sync.environments.default]\nmax_wait = {value}\n", "utf-8"
+    )
+    result = invoke("plan")
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_max_wait_flag_is_checked(project: Path, invoke: Invoke) -> None:
+    result = invoke("apply", "--max-wait", "-5", "--yes")
+    assert result.exit_code == 1
+    assert "--max-wait" in result.output

@@ -412,3 +412,36 @@ def test_stop_is_idempotent_and_closes_the_port() -> None:
 
 def test_a_server_that_never_started_stops_at_once() -> None:
     SandboxServer(SandboxOptions(port=0, token="t0k")).stop()
+
+
+def test_a_connection_without_a_thread_to_spare_is_served_not_reset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a loaded machine a handler thread may fail to start. The connection must then
+    # still be answered: closed unread, it is a reset after the request was sent, which
+    # a client can only book as an uncertain create although nothing was stored.
+    import threading
+
+    start = threading.Thread.start
+    refused: list[str] = []
+
+    def no_thread_for_connections(self: threading.Thread) -> None:
+        if getattr(self, "_target", None) is not None and (
+            self._target.__name__ == "process_request_thread"  # type: ignore[attr-defined]
+        ):
+            refused.append(self.name)
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    with SandboxServer(SandboxOptions(port=0, token="t0k")) as srv:
+        monkeypatch.setattr(threading.Thread, "start", no_thread_for_connections)
+        with client(srv) as c:
+            created = c.post(CREATE, json=BODY, headers={"Connection": "close"})
+            read = c.get("/api/v0/enkash-coins/WCC100001")  # keep-alive: served, closed
+        monkeypatch.setattr(threading.Thread, "start", start)
+        with client(srv) as c:  # and the server goes on as before
+            again = c.get("/api/v0/enkash-coins/WCC100001")
+    assert refused  # the fault was injected
+    assert created.status_code == 200
+    assert read.status_code == 200 and again.status_code == 200
+    assert len(srv.configs()) == 1

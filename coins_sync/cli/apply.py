@@ -25,7 +25,10 @@ from coins_sync.workspace import Workspace
     "--parallelism",
     type=click.IntRange(1, 64),
     default=None,
-    help="Requests in flight at once (default: the environment's, 8).",
+    help=(
+        "The most requests in flight at once, fewer while the server limits the rate "
+        "(default: the environment's, 8)."
+    ),
 )
 @click.option(
     "--max-wait",

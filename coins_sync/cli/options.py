@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -147,9 +146,11 @@ def with_workspace(
 def same_flags() -> str:
     """The selection flags this command was given, quoted for a shell: a hint that
     names another command repeats them, so it reads the same configs and state."""
+    from shlex import quote
+
     params = click.get_current_context().params
     return " ".join(
-        f"{flag} {shlex.quote(str(params[name]))}"
+        f"{flag} {quote(str(params[name]))}"
         for name, flag in _SELECTION
         if params.get(name) is not None
     )

@@ -37,9 +37,9 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: P
     settings = load_settings(env=env_name).with_overrides(configs=configs)
     loader = RuleLoader(max_amount=settings.max_amount, max_file_bytes=settings.max_file_bytes)
     try:
-        config_set = loader.load(list(paths) or [settings.configs])
+        files, rules = loader.check(list(paths) or [settings.configs])
     except ConfigError as e:
         console.out(console.problems_report(e.problems, fmt))
         return EXIT_ERROR
-    console.out(console.valid_report(len(config_set.files), len(config_set.rules), fmt))
+    console.out(console.valid_report(files, rules, fmt))
     return EXIT_OK

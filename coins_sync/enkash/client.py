@@ -30,9 +30,7 @@ be shared by many threads.
 
 from __future__ import annotations
 
-import http.cookiejar
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,7 +39,6 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from coins_sync import defaults
 from coins_sync.configs.model import RuleKey
 from coins_sync.crypto import key_from_secret
 from coins_sync.enkash.auth import CallAuth, TokenAuth
@@ -53,6 +50,7 @@ from coins_sync.enkash.credentials import (
     Credentials,
     auth_mode,
 )
+from coins_sync.enkash.options import ClientOptions, make_http_client
 from coins_sync.enkash.pacing import Answer, Pacer
 from coins_sync.enkash.retry import Retry, RetryPolicy, classify, transport_failure
 from coins_sync.enkash.wire import (
@@ -72,10 +70,9 @@ from coins_sync.errors import (
     ApiError,
     AuthError,
     OutcomeUnknownError,
-    SettingsError,
     UnreachableError,
 )
-from coins_sync.settings import ENCRYPTIONS, Encryption, check_api_url
+from coins_sync.settings import Encryption
 
 __all__ = [
     "ClientOptions",
@@ -89,101 +86,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _PATCH_UNKNOWN = "the server may or may not have applied the update; the next plan reads it back"
-
-
-@dataclass(frozen=True)
-class ClientOptions:
-    """Per-environment client settings; none of them is secret.
-
-    ``max_retries`` counts attempts after the first, for the retryable cases only; a
-    429 is not one of them: it is paced (see :mod:`~coins_sync.enkash.pacing`), and
-    the pauses of the client add up to at most ``max_wait`` seconds. ``parallelism`` is
-    the most requests in flight at once. ``backoff_*`` bound the jittered waits between
-    retries (and the pause after a 429 without ``Retry-After``); a server's
-    ``Retry-After`` is honoured as given up to ``retry_after_max``, and a longer one
-    ends the call.
-    Invalid values raise :class:`~coins_sync.errors.SettingsError`.
-    """
-
-    api_url: str
-    connect_timeout: float = defaults.CONNECT_TIMEOUT
-    read_timeout: float = defaults.READ_TIMEOUT
-    encryption: Encryption | None = None  # None: Encryption.NONE
-    max_retries: int = 5
-    backoff_initial: float = 0.2
-    backoff_max: float = 10.0
-    retry_after_max: float = 60.0
-    max_response_bytes: int = 1_000_000
-    max_connections: int = 32
-    parallelism: int = defaults.PARALLELISM
-    max_wait: float = defaults.MAX_WAIT
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.api_url, str):
-            raise SettingsError(f"api_url {self.api_url!r} is not a URL")
-        # The client leaves the http-to-a-remote-host policy to the settings.
-        check_api_url(self.api_url, allow_insecure_http=True)
-        if self.encryption is not None and self.encryption not in ENCRYPTIONS:
-            raise SettingsError(
-                f"encryption {self.encryption!r} is not supported; "
-                f"use {ENCRYPTION_AES_128_ECB.value!r} or leave it unset"
-            )
-        positive = {
-            "connect_timeout": self.connect_timeout,
-            "read_timeout": self.read_timeout,
-            "max_response_bytes": self.max_response_bytes,
-            "max_connections": self.max_connections,
-            "parallelism": self.parallelism,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise SettingsError(f"{name} must be greater than 0, not {value!r}")
-        if self.max_retries < 0:
-            raise SettingsError(f"max_retries must be 0 or more, not {self.max_retries!r}")
-        if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
-            raise SettingsError("backoff needs 0 <= backoff_initial <= backoff_max")
-        if not 0 <= self.max_wait < math.inf:
-            raise SettingsError(f"max_wait must be 0 or more and finite, not {self.max_wait!r}")
-        if not 0 <= self.retry_after_max < math.inf:
-            raise SettingsError(
-                f"retry_after_max must be 0 or more and finite, not {self.retry_after_max!r}"
-            )
-
-
-def make_http_client(
-    options: ClientOptions,
-    transport: httpx.BaseTransport | None = None,
-    *,
-    keepalive: bool = True,
-) -> httpx.Client:
-    """An ``httpx.Client`` fit for :class:`CoinsClient`.
-
-    Bounded timeouts, a pool sized for ``max_connections`` parallel calls, no redirects
-    (a redirected POST could be replayed elsewhere), and a cookie jar that stores
-    nothing, so the only cookie ever sent is the configured one.
-
-    With ``keepalive=False`` no idle connection is kept, so every request opens a fresh
-    one: this is the ``create_http`` client of :class:`CoinsClient`.
-    """
-    timeout = httpx.Timeout(
-        connect=options.connect_timeout,
-        read=options.read_timeout,
-        write=options.read_timeout,
-        pool=options.connect_timeout,
-    )
-    limits = httpx.Limits(
-        max_connections=options.max_connections,
-        max_keepalive_connections=options.max_connections if keepalive else 0,
-    )
-    no_cookies = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-    return httpx.Client(
-        base_url=options.api_url,
-        timeout=timeout,
-        limits=limits,
-        follow_redirects=False,
-        cookies=no_cookies,
-        transport=transport,
-    )
 
 
 @dataclass
@@ -231,6 +133,7 @@ class CoinsClient:
         self._cookie = credentials.cookie
         self._options = options
         self._base = options.api_url.rstrip("/")
+        self._create_url = httpx.URL(self._base + CREATE_PATH)  # parsed once, not per create
         self._messages = Messages(credentials.secrets())
         self._wire = Wire(key, self._messages)
         self._policy = RetryPolicy(
@@ -497,7 +400,7 @@ class CoinsClient:
         try:
             with http.stream(
                 method,
-                self._base + path,
+                self._create_url if path == CREATE_PATH else self._base + path,
                 content=content,
                 headers=headers,
                 auth=auth,

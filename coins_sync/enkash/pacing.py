@@ -23,8 +23,9 @@ say:
   pause would go beyond it ends the budget: that request and every one waiting fails
   with :class:`~coins_sync.errors.RateLimitError`, all with the same message, and no
   new request is sent.
-* **A short log.** One warning when pacing starts, with the rate settled on, and one
-  summary (:meth:`Pacer.summary`) at the end, instead of a line per 429.
+* **A short log.** One warning once pacing has settled (a second after the first 429),
+  with the rate that gets through, and one summary (:meth:`Pacer.summary`) at the end,
+  instead of a line per 429.
 """
 
 from __future__ import annotations
@@ -61,8 +62,9 @@ _RATE_GROWTH = 0.05
 _RATE_STEP_MIN = 0.5
 #: Never paced slower than this (requests/s): a server that refuses is retried anyway.
 _RATE_FLOOR = 0.2
-#: A rate measured over less than this (seconds) is a burst, not a rate: not logged.
-_SETTLED_AFTER = 0.5
+#: Pacing is announced this long (seconds) after the first 429, once the rate has
+#: settled, with the rate that gets through.
+_SETTLED_AFTER = 1.0
 #: The lowest latency seen is forgotten after this many seconds, so it follows a change.
 _LATENCY_WINDOW = 30.0
 
@@ -115,6 +117,7 @@ class Pacer:
         self._lowest_at = 0.0
         self._smooth: float | None = None
         self._announced = False
+        self._settled = False  # a rate measured from what got through won a cut
         self._cancelled = False
         self._spent: str | None = None  # the budget's end, said once for every request
 
@@ -187,6 +190,8 @@ class Pacer:
         if self._paced_since is not None:
             self._paced_ok += 1
             self._last_ok = now
+            if not self._announced and now - self._paced_since >= _SETTLED_AFTER:
+                self._announce(now)
         if len(self._successes) > _WINDOW_MAX:
             self._successes.popleft()
         self._since_success = 0
@@ -256,8 +261,8 @@ class Pacer:
         span = min(_WINDOW, now - first)
         through = len(self._successes) / span if span > 0 else None
         measured = None if through is None else through * _RATE_CUT
-        # until a rate that got through was settled on, the rate is far too high: halve it
-        backoff = _RATE_BACKOFF if self._announced else _LIMIT_CUT
+        # until a rate that got through won once, the rate is far too high: halve it
+        backoff = _RATE_BACKOFF if self._settled else _LIMIT_CUT
         halved = None if self._rate is None else self._rate * backoff
         candidates = [r for r in (measured, halved) if r is not None]
         if candidates:
@@ -266,15 +271,24 @@ class Pacer:
         self._limit = max(1.0, self._limit * _LIMIT_CUT)
         self._last_cut = now
         self._generation += 1
-        settled = bool(measured) and self._rate == measured
-        if not self._announced and settled and span >= _SETTLED_AFTER:
-            self._announced = True
-            log.warning(
-                "the server limits the request rate (HTTP 429): pacing to about %s "
-                "requests/s (at most %d in flight)",
-                _about(self._rate),
-                int(self._limit),
-            )
+        # settled once what got through beats the cut rate (not at the first cut: no rate)
+        won = measured is not None and halved is not None and measured >= halved
+        self._settled = self._settled or won
+
+    def _announce(self, now: float) -> None:
+        """Say once that pacing started, with the rate that gets through by now."""
+        self._announced = True
+        while self._successes and self._successes[0] < now - _WINDOW:
+            self._successes.popleft()
+        first = self._first_send if self._first_send is not None else now
+        span = min(_WINDOW, now - first)
+        through = len(self._successes) / span if span > 0 else self._rate
+        log.warning(
+            "the server limits the request rate (HTTP 429): pacing to about %s requests/s "
+            "(at most %d in flight)",
+            _about(through),
+            int(self._limit),
+        )
 
     # -- the end ----------------------------------------------------------------------
 

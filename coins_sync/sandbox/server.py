@@ -43,6 +43,24 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_name = str(host)
         self.server_port = int(port)
 
+    #: True while the accepting thread serves a connection itself (see process_request).
+    serving_inline = False
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request(request, client_address)
+        except RuntimeError:
+            # No thread to spare (a loaded machine): serve this connection here, one
+            # request and closed, instead of closing it unread. A connection closed with
+            # the request unread is a reset the client can only take as "maybe
+            # created", although nothing was stored.
+            logger.warning("sandbox: no thread for a connection; serving it inline")
+            self.serving_inline = True
+            try:
+                self.process_request_thread(request, client_address)
+            finally:
+                self.serving_inline = False
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug("connection from %s ended with an error", client_address, exc_info=True)
 
@@ -72,6 +90,13 @@ class _Handler(BaseHTTPRequestHandler):
         with self._server.connections_lock:
             self._server.connections.discard(self.connection)
         super().finish()
+
+    def handle(self) -> None:
+        if self._server.serving_inline:  # the accepting thread: one request, then close
+            self.close_connection = True
+            self.handle_one_request()
+            return
+        super().handle()
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - " + format, self.address_string(), *args)

@@ -6,9 +6,9 @@ Pure: no files, no locks. A corrupt, truncated or unknown-version state is a
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import operator
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -21,9 +21,21 @@ STATE_VERSION = 1
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
+_last_second: tuple[int, str] = (0, "")
+
+
 def utc_now() -> str:
-    """An ISO 8601 UTC timestamp with second precision, for records people read."""
-    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    """An ISO 8601 UTC timestamp with second precision, for records people read.
+
+    Every journal and audit record takes one, so the text is made once a second."""
+    global _last_second
+    second = int(time.time())
+    cached = _last_second  # one read: another thread may replace it meanwhile
+    if cached[0] == second:
+        return cached[1]
+    text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+    _last_second = (second, text)
+    return text
 
 
 def valid_config_id(value: object) -> bool:

@@ -11,13 +11,20 @@ Figures:
   100 files x 1000 rules that are all in sync with the state, against the median of 3
   processes that do only the unavoidable work: ``yaml.load(CSafeLoader)`` of the same
   files and ``json.loads`` of the same state. Both include interpreter start-up.
-* **peak RSS** of those plan processes (``wait4`` rusage of each child).
+* **peak RSS** of those plan processes: each process's own, from a small launcher's
+  ``wait4`` (see :data:`LAUNCHER`; the bench itself holds the rules it wrote).
 * **apply efficiency**: 2000 creates at 50 ms sandbox latency with ``--parallelism 16``,
   ideal time / wall time of the whole process, where ideal = 2000 x 0.05 / 16 s.
 * **bookkeeping growth**: per-create time of 20k creates over that of 2k creates, at
   0 ms latency. A create's time is the apply's wall time less that of the same apply
   run again with nothing to do (start-up, loading, planning), over the creates.
   Linear bookkeeping keeps it near 1; per-result state rewrites do not.
+* **client CPU per create** (issue 22): the CPU time of the 2k-create apply process
+  less that of its no-op rerun, over the creates.
+* **validate memory** (issue 22): the peak RSS of ``validate`` of 1M rules
+  (``validate_memory.py``).
+* **rate limit** (issue 22): apply against ``sandbox --rate 20 --burst 20``, with and
+  without ``Retry-After`` (``ratelimit.py``; ``--only rate-limit`` runs it alone).
 * **validate startup ratio** (issue #11): the median wall time of ``coins-sync validate``
   of the 3 example configs (the console script's own code, run by ``python -c``) over
   that of ``python -c "import yaml, click"``, interleaved, after untimed warm-up runs.
@@ -44,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import ratelimit  # the rate-limit rows (issue 22), beside this file
+import validate_memory  # the validate-memory row (issue 22)
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -472,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         small_s, small_noop_s = small.seconds, small_noop.seconds
         large_s, large_noop_s = large.seconds, large_noop.seconds
         cpu_per_create = (small.cpu_seconds - small_noop.cpu_seconds) / GROWTH_SMALL
+        memory = (
+            validate_memory.measure(sys.modules[__name__], root, env) if BACKEND == "file" else None
+        )
         limited = (
             [ratelimit.measure(sys.modules[__name__], root, env, r) for r in (True, False)]
             if BACKEND == "file" and not options.no_rate_limit
@@ -538,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cpu_per_create * 1e3 <= TARGET_CPU_PER_CREATE_MS,
         ),
     ]
+    if memory is not None:
+        rows += validate_memory.rows(sys.modules[__name__], *memory)
     for figures in limited:
         rows += ratelimit.rows(sys.modules[__name__], figures)
     if startup is not None:  # the same on either backend: measured in the file run only
