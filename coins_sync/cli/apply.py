@@ -66,7 +66,8 @@ def apply_command(
         raise click.UsageError("--refresh cannot be combined with PLANFILE")
 
     def confirm(the_plan: Plan) -> bool:
-        click.echo(render(the_plan, "text", colour=console.use_colour()), nl=False)
+        colour = console.use_colour()
+        console.print_plan(render(the_plan, "text", colour=colour), colour)
         if yes:
             return True
         if not sys.stdin.isatty():
@@ -107,10 +108,11 @@ def apply_command(
         raise stopped
     if report is None:
         if to_send(the_plan, retry_uncertain):
-            click.echo("Apply cancelled; nothing was sent.")
+            console.out("Apply cancelled; nothing was sent.")
             return EXIT_ERROR
-        click.echo(render(the_plan, "text", colour=console.use_colour()), nl=False)
-        click.echo("Nothing to apply.")
+        colour = console.use_colour()
+        console.print_plan(render(the_plan, "text", colour=colour), colour)
+        console.out("Nothing to apply.")
         if the_plan.of(Action.UNCERTAIN):
             console.err(
                 "Error: uncertain creates remain unresolved. Check the server, then run "

@@ -102,7 +102,8 @@ def plan_command(
             the_plan = workspace.plan(refresh_with=client)
     else:
         the_plan, unread = plan_verified(workspace)
-    click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
+    colour = console.use_colour() and fmt == "text"
+    console.print_plan(render(the_plan, fmt, colour=colour), colour)
     the_plan.raise_if_unsafe(workspace.safety, force=force)
     if out is not None:
         save_plan(the_plan, out)

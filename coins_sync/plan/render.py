@@ -109,10 +109,20 @@ def _detail(change: Change) -> str:
     return f"amount {change.amount}"
 
 
-def render_text(plan: Plan, colour: bool = False) -> str:
-    """Terraform-like lines, one per changing or orphaned key, and a summary."""
+def _styled(action: Action) -> str:
     import click  # only for styling; the renderer stays free of CLI state
 
+    return click.style(_SYMBOL[action], fg=_COLOUR[action], bold=True)
+
+
+def styled_symbols() -> frozenset[str]:
+    """Every coloured action symbol :func:`render_text` writes: the only escape sequences
+    of its own that a coloured plan holds (``console.out`` passes them as they are)."""
+    return frozenset(_styled(action) for action in _COLOUR)
+
+
+def render_text(plan: Plan, colour: bool = False) -> str:
+    """Terraform-like lines, one per changing or orphaned key, and a summary."""
     lines: list[str] = []
     if plan.drift:
         lines.append(f"Drift: {len(plan.drift)} difference(s) between the server and state:")
@@ -124,9 +134,7 @@ def render_text(plan: Plan, colour: bool = False) -> str:
     sourced = [d for d, c in zip(details, shown, strict=True) if c.source]
     detail_width = max((len(d) for d in sourced), default=0)
     for change, detail in zip(shown, details, strict=True):
-        symbol = _SYMBOL[change.action]
-        if colour:
-            symbol = click.style(symbol, fg=_COLOUR[change.action], bold=True)
+        symbol = _styled(change.action) if colour else _SYMBOL[change.action]
         text = f"{detail:<{detail_width}}  {change.source}" if change.source else detail
         lines.append(f"  {symbol} {change.key!s:<{width}}  {text}")
     if shown:
