@@ -167,7 +167,22 @@ def render_markdown(rows: list[ReportRow], env: str) -> str:
     return "\n".join(lines)
 
 
+#: A cell starting with one of these is read as a formula by spreadsheets (OWASP "CSV
+#: Injection"); tab and carriage return too, and after leading spaces.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` safe for a spreadsheet: text that a spreadsheet would run as a formula
+    gets a leading ``'`` (the OWASP mitigation), so it is shown as text. Numbers are
+    written as they are."""
+    if isinstance(value, str) and value.lstrip(" ").startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def render_csv(rows: list[ReportRow]) -> str:
+    """The report as CSV; every text cell goes through :func:`csv_cell`."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
@@ -188,22 +203,21 @@ def render_csv(rows: list[ReportRow]) -> str:
     )
     for row in rows:
         last = row.last_change or {}
-        writer.writerow(
-            [
-                row.key.company_id,
-                row.key.configuration,
-                row.key.event,
-                row.amount,
-                row.status,
-                row.coin_config_id,
-                "" if row.live_amount is None else row.live_amount,
-                row.source,
-                last.get("at") or "",
-                last.get("outcome") or "",
-                last.get("actor") or "",
-                last.get("commit") or "",
-            ]
-        )
+        cells = [
+            row.key.company_id,
+            row.key.configuration,
+            row.key.event,
+            row.amount,
+            row.status,
+            row.coin_config_id,
+            "" if row.live_amount is None else row.live_amount,
+            row.source,
+            last.get("at") or "",
+            last.get("outcome") or "",
+            last.get("actor") or "",
+            last.get("commit") or "",
+        ]
+        writer.writerow([csv_cell(cell) for cell in cells])
     return out.getvalue()
 
 

@@ -53,7 +53,8 @@ _SUMMARY_WORDS = (
 )
 
 
-def summary_line(plan: Plan) -> str:
+def summary_line(plan: Plan, *, markdown: bool = False) -> str:
+    """The one-line count of a plan; ``markdown`` shows the state key it quotes inert."""
     counts = plan.summary()
     # like Terraform, imports are counted when there are any
     parts = [
@@ -63,9 +64,11 @@ def summary_line(plan: Plan) -> str:
     ]
     stuck = plan.needs_a_person
     if stuck:
+        command = f"coins-sync state rm {stuck[0]}"
+        shown = code(command, MARKDOWN_KEY_LIMIT) if markdown else f"`{command}`"
         parts.append(
-            f"{len(stuck)} need a person (gone or moved on the server; "
-            f"`coins-sync state rm {stuck[0]}` once settled)"
+            f"{len(stuck)} need a person (gone, moved or holding an unusable amount on the "
+            f"server; {shown} once settled)"
         )
     verdict = "changes present" if plan.has_changes else "no changes"
     return f"Plan: {', '.join(parts)} ({verdict})."
@@ -217,6 +220,11 @@ def _md_drift(drift: Drift) -> str:
             f"- {key}: {config} was not found on the server (404); left alone. If it is "
             "really gone, `coins-sync state rm KEY` lets the next apply create it again"
         )
+    if drift.field is DriftField.UNUSABLE_AMOUNT:
+        return (
+            f"- {key}: the server holds amount {code(drift.on_server)} for {config}, not a "
+            f"whole number of 0 or more ({code(drift.in_state)} in state); left alone"
+        )
     return (
         f"- {key}: {drift.field} is {code(drift.on_server)} on the server, "
         f"{code(drift.in_state)} in state ({config})"
@@ -254,7 +262,7 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         "|" + " ---: |" * len(columns),
         "| " + " | ".join(str(counts[name]) for name in columns) + " |",
         "",
-        f"**{summary_line(plan)}**",
+        f"**{summary_line(plan, markdown=True)}**",
         "",
     ]
     agreeing = agreeing_line(plan)

@@ -233,6 +233,9 @@ def _mismatch(change: Change, want: Change | None) -> StalePlanError:
     )
 
 
+_ALONE = frozenset({DriftField.AMOUNT, DriftField.UNUSABLE_AMOUNT, DriftField.MISSING})
+
+
 def _key_field(key: RuleKey, field: DriftField) -> str:
     return key.as_dict()[field.value]
 
@@ -247,14 +250,18 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
             ok = ok and d.on_server.isdigit() and d.on_server != d.in_state
         elif d.field is DriftField.MISSING:
             ok = (d.in_state, d.on_server) == ("present", "absent")
+        elif d.field is DriftField.UNUSABLE_AMOUNT:
+            ok = entry is not None and d.in_state == str(entry.amount)
+            ok = ok and not d.on_server.isdigit()
         else:
             ok = d.in_state == _key_field(d.key, d.field) and d.on_server != d.in_state
         ok = ok and entry is not None and entry.coin_config_id == d.coin_config_id
         seen = claims.setdefault(d.key, [])
         fields = {other.field for other in seen} | {d.field}
-        # refresh reports one amount or one missing drift alone, key fields at most once each
+        # refresh reports one amount, unusable amount or missing drift alone, key fields
+        # at most once each
         ok = ok and d.field not in {other.field for other in seen}
-        ok = ok and not ({DriftField.AMOUNT, DriftField.MISSING} & fields and len(fields) > 1)
+        ok = ok and not (_ALONE & fields and len(fields) > 1)
         if not ok:
             raise StalePlanError(
                 f"the saved plan's drift for {d.key} ({d.field}: {d.in_state!r} in state, "
