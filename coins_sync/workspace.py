@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from coins_sync.configs.loader import RuleLoader
 from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.errors import SettingsError, StateError
+from coins_sync.inputs import check_regular, read_input
 from coins_sync.plan.drift import Drift, Reader, refresh, untouchable
 from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
 from coins_sync.settings import Settings
@@ -84,7 +85,7 @@ class Workspace:
             if candidate.resolve() == mine:
                 continue
             try:
-                data = json.loads(candidate.read_bytes()[: 64 * 1024 * 1024])
+                data = json.loads(read_input(candidate))
             except (OSError, ValueError, RecursionError):
                 continue
             if isinstance(data, dict) and data.get("lineage") and data.get("entries"):
@@ -339,6 +340,7 @@ class Workspace:
 
         store = self.postgres_store("push")
         timeout = self.settings.lock_timeout
+        check_regular(source)  # before its lock file is made beside it
         file_store = FileStateStore(source)
         with file_store.lock("state push", timeout):
             pushed = file_store.read()

@@ -21,6 +21,7 @@ from pathlib import Path
 from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import ApiError, CoinsSyncError, ConfigError, Problem
+from coins_sync.inputs import read_input
 from coins_sync.state.model import State, StateEntry
 
 FIELDS = ("companyId", "configuration", "event", "coinConfigId")
@@ -50,7 +51,7 @@ class BulkResult:
 def read_rows(path: Path, shown: str) -> list[ImportRow]:
     """Parse an import file; every defect is a ConfigError naming its line."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_input(path).decode("utf-8-sig")
     except OSError as e:
         raise ConfigError([Problem(shown, 0, 0, f"cannot read: {e.strerror or e}")], _WHERE) from e
     except UnicodeDecodeError as e:

@@ -10,6 +10,7 @@ from typing import Any
 from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from coins_sync.errors import PlanFileError, SettingsError, StalePlanError
+from coins_sync.inputs import loads_json, read_input
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
 from coins_sync.plan.render import plan_to_json
@@ -36,11 +37,12 @@ def _source(text: str | None) -> Source | None:
 def load_plan(path: Path) -> Plan:
     """Read and schema-check a saved plan; every defect is a PlanFileError."""
     try:
-        data: Any = json.loads(path.read_text("utf-8"))
+        data: Any = loads_json(read_input(path).decode("utf-8"))
     except FileNotFoundError as e:
         raise PlanFileError(f"{path}: no such plan file") from e
     except (OSError, ValueError, RecursionError) as e:
-        raise PlanFileError(f"{path}: not a readable JSON plan ({e})") from e
+        shown = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise PlanFileError(f"{path}: not a readable JSON plan ({shown})") from e
     import jsonschema  # only to load a saved plan; plan --out does not need it
 
     validator = jsonschema.Draft202012Validator(load_schema(PLAN_SCHEMA))

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coins_sync.errors import LockError, StateConflictError, StateError
+from coins_sync.inputs import read_input
 from coins_sync.state.files import AppendLog, atomic_write, fsync_dir
 from coins_sync.state.journal import (
     JournalRecord,
@@ -66,7 +67,7 @@ class FileStateStore:
 
     def _read_raw(self) -> bytes | None:
         try:
-            return self.path.read_bytes()
+            return read_input(self.path)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -86,11 +87,11 @@ class FileStateStore:
                 "Nothing was sent"
             )
         try:
-            raw = path.read_bytes()
+            raw = read_input(path)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StateError(f"{path}: cannot read {what}: {e}") from e
+            raise StateError(f"{path}: cannot read {what}: {e.strerror or e}") from e
         return parse_journal(raw, state.lineage, str(path))
 
     def _replay(self, state: State) -> JournalReplay | None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
+from coins_sync.inputs import read_input
 from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
 from coins_sync.state.journal import JournalKind, Outcome, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
@@ -317,9 +318,9 @@ class PostgresStateStore(Database):
     def _fold_rescue(self, stored: State) -> list[str]:
         path = self.rescue_path
         try:
-            raw = path.read_bytes()
+            raw = read_input(path)
         except OSError as e:
-            raise StateError(f"{path}: cannot read the rescue file: {e}") from e
+            raise StateError(f"{path}: cannot read the rescue file: {e.strerror or e}") from e
         lineage = stored.lineage or self._lineage
         replay = parse_journal(raw, lineage, str(path))
         journal = PostgresJournal(self, lineage, rescue=False)
