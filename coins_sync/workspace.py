@@ -254,7 +254,7 @@ class Workspace:
         Takes the lock; GETs with the environment's parallelism. A row that fails is
         reported in the result and never keeps a matching row from being recorded.
         """
-        from coins_sync.apply.adopt import BulkResult, check_rows, fetch_all
+        from coins_sync.apply.adopt import BulkResult, check_rows, fetch_all, refusal_summary
 
         result = BulkResult()
         with self.store.lock(command, self.settings.lock_timeout):
@@ -278,6 +278,23 @@ class Workspace:
             result.state = state
         order = {id(row): index for index, row in enumerate(rows)}
         result.failed.sort(key=lambda item: order[id(item[0])])
+        # Each recorded row is audited; the refused ones changed nothing and are summed
+        # up in one record (under the first one's key), so a million of them cost one write.
+        refused = []
+        if result.failed:
+            first, _ = result.failed[0]
+            summary = refusal_summary(result.failed)
+            refused.append(
+                AuditRecord(
+                    AuditAction.IMPORT,
+                    first.key,
+                    Outcome.FAILED,
+                    None,
+                    None,
+                    first.coin_config_id,
+                    summary,
+                )
+            )
         self._audit(
             *(
                 AuditRecord(
@@ -290,18 +307,7 @@ class Workspace:
                 )
                 for row, entry in result.imported
             ),
-            *(
-                AuditRecord(
-                    AuditAction.IMPORT,
-                    row.key,
-                    Outcome.FAILED,
-                    None,
-                    None,
-                    row.coin_config_id,
-                    reason,
-                )
-                for row, reason in result.failed
-            ),
+            *refused,
         )
         return result
 

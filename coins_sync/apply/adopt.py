@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coins_sync.configs.model import RuleKey
+from coins_sync.configs.model import IDENTIFIER_RULE, RuleKey, is_identifier
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import ApiError, CoinsSyncError, ConfigError, Problem
 from coins_sync.inputs import read_input
@@ -27,6 +27,8 @@ from coins_sync.state.model import State, StateEntry
 FIELDS = ("companyId", "configuration", "event", "coinConfigId")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_ROWS = 1_000_000
+#: How many problems or refused rows are listed one by one; the rest are counted.
+SHOWN_ROWS = 20
 _WHERE = "the import file"  # not the rule files: its problems name FILE:LINE of --from
 
 
@@ -59,10 +61,21 @@ def read_rows(path: Path, shown: str) -> list[ImportRow]:
     first = text.lstrip()[:1]
     rows, problems = (_json_lines if first == "{" else _csv)(text, shown)
     if problems:
-        raise ConfigError(problems, _WHERE)
+        many = len(problems) > SHOWN_ROWS
+        where = f"{_WHERE} (showing {SHOWN_ROWS} of {len(problems):,})" if many else _WHERE
+        raise ConfigError(summarised(problems, shown), where)
     if not rows:
         raise ConfigError([Problem(shown, 1, 1, "no rows to import")], _WHERE)
     return rows
+
+
+def summarised(problems: list[Problem], shown: str) -> list[Problem]:
+    """The first :data:`SHOWN_ROWS` problems, and one that counts the rest."""
+    if len(problems) <= SHOWN_ROWS:
+        return problems
+    rest = len(problems) - SHOWN_ROWS
+    more = Problem(shown, problems[SHOWN_ROWS].line, 1, f"… and {rest:,} more rows refused")
+    return [*problems[:SHOWN_ROWS], more]
 
 
 def _row(values: dict[str, object], shown: str, line: int) -> ImportRow | str:
@@ -75,6 +88,10 @@ def _row(values: dict[str, object], shown: str, line: int) -> ImportRow | str:
         return f"empty field(s): {', '.join(empty)}"
     if not _ID.fullmatch(texts["coinConfigId"]):
         return f"coinConfigId {texts['coinConfigId'][:80]!r} is not 1-64 of A-Z, a-z, 0-9, _ or -"
+    bad = [name for name in FIELDS[:3] if not is_identifier(texts[name])]
+    if bad:  # the same check as the rule files': a key no rule file could name is refused
+        shown = ", ".join(f"{name} {texts[name][:80]!r}" for name in bad)
+        return f"{shown}: not a valid identifier ({IDENTIFIER_RULE})"
     key = RuleKey(texts["companyId"], texts["configuration"], texts["event"])
     return ImportRow(f"{shown}:{line}", key, texts["coinConfigId"])
 
@@ -131,6 +148,13 @@ def _json_lines(text: str, shown: str) -> tuple[list[ImportRow], list[Problem]]:
         else:
             rows.append(got)
     return rows, problems
+
+
+def refusal_summary(failed: Sequence[tuple[ImportRow, str]]) -> str:
+    """One sentence for every refused row: how many, and the first few with their reason."""
+    head = "; ".join(f"{row.where}: {reason}" for row, reason in failed[:3])
+    more = f"; and {len(failed) - 3:,} more" if len(failed) > 3 else ""
+    return f"{len(failed):,} row(s) refused: {head}{more}"
 
 
 def check_rows(rows: Sequence[ImportRow], state: State) -> tuple[list[ImportRow], list[str]]:
