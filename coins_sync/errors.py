@@ -11,7 +11,10 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     ├── ConfigError            rule files that cannot be used (carries .problems)
     ├── StateError             unreadable, corrupt or unknown-version state / journal
     │   ├── LockError          the state is locked by another holder (carries .holder)
-    │   └── StateConflictError another writer replaced the state; nothing was overwritten
+    │   ├── StateConflictError another writer replaced the state; nothing was overwritten
+    │   ├── FencedError        this run lost the PostgreSQL state lock; nothing more is written
+    │   ├── CheckpointError    a checkpoint could not be made (.unrecorded, .kept)
+    │   └── ApplyStoppedError  an apply stopped early (carries .report: what was done)
     ├── StalePlanError         a saved plan no longer matches state or configs
     ├── PlanFileError          a saved plan file that cannot be read or is not a plan
     ├── PlanConflictError      a coinConfigId in the configs contradicts the state
@@ -25,6 +28,7 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
         ├── AuthError          no credentials, token refused, or 401 after a refresh
         ├── UnreachableError   no connection on any try; nothing was sent (.address)
         ├── UnusableAmountError  a config whose amount is not a whole number of 0 or more
+        ├── RateLimitError     the run's budget for waiting out 429s is spent; not sent
         └── OutcomeUnknownError  a create or update was sent and its result is unknown
 
 Messages never contain secrets: callers pass only public values into them.
@@ -34,6 +38,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # type names only: this module imports nothing of coins-sync at run time
+    from coins_sync.configs.model import RuleKey
 
 
 @dataclass(frozen=True, order=True)
@@ -89,6 +98,42 @@ class LockError(StateError):
 class StateConflictError(StateError):
     """The state on disk is not the one this command read: another writer (a ``git pull``,
     another working copy) replaced it. Nothing was overwritten."""
+
+
+class FencedError(StateError):
+    """This run no longer holds the state lock; nothing more may be written or sent."""
+
+
+class CheckpointError(StateError):
+    """A journal's checkpoint could not be made: the run lost its lock or its database.
+
+    ``unrecorded`` lists each result the server confirmed that the state does not hold,
+    as (key, coinConfigId), possibly none; ``kept`` is the file they were written to
+    instead (None when nothing was, or writing it failed). The message says both.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        unrecorded: Sequence[tuple[RuleKey, str]] = (),
+        kept: Path | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.unrecorded = tuple(unrecorded)
+        self.kept = kept
+
+
+class ApplyStoppedError(StateError):
+    """An apply stopped early because a worker, a journal write or a checkpoint failed.
+
+    ``report`` (an :class:`~coins_sync.apply.report.ApplyReport`) says what was done
+    before it stopped; its ``state`` is what was folded. It is typed ``Any`` so that this
+    module imports nothing of coins-sync (no import cycle, not even for type checking).
+    """
+
+    def __init__(self, message: str, report: Any) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class StalePlanError(CoinsSyncError):
@@ -168,6 +213,14 @@ class UnreachableError(ApiError):
     def __init__(self, message: str, address: str) -> None:
         super().__init__(message)
         self.address = address
+
+
+class RateLimitError(ApiError):
+    """The server kept refusing requests (429) until the run's budget for waiting on
+    its rate limit was spent; the request was not processed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=429)
 
 
 class OutcomeUnknownError(ApiError):

@@ -8,7 +8,6 @@ import io
 import json
 from pathlib import Path
 
-from coins_sync.plan.markdown import ELLIPSIS
 from tests.conftest import Invoke, write
 
 FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "  =HYPERLINK(x)"]
@@ -16,7 +15,13 @@ FORMULAS = ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx", "  =HYPERLINK(x)"]
 
 def state_with(project: Path, companies: list[str]) -> None:
     entries = [
-        {"companyId": c, "configuration": "DEFAULT", "event": "MEAL", "amount": 1, "coinConfigId": f"WCC{i}"}
+        {
+            "companyId": c,
+            "configuration": "DEFAULT",
+            "event": "MEAL",
+            "amount": 1,
+            "coinConfigId": f"WCC{i}",
+        }
         for i, c in enumerate(companies)
     ]
     body = {"version": 1, "lineage": "l-1", "serial": 1, "entries": entries}
@@ -25,8 +30,14 @@ def state_with(project: Path, companies: list[str]) -> None:
 
 def test_report_csv_neutralises_formula_cells(project: Path, invoke: Invoke) -> None:
     state_with(project, [*FORMULAS, "ACME"])
-    audit = {"at": "=cmd|' /C calc'!A0", "action": "create", "outcome": "+created", "actor": "@evil",
-             "commit": "-2+3", "key": {"companyId": "ACME", "configuration": "DEFAULT", "event": "MEAL"}}
+    audit = {
+        "at": "=cmd|' /C calc'!A0",
+        "action": "create",
+        "outcome": "+created",
+        "actor": "@evil",
+        "commit": "-2+3",
+        "key": {"companyId": "ACME", "configuration": "DEFAULT", "event": "MEAL"},
+    }
     write(project / "state/default.audit.jsonl", json.dumps(audit) + "\n")
     result = invoke("report", "--format", "csv")
     assert result.exit_code == 0, result.output

@@ -1,4 +1,5 @@
-"""What an apply did, and the error that carries it when the run stopped early."""
+"""What an apply did, and the error that carries it when the run stopped early
+(:class:`~coins_sync.errors.ApplyStoppedError`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import CoinsSyncError, StateConflictError, StateError
+from coins_sync.errors import (
+    ApplyStoppedError,
+    CheckpointError,
+    CoinsSyncError,
+    StateConflictError,
+)
 from coins_sync.state.model import State
 
 
@@ -53,17 +59,6 @@ class ApplyReport:
         return "Apply: " + ", ".join(parts) + "."
 
 
-class ApplyStoppedError(StateError):
-    """An apply stopped early because a worker, a journal write or a checkpoint failed.
-
-    ``report`` says what was done before it stopped; its ``state`` is what was folded.
-    """
-
-    def __init__(self, message: str, report: ApplyReport) -> None:
-        super().__init__(message)
-        self.report = report
-
-
 def describe(error: BaseException) -> str:
     if isinstance(error, CoinsSyncError):
         return str(error)
@@ -86,6 +81,8 @@ def stopped_error(
         parts.append(first)
     if fold_error is None:
         parts.append("Every result confirmed so far is recorded in the state")
+    elif isinstance(fold_error, CheckpointError):
+        parts.append(describe(fold_error))  # it says what is recorded, and where the rest is
     else:
         what = (
             "apply did not overwrite the state"

@@ -22,10 +22,10 @@ from coins_sync import console, envvars
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import SettingsError
 from coins_sync.settings import Encryption, Settings, load_settings
-from coins_sync.workspace import Workspace
 
-if TYPE_CHECKING:  # validate and an offline plan load none of these
+if TYPE_CHECKING:  # validate loads no workspace, and an offline plan no API client
     from coins_sync.enkash import CoinsClient
+    from coins_sync.workspace import Workspace
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -128,6 +128,8 @@ def with_workspace(
                 options.pop("api_url"),
                 options.pop("lock_timeout", None),
             )
+            from coins_sync.workspace import Workspace
+
             return command(Workspace(settings), *args, **kwargs)
 
         wrapped: Callable[..., R] = run
@@ -169,8 +171,12 @@ def confirm_or_refuse(yes: bool, question: str, refusal: str) -> None:
     click.confirm(console.safe(question), abort=True)
 
 
-def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClient:
-    """The API client for an environment; credentials come from the environment only."""
+def make_client(
+    settings: Settings, parallelism: int | None = None, max_wait: float | None = None
+) -> CoinsClient:
+    """The API client for an environment; credentials come from the environment only.
+    ``parallelism`` and ``max_wait`` override the environment's (``--parallelism``,
+    ``--max-wait``)."""
     from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 
     width = parallelism or settings.parallelism
@@ -180,6 +186,8 @@ def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClie
         read_timeout=settings.read_timeout,
         encryption=None if settings.encryption is Encryption.NONE else settings.encryption,
         max_connections=max(width, 4),
+        parallelism=width,
+        max_wait=settings.max_wait if max_wait is None else max_wait,
     )
     credentials = Credentials.from_env(os.environ)
     http = make_http_client(options)

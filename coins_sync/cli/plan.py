@@ -1,58 +1,32 @@
-"""The read-only commands: ``validate``, ``plan`` and ``report``."""
+"""The read-only commands beyond ``validate``: ``plan`` and ``report``."""
 
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, cli
+from coins_sync.cli.app import EXIT_CHANGES, EXIT_OK
 from coins_sync.cli.options import (
-    configs_option,
-    env_option,
     force_option,
     format_option,
     make_client,
     same_flags,
     with_workspace,
 )
-from coins_sync.errors import AuthError, ConfigError, SettingsError
-from coins_sync.plan.reconcile import Plan
+from coins_sync.errors import AuthError, SettingsError
+from coins_sync.plan.online import unverified
+from coins_sync.plan.reconcile import Action, Plan
 from coins_sync.plan.render import RENDERERS, render
-from coins_sync.plan.saved import refuse_state_target, save_plan
-from coins_sync.settings import load_settings
-from coins_sync.workspace import Workspace, unverified
+from coins_sync.plan.saved import save_plan
+from coins_sync.state.model import State
+from coins_sync.workspace import Workspace
 
 
-@cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@format_option("text", "json")
-@env_option
-@configs_option
-def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
-    """Check rule files against the schema and each other. No state, no network.
-
-    PATHS are files or folders (default: the configs folder, `configs/`). Every
-    problem is printed at once as `path:line:col: message`.
-
-    \b
-    Examples:
-      coins-sync validate
-      coins-sync validate configs/cekekcards.yaml --format json
-    """
-    workspace = Workspace(load_settings(env=env_name).with_overrides(configs=configs))
-    try:
-        config_set = workspace.load_configs(list(paths))
-    except ConfigError as e:
-        console.out(console.problems_report(e.problems, fmt))
-        return EXIT_ERROR
-    console.out(console.valid_report(len(config_set.files), len(config_set.rules), fmt))
-    return EXIT_OK
-
-
-@cli.command("plan")
+@click.command("plan")
 @with_workspace()
 @format_option(*RENDERERS, help="Output format; markdown is ready for a PR comment.")
 @click.option(
@@ -95,13 +69,18 @@ def plan_command(
       coins-sync plan --refresh      # also GET every managed config to find drift
     """
     if out is not None:
-        refuse_state_target(out, workspace.settings.state)
+        from coins_sync.state.file import refuse_bookkeeping_target
+
+        refuse_bookkeeping_target(out, workspace.settings.state, "the plan", "--out")
     unread = 0
+    state = workspace.read_state()
     if refresh:
         with make_client(workspace.settings) as client:
-            the_plan = workspace.plan(refresh_with=client)
+            the_plan = workspace.plan(state, refresh_with=client)
     else:
-        the_plan, unread = plan_verified(workspace)
+        the_plan, unread = plan_verified(workspace, state)
+    workspace.refuse_fresh_clone(the_plan, force)
+    the_plan = while_applying(workspace, the_plan, state)
     colour = console.use_colour() and fmt == "text"
     console.print_plan(render(the_plan, fmt, colour=colour), colour)
     the_plan.raise_if_unsafe(workspace.safety, force=force)
@@ -114,11 +93,22 @@ def plan_command(
     return EXIT_OK
 
 
-def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
+def while_applying(workspace: Workspace, the_plan: Plan, state: State) -> Plan:
+    """A plan made while an apply holds the lock: it names the holder, and the creates
+    that apply has journaled but not answered yet are in flight, not uncertain."""
+    holder = workspace.store.lock_holder()
+    if holder is None:
+        return the_plan
+    flying = {key for key, item in state.uncertain.items() if item.open}
+    in_flight = tuple(c.key for c in the_plan.of(Action.UNCERTAIN) if c.key in flying)
+    return replace(the_plan, lock_holder=holder, in_flight=in_flight)
+
+
+def plan_verified(workspace: Workspace, state: State | None = None) -> tuple[Plan, int]:
     """The offline plan, with each entry of an update whose outcome is unknown read back
     (one GET each) when the API can be reached; else a warning names them. Returns the
     plan and how many such entries could not be read back."""
-    state = workspace.read_state()
+    state = state or workspace.read_state()
     pending = unverified(state)
     if not pending:
         return workspace.plan(state), 0
@@ -136,7 +126,7 @@ def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
         return workspace.plan(state, verify_with=client), 0
 
 
-@cli.command()
+@click.command()
 @with_workspace()
 @format_option("markdown", "csv", "json")
 def report(workspace: Workspace, fmt: str) -> int:
