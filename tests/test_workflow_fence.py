@@ -14,7 +14,9 @@ from markdown_it import MarkdownIt
 
 from tests.conftest import REPO
 
-WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.yml"))
+WORKFLOWS = sorted(
+    [*(REPO / ".github/workflows").glob("*.yml"), *(REPO / "docs/workflows").glob("*.yml")]
+)
 HOSTILE_ERR = (
     "configs/a\n```\n@someone <img src=x> [a](http://e.com) ``````` *em*\n````.yaml:1:1: bad\n"
     "Error: 1 problem"  # no final newline
