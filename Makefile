@@ -36,8 +36,9 @@ test: lint
 
 # The suite against the lowest versions pyproject.toml allows: uv (pinned, in a venv of
 # its own) resolves every direct dependency to its floor (--resolution lowest-direct)
-# in a separate venv, so a floor that is too low fails here and not for a user. CI runs
-# it after `make test`; about 3 minutes on 2 cores.
+# in a separate venv, so a floor that is too low fails here and not for a user; then the
+# lowest hatchling build-system.requires allows builds the wheel and sdist, which must
+# pass `twine check --strict`. CI runs it after `make test`; about 5 minutes on 2 cores.
 UV_VERSION := 0.13.9
 UV_VENV := .venv-uv
 LOWEST := .venv-lowest
@@ -48,6 +49,11 @@ lowest:
 	UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(LOWEST) $(UV_VENV)/bin/uv pip install --quiet --resolution lowest-direct -e '.[dev]'
 	$(UV_VENV)/bin/uv pip list --quiet --python $(LOWEST)/bin/python
 	PYTHONDONTWRITEBYTECODE= $(LOWEST)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
+	$(LOWEST)/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' > $(LOWEST)/build-requires.txt
+	$(UV_VENV)/bin/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -r $(LOWEST)/build-requires.txt
+	$(UV_VENV)/bin/uv pip install --quiet --python $(LOWEST)/bin/python twine
+	$(LOWEST)/bin/python -c 'import hatchling.build as b; b.build_wheel("$(LOWEST)/dist"); b.build_sdist("$(LOWEST)/dist")'
+	$(LOWEST)/bin/twine check --strict $(LOWEST)/dist/*
 
 validate: $(STAMP)
 	$(CS) validate

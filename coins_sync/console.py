@@ -17,12 +17,12 @@ import logging
 import os
 import re
 import sys
-import unicodedata
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import click
 
+from coins_sync.escapes import escape_char
 from coins_sync.redact import redact
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
@@ -32,36 +32,13 @@ if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.state.model import State
 
 
-_NAMED = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
-# Control, format (bidi overrides, zero-width), line/paragraph separators, surrogates.
-_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 # Every character a line may not show as it is lies outside printable ASCII; the
-# category of those few is looked up one by one.
-_NOT_PLAIN_ASCII = re.compile(r"[^\x20-\x7e]")
+# category of those few is looked up one by one (coins_sync/escapes.py).
 _NOT_PLAIN_LINE = re.compile(r"[^\t\n\x20-\x7e]")
 # The runner reads ``::name ...::`` after leading white space, and the legacy
 # ``##[name ...]`` anywhere in a line.
 _WORKFLOW_COMMAND = re.compile(r"^([^\S\n]*):(?=:)", re.MULTILINE)
 _LEGACY_COMMAND = "##["
-
-
-def escape_char(char: str) -> str:
-    """One character as an escape (``\\n``, ``\\x1b``, ``\\u202e``) when it would end a
-    line, act on a terminal or hide text; else the character itself."""
-    if unicodedata.category(char) not in _HIDDEN:
-        return char
-    if char in _NAMED:
-        return _NAMED[char]
-    point = ord(char)
-    if point <= 0xFF:
-        return f"\\x{point:02x}"
-    return f"\\u{point:04x}" if point <= 0xFFFF else f"\\U{point:08x}"
-
-
-def escape_hidden(value: str) -> str:
-    """``value`` on one line: every control, format or separator character escaped
-    (newlines and tabs too). For a value that stands inside a line or a code span."""
-    return _NOT_PLAIN_ASCII.sub(lambda m: escape_char(m[0]), value)
 
 
 def inert(text: str, keep: Collection[str] = ()) -> str:
@@ -94,13 +71,6 @@ def out(text: str, *, nl: bool = True, keep: Collection[str] = ()) -> None:
 def err(text: str, *, nl: bool = True) -> None:
     """Print to stderr, secrets redacted and text made inert."""
     click.echo(safe(text), err=True, nl=nl)
-
-
-def print_plan(text: str, colour: bool) -> None:
-    """Print a rendered plan; a coloured one keeps its own action colours (and only those)."""
-    from coins_sync.plan.render import styled_symbols
-
-    out(text, nl=False, keep=styled_symbols() if colour else ())
 
 
 def use_colour() -> bool:

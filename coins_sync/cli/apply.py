@@ -13,7 +13,7 @@ from coins_sync.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMI
 from coins_sync.cli.options import force_option, make_client, with_workspace
 from coins_sync.errors import SettingsError
 from coins_sync.plan.reconcile import Action, Plan
-from coins_sync.plan.render import render
+from coins_sync.plan.render import render, styled_symbols
 from coins_sync.workspace import Workspace
 
 
@@ -80,7 +80,11 @@ def apply_command(
 
     def confirm(the_plan: Plan) -> bool:
         colour = console.use_colour()
-        console.print_plan(render(the_plan, "text", colour=colour), colour)
+        console.out(
+            render(the_plan, "text", colour=colour),
+            nl=False,
+            keep=styled_symbols() if colour else (),
+        )
         if yes:
             return True
         if not sys.stdin.isatty():
@@ -124,7 +128,11 @@ def apply_command(
             console.out("Apply cancelled; nothing was sent.")
             return EXIT_ERROR
         colour = console.use_colour()
-        console.print_plan(render(the_plan, "text", colour=colour), colour)
+        console.out(
+            render(the_plan, "text", colour=colour),
+            nl=False,
+            keep=styled_symbols() if colour else (),
+        )
         console.out("Nothing to apply.")
         if the_plan.of(Action.UNCERTAIN):
             console.err(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from coins_sync.console import escape_hidden
+from coins_sync.escapes import escape_hidden
 
 #: Appended, outside the span, when a value was cut.
 ELLIPSIS = "…"
