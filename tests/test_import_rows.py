@@ -75,3 +75,12 @@ def test_refused_rows_are_one_audit_record_and_a_summary(project: Path, invoke: 
     assert record["message"].startswith("5,000 row(s) refused: rows.csv:2: ")
     assert record["message"].endswith("; and 4,997 more")
     assert json.loads((project / "state/default.json").read_text("utf-8"))["serial"] == 3
+
+
+def test_a_single_import_of_a_key_no_rule_file_could_name_is_refused(
+    project: Path, invoke: Invoke
+) -> None:
+    result = invoke("state", "import", "ACME/DE FAULT/MEAL", "WCC1", *NOWHERE, env=ENV)
+    assert result.exit_code == 1
+    assert "configuration 'DE FAULT': not a valid identifier" in result.output
+    assert not (project / "state/default.json").exists()

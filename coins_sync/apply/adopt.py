@@ -69,6 +69,9 @@ def import_one(
     This is how an uncertain create is resolved when it did reach the server, and how
     configs made by hand come under management. The audit log records it.
     """
+    bad_key = key_problem(key)
+    if bad_key:
+        raise StateError(f"{key}: {bad_key}; nothing was recorded")
     store = workspace.store
     with store.lock(command, workspace.settings.lock_timeout):
         state, _ = store.recover()
@@ -177,6 +180,16 @@ def read_rows(path: Path, shown: str) -> list[ImportRow]:
     return rows
 
 
+def key_problem(key: RuleKey) -> str | None:
+    """Why ``key`` cannot be imported: a field no rule file could hold (the same check
+    as the rule files'); None when it can."""
+    bad = [(name, value) for name, value in key.as_dict().items() if not is_identifier(value)]
+    if not bad:
+        return None
+    shown = ", ".join(f"{name} {value[:80]!r}" for name, value in bad)
+    return f"{shown}: not a valid identifier ({IDENTIFIER_RULE})"
+
+
 def summarised(problems: list[Problem], shown: str) -> list[Problem]:
     """The first :data:`SHOWN_ROWS` problems, and one that counts the rest."""
     if len(problems) <= SHOWN_ROWS:
@@ -196,11 +209,10 @@ def _row(values: dict[str, object], shown: str, line: int) -> ImportRow | str:
         return f"empty field(s): {', '.join(empty)}"
     if not _ID.fullmatch(texts["coinConfigId"]):
         return f"coinConfigId {texts['coinConfigId'][:80]!r} is not 1-64 of A-Z, a-z, 0-9, _ or -"
-    bad = [name for name in FIELDS[:3] if not is_identifier(texts[name])]
-    if bad:  # the same check as the rule files': a key no rule file could name is refused
-        shown = ", ".join(f"{name} {texts[name][:80]!r}" for name in bad)
-        return f"{shown}: not a valid identifier ({IDENTIFIER_RULE})"
     key = RuleKey(texts["companyId"], texts["configuration"], texts["event"])
+    bad_key = key_problem(key)
+    if bad_key:
+        return bad_key
     return ImportRow(f"{shown}:{line}", key, texts["coinConfigId"])
 
 
