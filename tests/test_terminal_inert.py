@@ -107,3 +107,14 @@ def test_log_lines_are_inert() -> None:
     logging.getLogger("coins_sync.test").warning("server said %s", "x\n::error::boom\x1b[2J")
     assert_inert(stream.getvalue())
     assert "\\x1b[2J" in stream.getvalue()
+
+
+def test_an_error_message_quoting_a_value_is_escaped(project: Path, invoke: Invoke) -> None:
+    # the same funnel carries a server's message in an `Error:` line
+    write(
+        project / "state/default.json", '{"version": 1, "lineage": "l", "serial": 1, "entries": []}'
+    )
+    result = invoke("state", "rm", "A\x1b[2J/B\u202e/C\n::error::x", "--yes")
+    assert result.exit_code == 1
+    assert_inert(result.output)
+    assert "A\\x1b[2J/B\\u202e/C" in result.output
