@@ -10,7 +10,7 @@ SANDBOX_PORT ?= 0
 # COINS_SYNC_CLIENT_* credentials and be sent to the real API).
 DEMO_TOKEN := demo-token-not-a-secret
 
-.PHONY: install test lint validate demo demo-postgres plan apply bench chaos mutants audit clean
+.PHONY: install test lowest lint validate demo demo-postgres plan apply bench chaos mutants audit clean
 
 install: $(STAMP)
 
@@ -33,6 +33,27 @@ lint: $(STAMP)
 PYTEST_WORKERS ?= 4
 test: lint
 	PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -n $(PYTEST_WORKERS)
+
+# The suite against the lowest versions pyproject.toml allows: uv (pinned, in a venv of
+# its own) resolves every direct dependency to its floor (--resolution lowest-direct)
+# in a separate venv, so a floor that is too low fails here and not for a user; then the
+# lowest hatchling build-system.requires allows builds the wheel and sdist, which must
+# pass `twine check --strict`. CI runs it after `make test`; about 5 minutes on 2 cores.
+UV_VERSION := 0.13.9
+UV_VENV := .venv-uv
+LOWEST := .venv-lowest
+lowest:
+	test -x $(UV_VENV)/bin/uv || { $(PYTHON) -m venv $(UV_VENV) && $(UV_VENV)/bin/python -m pip install --quiet 'uv==$(UV_VERSION)'; }
+	rm -rf $(LOWEST)
+	UV_PYTHON_DOWNLOADS=never $(UV_VENV)/bin/uv venv --quiet --python $(PYTHON) $(LOWEST)
+	UV_PYTHON_DOWNLOADS=never VIRTUAL_ENV=$(LOWEST) $(UV_VENV)/bin/uv pip install --quiet --resolution lowest-direct -e '.[dev]'
+	$(UV_VENV)/bin/uv pip list --quiet --python $(LOWEST)/bin/python
+	PYTHONDONTWRITEBYTECODE= $(LOWEST)/bin/pytest -q -n $(PYTEST_WORKERS) -p no:cacheprovider
+	$(LOWEST)/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' > $(LOWEST)/build-requires.txt
+	$(UV_VENV)/bin/uv pip install --quiet --python $(LOWEST)/bin/python --resolution lowest-direct -r $(LOWEST)/build-requires.txt
+	$(UV_VENV)/bin/uv pip install --quiet --python $(LOWEST)/bin/python twine
+	$(LOWEST)/bin/python -c 'import hatchling.build as b; b.build_wheel("$(LOWEST)/dist"); b.build_sdist("$(LOWEST)/dist")'
+	$(LOWEST)/bin/twine check --strict $(LOWEST)/dist/*
 
 validate: $(STAMP)
 	$(CS) validate
@@ -135,4 +156,4 @@ audit: $(STAMP)
 	$(BIN)/python tests/tools/audit.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .demo-postgres mutants
+	rm -rf $(VENV) $(LOWEST) $(UV_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .demo .demo-postgres mutants

@@ -1,22 +1,27 @@
-"""Terminal output for everything that is not a plan: the one funnel to stdout/stderr.
+"""Terminal output: the one funnel to stdout/stderr.
 
-Every line the command line prints goes through :func:`out` or :func:`err`, which pass
-it through :func:`coins_sync.redact.redact` first, and log lines go through
-:class:`ScrubFilter`. So no secret reaches a terminal or a CI log, whatever a message
-quotes. The renderers here turn results (validation problems, the state, an apply
-report) into lines; the plan renderers live in :mod:`coins_sync.plan.render`.
+Every line the command line prints goes through :func:`out` or :func:`err`, and every log
+line through :class:`ScrubFilter`; each passes :func:`safe`, which redacts secrets
+(:func:`coins_sync.redact.redact`) and then makes the text inert (:func:`inert`):
+control characters are escaped, so a file name or a server message cannot move the
+cursor, recolour or hide text on a terminal, and no printed line can start a GitHub
+Actions workflow command (``::error ...::``, ``##[...]``) in a CI log. The renderers here
+turn results (validation problems, the state, an apply report) into lines; the plan
+renderers live in :mod:`coins_sync.plan.render`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import click
 
+from coins_sync.escapes import escape_char
 from coins_sync.redact import redact
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
@@ -26,14 +31,48 @@ if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.state.model import State
 
 
-def out(text: str, *, nl: bool = True) -> None:
-    """Print to stdout, secrets redacted."""
-    click.echo(redact(text), nl=nl)
+# Every character a line may not show as it is lies outside printable ASCII; the
+# category of those few is looked up one by one (coins_sync/escapes.py).
+_NOT_PLAIN_LINE = re.compile(r"[^\t\n\x20-\x7e]")
+# The runner reads ``::name ...::`` after leading white space, and the legacy
+# ``##[name ...]`` anywhere in a line.
+_WORKFLOW_COMMAND = re.compile(r"^([^\S\n]*):(?=:)", re.MULTILINE)
+_LEGACY_COMMAND = "##["
+
+
+def inert(text: str, keep: Collection[str] = ()) -> str:
+    """``text`` safe to print on a terminal or in a CI log; lines and tabs are kept.
+
+    Every other control, format or separator character is escaped, a line that would
+    start a GitHub workflow command gets its first ``:`` written as ``\\x3a``, and
+    ``##[`` as ``##\\x5b``. ``keep`` lists exact substrings written by coins-sync itself
+    (the plan's coloured action symbols) that pass unchanged.
+    """
+    if keep:
+        pattern = "(" + "|".join(re.escape(token) for token in keep) + ")"
+        parts = re.split(pattern, text)
+        return "".join(part if index % 2 else inert(part) for index, part in enumerate(parts))
+    # fast paths (C speed) for the usual plain text: a plan may be megabytes long
+    if not (text.isascii() and text.replace("\n", " ").replace("\t", " ").isprintable()):
+        text = _NOT_PLAIN_LINE.sub(lambda m: escape_char(m[0]), text)
+    if "::" in text:
+        text = _WORKFLOW_COMMAND.sub(r"\1\\x3a", text)
+    return text.replace(_LEGACY_COMMAND, "##\\x5b")
+
+
+def safe(text: str, keep: Collection[str] = ()) -> str:
+    """``text`` with secrets redacted, then made inert (see :func:`inert`)."""
+    return inert(redact(text), keep)
+
+
+def out(text: str, *, nl: bool = True, keep: Collection[str] = ()) -> None:
+    """Print to stdout, secrets redacted and text made inert."""
+    click.echo(safe(text, keep), nl=nl)
 
 
 def err(text: str, *, nl: bool = True) -> None:
-    """Print to stderr, secrets redacted."""
-    click.echo(redact(text), err=True, nl=nl)
+    """Print to stderr, secrets redacted and text made inert."""
+    click.echo(safe(text), err=True, nl=nl)
 
 
 def use_colour() -> bool:
@@ -179,7 +218,7 @@ def print_report(report: ApplyReport) -> None:
             err(f"  confirmed  {key} coinConfigId={config_id}")
     if report.interrupted:
         err("  Interrupted: nothing new was sent; every result so far is recorded.")
-    click.echo(report.summary())
+    out(report.summary())
     if report.stopped_by is not None:
         err(f"Error: {report.stopped_by}. The run stopped; nothing more was sent.")
 
@@ -194,10 +233,10 @@ def _json(data: object, indent: int) -> str:
 
 
 class ScrubFilter(logging.Filter):
-    """Redacts every log line, its arguments merged in first."""
+    """Redacts every log line, its arguments merged in first, and makes it inert."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.msg = redact(record.getMessage())
+        record.msg = safe(record.getMessage())
         record.args = None
         return True
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
+from coins_sync.inputs import check_regular
 from coins_sync.state.audit import AuditAction, AuditRecord
 from coins_sync.state.journal import Outcome
 from coins_sync.state.model import State, StateEntry
@@ -61,6 +62,7 @@ def push_state(
 
     store = workspace.postgres_store("push")
     timeout = workspace.settings.lock_timeout
+    check_regular(source)  # before its lock file is made beside it
     file_store = FileStateStore(source)
     with file_store.lock("state push", timeout):
         pushed = file_store.read()

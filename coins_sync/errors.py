@@ -27,6 +27,7 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     └── ApiError               the coins API refused or failed (carries .status, .code)
         ├── AuthError          no credentials, token refused, or 401 after a refresh
         ├── UnreachableError   no connection on any try; nothing was sent (.address)
+        ├── UnusableAmountError  a config whose amount is not a whole number of 0 or more
         ├── RateLimitError     the run's budget for waiting out 429s is spent; not sent
         └── OutcomeUnknownError  a create or update was sent and its result is unknown
 
@@ -191,6 +192,18 @@ class ApiError(CoinsSyncError):
 
 class AuthError(ApiError):
     """Credentials are missing or were refused. Token requests are never retried."""
+
+
+class UnusableAmountError(ApiError):
+    """The server holds config ``coin_config_id`` (of ``key``, a RuleKey) with an amount
+    that is not a whole number of 0 or more. ``raw`` is that amount as the server wrote
+    it (cut short). Nothing may record or plan from it: a person decides."""
+
+    def __init__(self, message: str, coin_config_id: str, key: object, raw: str) -> None:
+        super().__init__(message, status=200)
+        self.coin_config_id = coin_config_id
+        self.key = key
+        self.raw = raw
 
 
 class UnreachableError(ApiError):

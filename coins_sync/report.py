@@ -14,6 +14,7 @@ from typing import Any
 
 from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.plan.markdown import code
+from coins_sync.plan.render import MARKDOWN_BUDGET
 from coins_sync.state.model import State
 
 
@@ -134,13 +135,29 @@ def _last(row: ReportRow) -> str:
 
 def _status(row: ReportRow) -> str:
     if row.status is RuleStatus.LIVE:
-        return f"live ({row.coin_config_id})"
+        return f"live ({code(row.coin_config_id, _LIMIT, cell=True)})"
     if row.status is RuleStatus.PENDING and row.live_amount is not None:
         return f"pending (live amount {row.live_amount})"
-    return row.status
+    return str(row.status)
 
 
-def render_markdown(rows: list[ReportRow], env: str) -> str:
+def _md_row(row: ReportRow) -> str:
+    configuration = code(row.key.configuration, _LIMIT, cell=True)
+    event = code(row.key.event, _LIMIT, cell=True)
+    source = code(row.source, _LIMIT, cell=True)
+    return (
+        f"| {configuration} | {event} | {row.amount} | {_status(row)} | {source} | {_last(row)} |"
+    )
+
+
+#: Room kept for the line that says how many rules were cut.
+_TAIL_RESERVE = 160
+
+
+def render_markdown(rows: list[ReportRow], env: str, budget: int = MARKDOWN_BUDGET) -> str:
+    """The report as Markdown that fits in ``budget`` characters (one GitHub comment or
+    issue body); rules past it are cut and counted. Every value read from the configs,
+    the state or the audit log is an inert code span, cut to a bounded length."""
     counts = {status: sum(1 for r in rows if r.status == status) for status in RuleStatus}
     lines = [
         f"# coins-sync report for {code(env)}",
@@ -148,26 +165,55 @@ def render_markdown(rows: list[ReportRow], env: str) -> str:
         ", ".join(f"{counts[s]} {s}" for s in RuleStatus) + f" — {len(rows)} rules in all.",
         "",
     ]
-    for company, group in groupby(rows, key=lambda r: r.key.company_id):
-        lines += [
+    room = budget - _TAIL_RESERVE - sum(len(line) + 1 for line in lines)
+    shown = 0
+    for company, grouped in groupby(rows, key=lambda r: r.key.company_id):
+        group = list(grouped)
+        section = [
             f"## {code(company, _LIMIT)}",
             "",
             "| configuration | event | amount | status | source | last change |",
             "| --- | --- | ---: | --- | --- | --- |",
         ]
+        cost = sum(len(line) + 1 for line in section) + 1  # and the blank line after
+        kept: list[str] = []
         for row in group:
-            configuration = code(row.key.configuration, _LIMIT, cell=True)
-            event = code(row.key.event, _LIMIT, cell=True)
-            source = code(row.source, _LIMIT, cell=True)
-            lines.append(
-                f"| {configuration} | {event} | {row.amount} | "
-                f"{_status(row)} | {source} | {_last(row)} |"
-            )
-        lines.append("")
+            line = _md_row(row)
+            if cost + len(line) + 1 > room:
+                break
+            kept.append(line)
+            cost += len(line) + 1
+        if not kept:
+            break
+        lines += [*section, *kept, ""]
+        room -= cost
+        shown += len(kept)
+        if len(kept) < len(group):
+            break
+    if shown < len(rows):
+        lines.append(
+            f"… and {len(rows) - shown} more rules not shown; "
+            "`coins-sync report --format json` lists them all."
+        )
     return "\n".join(lines)
 
 
+#: A cell starting with one of these is read as a formula by spreadsheets (OWASP "CSV
+#: Injection"); tab and carriage return too, and after leading spaces.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """``value`` safe for a spreadsheet: text that a spreadsheet would run as a formula
+    gets a leading ``'`` (the OWASP mitigation), so it is shown as text. Numbers are
+    written as they are."""
+    if isinstance(value, str) and value.lstrip(" ").startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def render_csv(rows: list[ReportRow]) -> str:
+    """The report as CSV; every text cell goes through :func:`csv_cell`."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(
@@ -188,22 +234,21 @@ def render_csv(rows: list[ReportRow]) -> str:
     )
     for row in rows:
         last = row.last_change or {}
-        writer.writerow(
-            [
-                row.key.company_id,
-                row.key.configuration,
-                row.key.event,
-                row.amount,
-                row.status,
-                row.coin_config_id,
-                "" if row.live_amount is None else row.live_amount,
-                row.source,
-                last.get("at") or "",
-                last.get("outcome") or "",
-                last.get("actor") or "",
-                last.get("commit") or "",
-            ]
-        )
+        cells = [
+            row.key.company_id,
+            row.key.configuration,
+            row.key.event,
+            row.amount,
+            row.status,
+            row.coin_config_id,
+            "" if row.live_amount is None else row.live_amount,
+            row.source,
+            last.get("at") or "",
+            last.get("outcome") or "",
+            last.get("actor") or "",
+            last.get("commit") or "",
+        ]
+        writer.writerow([csv_cell(cell) for cell in cells])
     return out.getvalue()
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from coins_sync import defaults
 from coins_sync.errors import SettingsError
+from coins_sync.inputs import MAX_SETTINGS_BYTES, read_input
 
 DEFAULT_ENVIRONMENT = "default"
 
@@ -215,7 +216,7 @@ def _has_tool_table(pyproject: Path) -> bool:
     import tomllib  # only where a pyproject.toml is found
 
     try:
-        data = tomllib.loads(pyproject.read_text("utf-8"))
+        data = tomllib.loads(read_input(pyproject, MAX_SETTINGS_BYTES).decode("utf-8"))
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
         return True  # a broken file is still reported where it is, never skipped over
     tool = data.get("tool")
@@ -250,7 +251,7 @@ def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
         import tomllib
 
         try:
-            data = tomllib.loads(path.read_text("utf-8"))
+            data = tomllib.loads(read_input(path, MAX_SETTINGS_BYTES).decode("utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise SettingsError(f"pyproject.toml: {e}") from e
         tool = data.get("tool", {})

@@ -32,6 +32,7 @@ from coins_sync.errors import (
     OutcomeUnknownError,
     SettingsError,
     UnreachableError,
+    UnusableAmountError,
 )
 
 API = "https://coins.test"
@@ -337,6 +338,19 @@ def test_update_echo_mismatch_is_an_error(make_client: Callable[..., CoinsClient
         client.update("WCC817428", 9, key=KEY)
 
 
+@pytest.mark.parametrize(("amount", "shown"), [(6.5, "6.5"), (-5, "-5"), (-0.5, "-0.5")])
+def test_a_read_of_an_unusable_amount_names_it_and_a_create_is_unknown(
+    make_client: Callable[..., CoinsClient], amount: float, shown: str
+) -> None:
+    client = make_client(Script(ok({**payload(), "amount": amount})))
+    with pytest.raises(UnusableAmountError, match="not a whole number of 0 or more") as caught:
+        client.get("WCC817428")
+    assert (caught.value.raw, caught.value.coin_config_id) == (shown, "WCC817428")
+    if amount >= 0:  # a create's answer: the config may exist, with what amount is unknown
+        with pytest.raises(OutcomeUnknownError, match="amount is missing or not an integer"):
+            client.create(KEY, 6)
+
+
 @pytest.mark.parametrize(
     ("response", "reason"),
     [
@@ -346,7 +360,6 @@ def test_update_echo_mismatch_is_an_error(make_client: Callable[..., CoinsClient
         (httpx.Response(200, json={"response_code": 0}), "no payload object"),
         (ok({**payload(), "amount": True}), "amount is missing or not an integer"),
         (ok({**payload(), "amount": "6"}), "amount is missing or not an integer"),
-        (ok({**payload(), "amount": 6.5}), "amount is missing or not an integer"),
         (ok({**payload(), "coinConfigId": True}), "coinConfigId is missing or not a valid"),
         (ok({**payload(), "coinConfigId": 81.5}), "coinConfigId is missing or not a valid"),
         (ok({**payload(), "coinConfigId": 10**70}), "coinConfigId is missing or not a valid"),

@@ -140,7 +140,7 @@ def test_report_in_every_format(project: Path, invoke: Invoke, sandbox: SandboxS
     markdown = run(invoke, sandbox, "report")
     assert "## `ACME`" in markdown
     assert "1 live, 2 pending, 0 uncertain, 0 orphan" in markdown
-    assert "| `DEFAULT` | `MEAL` | 6 | live (WCC" in markdown
+    assert "| `DEFAULT` | `MEAL` | 6 | live (`WCC" in markdown
 
 
 def test_workflow_is_valid_and_safe() -> None:

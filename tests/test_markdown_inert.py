@@ -7,6 +7,7 @@ code span, a table row keeps its cells, and a code span shows the value exactly.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -186,6 +187,60 @@ def test_report_markdown_shows_hostile_path_and_actor_inert(
     assert len(table) == 2 and all(len(row) == 6 for row in table)
     configuration, event, amount, status, source, last = table[1]
     assert (configuration, event, amount) == ("DEFAULT", "MEAL", "6")
-    assert status.startswith("live (WCC")
+    assert status.startswith("WCC")  # the id is a code span of its own
     assert source == f"configs/{HOSTILE_FILE}:3"
     assert last.startswith("created ") and f" by {actor}" in last
+
+
+def test_report_shows_a_live_id_in_a_code_span(project: Path, invoke: Invoke) -> None:
+    write(
+        project / "configs/acme.yaml", "companyId: ACME\nrules:\n  - event: MEAL\n    amount: 6\n"
+    )
+    entry = {"companyId": "ACME", "configuration": "DEFAULT", "event": "MEAL", "amount": 6}
+    state = {
+        "version": 1,
+        "lineage": "l",
+        "serial": 1,
+        "entries": [{**entry, "coinConfigId": "__b__"}],
+    }
+    write(project / "state/default.json", json.dumps(state))
+    result = invoke("report")
+    assert result.exit_code == 0, result.output
+    tokens = assert_inert(result.output)
+    assert not [t for t in inline(tokens) if t.type == "strong_open"]
+    assert rows(tokens)[1][3] == "__b__"
+
+
+def test_report_markdown_fits_one_comment_and_counts_what_it_cut(
+    project: Path, invoke: Invoke
+) -> None:
+    companies = [f"C{c:03d}" + "x" * 150 for c in range(10)]
+    for company in companies:
+        rules = "".join(f"  - event: E{i:03d}{'y' * 50}\n    amount: {i}\n" for i in range(250))
+        write(
+            project / f"configs/{company[:4]}.yaml", f"companyId: {company[:60]}\nrules:\n{rules}"
+        )
+    result = invoke("report")
+    assert result.exit_code == 0, result.output
+    assert len(result.output) <= GITHUB_LIMIT
+    tokens = assert_inert(result.output)
+    shown = sum(1 for row in rows(tokens) if row[0] != "configuration")
+    assert 0 < shown < 2_500
+    assert f"… and {2_500 - shown} more rules not shown;" in result.output
+
+
+def test_need_a_person_line_is_inert_and_bounded() -> None:
+    hostile = "A`](http://e.com) <img src=x> @someone [x](y) `" + "k" * 100_000
+    key = RuleKey(hostile, "DEFAULT", "MEAL")
+    plan = Plan(
+        changes=(),
+        managed=1,
+        context=PlanContext(env="ci"),
+        drift=(Drift(key, "WCC1", "missing", "present", "absent"),),
+    )
+    text = render_markdown(plan, budget=5_000)
+    assert len(text) <= 5_000
+    tokens = assert_inert(text)
+    spans = [t.content for t in inline(tokens) if t.type == "code_inline"]
+    assert any(span.startswith("coins-sync state rm A`](http://e.com)") for span in spans)
+    assert "1 need a person" in text

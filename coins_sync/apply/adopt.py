@@ -20,9 +20,10 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from coins_sync.configs.model import RuleKey
+from coins_sync.configs.model import IDENTIFIER_RULE, RuleKey, is_identifier
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import ApiError, CoinsSyncError, ConfigError, Problem, StateError
+from coins_sync.inputs import read_input
 from coins_sync.state.audit import AuditAction, AuditRecord
 from coins_sync.state.journal import Outcome
 from coins_sync.state.model import RecordedIds, State, StateEntry
@@ -31,6 +32,8 @@ from coins_sync.workspace import Workspace
 FIELDS = ("companyId", "configuration", "event", "coinConfigId")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_ROWS = 1_000_000
+#: How many problems or refused rows are listed one by one; the rest are counted.
+SHOWN_ROWS = 20
 _WHERE = "the import file"  # not the rule files: its problems name FILE:LINE of --from
 
 
@@ -66,6 +69,9 @@ def import_one(
     This is how an uncertain create is resolved when it did reach the server, and how
     configs made by hand come under management. The audit log records it.
     """
+    bad_key = key_problem(key)
+    if bad_key:
+        raise StateError(f"{key}: {bad_key}; nothing was recorded")
     store = workspace.store
     with store.lock(command, workspace.settings.lock_timeout):
         state, _ = store.recover()
@@ -124,6 +130,20 @@ def import_many(
         result.state = state
     order = {id(row): index for index, row in enumerate(rows)}
     result.failed.sort(key=lambda item: order[id(item[0])])
+    # Each recorded row is audited; the refused ones changed nothing and are summed up
+    # in one record (under the first one's key), so a million of them cost one write.
+    refused = [
+        AuditRecord(
+            AuditAction.IMPORT,
+            first.key,
+            Outcome.FAILED,
+            None,
+            None,
+            first.coin_config_id,
+            refusal_summary(result.failed),
+        )
+        for first, _ in result.failed[:1]
+    ]
     workspace.record_audit(
         *(
             AuditRecord(
@@ -136,12 +156,7 @@ def import_many(
             )
             for row, entry in result.imported
         ),
-        *(
-            AuditRecord(
-                AuditAction.IMPORT, row.key, Outcome.FAILED, None, None, row.coin_config_id, reason
-            )
-            for row, reason in result.failed
-        ),
+        *refused,
     )
     return result
 
@@ -149,7 +164,7 @@ def import_many(
 def read_rows(path: Path, shown: str) -> list[ImportRow]:
     """Parse an import file; every defect is a ConfigError naming its line."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_input(path).decode("utf-8-sig")
     except OSError as e:
         raise ConfigError([Problem(shown, 0, 0, f"cannot read: {e.strerror or e}")], _WHERE) from e
     except UnicodeDecodeError as e:
@@ -157,10 +172,31 @@ def read_rows(path: Path, shown: str) -> list[ImportRow]:
     first = text.lstrip()[:1]
     rows, problems = (_json_lines if first == "{" else _csv)(text, shown)
     if problems:
-        raise ConfigError(problems, _WHERE)
+        many = len(problems) > SHOWN_ROWS
+        where = f"{_WHERE} (showing {SHOWN_ROWS} of {len(problems):,})" if many else _WHERE
+        raise ConfigError(summarised(problems, shown), where)
     if not rows:
         raise ConfigError([Problem(shown, 1, 1, "no rows to import")], _WHERE)
     return rows
+
+
+def key_problem(key: RuleKey) -> str | None:
+    """Why ``key`` cannot be imported: a field no rule file could hold (the same check
+    as the rule files'); None when it can."""
+    bad = [(name, value) for name, value in key.as_dict().items() if not is_identifier(value)]
+    if not bad:
+        return None
+    shown = ", ".join(f"{name} {value[:80]!r}" for name, value in bad)
+    return f"{shown}: not a valid identifier ({IDENTIFIER_RULE})"
+
+
+def summarised(problems: list[Problem], shown: str) -> list[Problem]:
+    """The first :data:`SHOWN_ROWS` problems, and one that counts the rest."""
+    if len(problems) <= SHOWN_ROWS:
+        return problems
+    rest = len(problems) - SHOWN_ROWS
+    more = Problem(shown, problems[SHOWN_ROWS].line, 1, f"… and {rest:,} more rows refused")
+    return [*problems[:SHOWN_ROWS], more]
 
 
 def _row(values: dict[str, object], shown: str, line: int) -> ImportRow | str:
@@ -174,6 +210,9 @@ def _row(values: dict[str, object], shown: str, line: int) -> ImportRow | str:
     if not _ID.fullmatch(texts["coinConfigId"]):
         return f"coinConfigId {texts['coinConfigId'][:80]!r} is not 1-64 of A-Z, a-z, 0-9, _ or -"
     key = RuleKey(texts["companyId"], texts["configuration"], texts["event"])
+    bad_key = key_problem(key)
+    if bad_key:
+        return bad_key
     return ImportRow(f"{shown}:{line}", key, texts["coinConfigId"])
 
 
@@ -229,6 +268,13 @@ def _json_lines(text: str, shown: str) -> tuple[list[ImportRow], list[Problem]]:
         else:
             rows.append(got)
     return rows, problems
+
+
+def refusal_summary(failed: Sequence[tuple[ImportRow, str]]) -> str:
+    """One sentence for every refused row: how many, and the first few with their reason."""
+    head = "; ".join(f"{row.where}: {reason}" for row, reason in failed[:3])
+    more = f"; and {len(failed) - 3:,} more" if len(failed) > 3 else ""
+    return f"{len(failed):,} row(s) refused: {head}{more}"
 
 
 def check_rows(rows: Sequence[ImportRow], state: State) -> tuple[list[ImportRow], list[str]]:

@@ -13,7 +13,7 @@ from coins_sync.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMI
 from coins_sync.cli.options import force_option, make_client, with_workspace
 from coins_sync.errors import SettingsError
 from coins_sync.plan.reconcile import Action, Plan
-from coins_sync.plan.render import render
+from coins_sync.plan.render import render, styled_symbols
 from coins_sync.workspace import Workspace
 
 
@@ -82,7 +82,12 @@ def apply_command(
         raise click.UsageError("--refresh cannot be combined with PLANFILE")
 
     def confirm(the_plan: Plan) -> bool:
-        click.echo(render(the_plan, "text", colour=console.use_colour()), nl=False)
+        colour = console.use_colour()
+        console.out(
+            render(the_plan, "text", colour=colour),
+            nl=False,
+            keep=styled_symbols() if colour else (),
+        )
         if yes:
             return True
         if not sys.stdin.isatty():
@@ -123,10 +128,15 @@ def apply_command(
         raise stopped
     if report is None:
         if to_send(the_plan, retry_uncertain):
-            click.echo("Apply cancelled; nothing was sent.")
+            console.out("Apply cancelled; nothing was sent.")
             return EXIT_ERROR
-        click.echo(render(the_plan, "text", colour=console.use_colour()), nl=False)
-        click.echo("Nothing to apply.")
+        colour = console.use_colour()
+        console.out(
+            render(the_plan, "text", colour=colour),
+            nl=False,
+            keep=styled_symbols() if colour else (),
+        )
+        console.out("Nothing to apply.")
         if the_plan.of(Action.UNCERTAIN):
             console.err(
                 "Error: uncertain creates remain unresolved. Check the server, then run "

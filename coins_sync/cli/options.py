@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import click
 
-from coins_sync import envvars
+from coins_sync import console, envvars
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import SettingsError
 from coins_sync.settings import Encryption, Settings, load_settings
@@ -169,7 +169,7 @@ def confirm_or_refuse(yes: bool, question: str, refusal: str) -> None:
         return
     if not sys.stdin.isatty():
         raise SettingsError(refusal)
-    click.confirm(question, abort=True)
+    click.confirm(console.safe(question), abort=True)
 
 
 def make_client(

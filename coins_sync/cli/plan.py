@@ -21,7 +21,7 @@ from coins_sync.cli.options import (
 from coins_sync.errors import AuthError, SettingsError
 from coins_sync.plan.online import unverified
 from coins_sync.plan.reconcile import Action, Plan
-from coins_sync.plan.render import RENDERERS, render
+from coins_sync.plan.render import RENDERERS, render, styled_symbols
 from coins_sync.plan.saved import save_plan
 from coins_sync.state.model import State
 from coins_sync.workspace import Workspace
@@ -83,7 +83,10 @@ def plan_command(
         the_plan, unread = plan_verified(workspace, state)
     workspace.refuse_fresh_clone(the_plan, force)
     the_plan = while_applying(workspace, the_plan, state)
-    click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
+    colour = console.use_colour() and fmt == "text"
+    console.out(
+        render(the_plan, fmt, colour=colour), nl=False, keep=styled_symbols() if colour else ()
+    )
     the_plan.raise_if_unsafe(workspace.safety, force=force)
     if out is not None:
         save_plan(the_plan, out)

@@ -124,7 +124,7 @@ def state_import(
 
 def import_file(workspace: Workspace, source: Path) -> int:
     """``state import --from FILE``: record every matching row, report every other."""
-    from coins_sync.apply.adopt import import_many, read_rows
+    from coins_sync.apply.adopt import SHOWN_ROWS, import_many, read_rows
     from coins_sync.configs.discovery import display_path
 
     rows = read_rows(source, display_path(source))
@@ -140,8 +140,10 @@ def import_file(workspace: Workspace, source: Path) -> int:
             )
     finally:
         progress.close()
-    for row, reason in result.failed:
+    for row, reason in result.failed[:SHOWN_ROWS]:
         console.err(f"  failed  {row.where}: {row.key} {row.coin_config_id}: {reason}")
+    if len(result.failed) > SHOWN_ROWS:
+        console.err(f"  … and {len(result.failed) - SHOWN_ROWS:,} more rows refused")
     serial = f"; state serial {result.state.serial}" if result.state is not None else ""
     console.out(
         f"Import: {len(result.imported)} imported, {len(result.failed)} failed "

@@ -43,6 +43,9 @@ def discover(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
             )
         elif path.is_file():
             found.append(path)
+        elif path.exists():
+            why = "not a regular file (a FIFO, socket or device); refusing to read it"
+            problems.append(Problem(display_path(path), 0, 0, why))
         else:
             problems.append(Problem(display_path(path), 0, 0, "no such file or folder"))
     unique = sorted(set(found), key=lambda p: display_path(p))

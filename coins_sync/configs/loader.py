@@ -28,6 +28,7 @@ from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import RuleFileValidator
 from coins_sync.errors import ConfigError, Problem
 from coins_sync.gcpause import cyclic_gc_paused
+from coins_sync.inputs import read_input
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class RuleLoader:
                     f"file is {size} bytes, over the {self.max_file_bytes}-byte limit; "
                     "refusing to parse it",
                 )
-            raw = path.read_bytes()
+            raw = read_input(path, self.max_file_bytes)
         except OSError as e:
             return fail(1, 1, f"cannot read file: {e.strerror or e}")
         if digest is not None:  # check() needs none

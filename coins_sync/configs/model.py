@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+#: What a companyId, configuration or event may be: the ``identifier`` of
+#: schemas/rules.schema.json (tests/test_import_rows.py holds the two equal).
+IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+#: How a message words :data:`IDENTIFIER`.
+IDENTIFIER_RULE = "1-64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+
+
+def is_identifier(value: object) -> bool:
+    """Whether ``value`` is a valid companyId, configuration or event."""
+    return isinstance(value, str) and IDENTIFIER.fullmatch(value) is not None
 
 
 @dataclass(frozen=True, order=True, slots=True)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from coins_sync import defaults
 from coins_sync.configs.checker import Check, UnsupportedSchema, compile_checker
+from coins_sync.configs.model import IDENTIFIER_RULE
 
 if TYPE_CHECKING:  # jsonschema is imported only to word the problems of a refused file
     from jsonschema.exceptions import ValidationError
@@ -206,10 +207,7 @@ class RuleFileValidator:
         if error.validator == "pattern" and list(error.absolute_path)[-1:] == ["coinConfigId"]:
             return f"{value!r} is not a valid coinConfigId (1-64 letters, digits, '_' or '-')"
         if error.validator == "pattern":
-            return (
-                f"{value!r} is not a valid identifier (1-64 letters, digits, '_', '.' or '-', "
-                "starting with a letter or digit)"
-            )
+            return f"{value!r} is not a valid identifier ({IDENTIFIER_RULE})"
         return str(error.message)
 
 

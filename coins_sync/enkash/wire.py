@@ -30,7 +30,7 @@ import httpx
 from coins_sync.configs.model import RuleKey
 from coins_sync.crypto import decrypt_to_text, encrypt_json_text
 from coins_sync.enkash.credentials import ENV_CLIENT_SECRET
-from coins_sync.errors import ApiError, OutcomeUnknownError
+from coins_sync.errors import ApiError, OutcomeUnknownError, UnusableAmountError
 from coins_sync.redact import Redactor
 from coins_sync.settings import Encryption
 
@@ -270,22 +270,28 @@ class Wire:
             value = payload.get(name)
             if not isinstance(value, str) or not value:
                 problems.append(f"{name} is missing or not a string")
-        amount = _whole_number(payload.get("amount"))
-        if amount is None:
+        raw_amount = payload.get("amount")
+        amount = _whole_number(raw_amount)
+        odd = not create and _odd_number(raw_amount)
+        if amount is None and not odd:
             problems.append("amount is missing or not an integer")
-        if problems or not isinstance(coin_config_id, str) or amount is None:
+        if problems or not isinstance(coin_config_id, str):
             raise fail(
                 kind, f"{what}: the payload is unusable: {'; '.join(problems)}{maybe}", status
             )
-        return RemoteConfig(
-            coin_config_id=coin_config_id,
-            key=RuleKey(
-                company_id=str(payload["companyId"]),
-                configuration=str(payload["configuration"]),
-                event=str(payload["event"]),
-            ),
-            amount=amount,
+        key = RuleKey(
+            company_id=str(payload["companyId"]),
+            configuration=str(payload["configuration"]),
+            event=str(payload["event"]),
         )
+        if amount is None or (amount < 0 and not create):  # a create's echo is checked later
+            raw = self.messages.said(repr(raw_amount), limit=40)
+            message = (
+                f"{what}: config {coin_config_id} holds amount {raw}, not a whole number of "
+                "0 or more; a person must settle it"
+            )
+            raise UnusableAmountError(message, coin_config_id, key, raw)
+        return RemoteConfig(coin_config_id=coin_config_id, key=key, amount=amount)
 
 
 def check_amount(amount: int) -> None:
@@ -306,6 +312,12 @@ def _whole_number(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():  # False for inf and nan
         return int(value)
     return None
+
+
+def _odd_number(value: object) -> bool:
+    """A JSON number that is not a whole number (``2.5``, ``Infinity``): the server holds
+    it, and a read shows it for a person to settle."""
+    return isinstance(value, float)
 
 
 def response_code(value: object) -> int | None:

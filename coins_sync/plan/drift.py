@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from coins_sync import defaults
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import ApiError
+from coins_sync.errors import ApiError, UnusableAmountError
 from coins_sync.state.model import State, StateEntry
 
 if TYPE_CHECKING:  # the plan imports Drift; the API client is needed only to refresh
@@ -47,6 +47,9 @@ class DriftField(StrEnum):
     CONFIGURATION = "configuration"
     EVENT = "event"
     MISSING = "missing"
+    #: The server's amount is not a whole number of 0 or more (``-5``, ``2.5``): shown
+    #: as the server wrote it, never planned from.
+    UNUSABLE_AMOUNT = "unusableAmount"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +76,23 @@ class Drift:
                 f"left alone. If it is really gone, `coins-sync state rm {self.key}` lets "
                 "the next apply create it again"
             )
+        if self.field is DriftField.UNUSABLE_AMOUNT:
+            return (
+                f"{self.key}: the server holds amount {self.on_server} for "
+                f"{self.coin_config_id}, not a whole number of 0 or more ({self.in_state} in "
+                "state); left alone for a person to settle"
+            )
         return (
             f"{self.key}: {self.field} is {self.on_server} on the server, "
             f"{self.in_state} in state ({self.coin_config_id})"
         )
 
 
-def _fetch(reader: Reader, entry: StateEntry) -> RemoteConfig | None:
+def _fetch(reader: Reader, entry: StateEntry) -> RemoteConfig | UnusableAmountError | None:
     try:
         return reader.get(entry.coin_config_id)
+    except UnusableAmountError as e:
+        return e
     except ApiError as e:
         if e.status == 404:
             return None
@@ -107,6 +118,17 @@ def refresh(
         if remote is None:
             drift.append(
                 Drift(entry.key, entry.coin_config_id, DriftField.MISSING, "present", "absent")
+            )
+            continue
+        if isinstance(remote, UnusableAmountError):
+            drift.append(
+                Drift(
+                    entry.key,
+                    entry.coin_config_id,
+                    DriftField.UNUSABLE_AMOUNT,
+                    str(entry.amount),
+                    remote.raw,
+                )
             )
             continue
         moved = [

@@ -13,7 +13,8 @@ blow a size budget.
 from __future__ import annotations
 
 import re
-import unicodedata
+
+from coins_sync.escapes import escape_hidden
 
 #: Appended, outside the span, when a value was cut.
 ELLIPSIS = "…"
@@ -21,22 +22,8 @@ ELLIPSIS = "…"
 #: that pair inside a cell (``\\|`` ends the cell, ``\\\\|`` shows two backslashes).
 PIPE_AFTER_BACKSLASH = "¦"
 
-_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-# Control, format (bidi overrides, zero-width), line/paragraph separators, surrogates.
-_HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 _BACKTICKS = re.compile(r"`+")
 _PIPE = re.compile(r"(\\?)\|")
-
-
-def _visible(char: str) -> str:
-    if unicodedata.category(char) not in _HIDDEN:
-        return char
-    if char in _NAMED:
-        return _NAMED[char]
-    point = ord(char)
-    if point <= 0xFF:
-        return f"\\x{point:02x}"
-    return f"\\u{point:04x}" if point <= 0xFFFF else f"\\U{point:08x}"
 
 
 def code(value: str, limit: int = 100, *, cell: bool = False) -> str:
@@ -48,7 +35,7 @@ def code(value: str, limit: int = 100, *, cell: bool = False) -> str:
     ``|`` ends the cell even inside a code span: it is written as ``\\|``, which the
     table reads back as ``|``. An empty value gives an empty string.
     """
-    text = "".join(_visible(char) for char in value)
+    text = escape_hidden(value)
     cut = len(text) > limit
     if cut:
         text = text[:limit]

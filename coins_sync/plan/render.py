@@ -53,7 +53,8 @@ _SUMMARY_WORDS = (
 )
 
 
-def summary_line(plan: Plan) -> str:
+def summary_line(plan: Plan, *, markdown: bool = False) -> str:
+    """The one-line count of a plan; ``markdown`` shows the state key it quotes inert."""
     counts = plan.summary()
     flying = len(plan.in_flight)
     counts[Action.UNCERTAIN.value] -= flying
@@ -69,9 +70,11 @@ def summary_line(plan: Plan) -> str:
         )
     stuck = plan.needs_a_person
     if stuck:
+        command = f"coins-sync state rm {stuck[0]}"
+        shown = code(command, MARKDOWN_KEY_LIMIT) if markdown else f"`{command}`"
         parts.append(
-            f"{len(stuck)} need a person (gone or moved on the server; "
-            f"`coins-sync state rm {stuck[0]}` once settled)"
+            f"{len(stuck)} need a person (gone, moved or holding an unusable amount on the "
+            f"server; {shown} once settled)"
         )
     verdict = "changes present" if plan.has_changes else "no changes"
     return f"Plan: {', '.join(parts)} ({verdict})."
@@ -132,10 +135,25 @@ def _detail(change: Change, in_flight: bool = False) -> str:
     return f"amount {change.amount}"
 
 
-def render_text(plan: Plan, colour: bool = False) -> str:
-    """Terraform-like lines, one per changing or orphaned key, and a summary."""
+_IN_FLIGHT = "…"  # a key another apply has journaled and not finished
+
+
+def _styled(symbol: str, action: Action) -> str:
     import click  # only for styling; the renderer stays free of CLI state
 
+    return click.style(symbol, fg=_COLOUR[action], bold=True)
+
+
+def styled_symbols() -> frozenset[str]:
+    """Every coloured action symbol :func:`render_text` writes: the only escape sequences
+    of its own that a coloured plan holds (``console.out`` passes them as they are)."""
+    return frozenset(
+        _styled(symbol, action) for action in _COLOUR for symbol in (_SYMBOL[action], _IN_FLIGHT)
+    )
+
+
+def render_text(plan: Plan, colour: bool = False) -> str:
+    """Terraform-like lines, one per changing or orphaned key, and a summary."""
     lines: list[str] = []
     locked = lock_line(plan)
     if locked:
@@ -151,9 +169,9 @@ def render_text(plan: Plan, colour: bool = False) -> str:
     sourced = [d for d, c in zip(details, shown, strict=True) if c.source]
     detail_width = max((len(d) for d in sourced), default=0)
     for change, detail in zip(shown, details, strict=True):
-        symbol = "…" if change.key in flying else _SYMBOL[change.action]
+        symbol = _IN_FLIGHT if change.key in flying else _SYMBOL[change.action]
         if colour:
-            symbol = click.style(symbol, fg=_COLOUR[change.action], bold=True)
+            symbol = _styled(symbol, change.action)
         text = f"{detail:<{detail_width}}  {change.source}" if change.source else detail
         lines.append(f"  {symbol} {change.key!s:<{width}}  {text}")
     if shown:
@@ -239,6 +257,11 @@ def _md_drift(drift: Drift) -> str:
             f"- {key}: {config} was not found on the server (404); left alone. If it is "
             "really gone, `coins-sync state rm KEY` lets the next apply create it again"
         )
+    if drift.field is DriftField.UNUSABLE_AMOUNT:
+        return (
+            f"- {key}: the server holds amount {code(drift.on_server)} for {config}, not a "
+            f"whole number of 0 or more ({code(drift.in_state)} in state); left alone"
+        )
     return (
         f"- {key}: {drift.field} is {code(drift.on_server)} on the server, "
         f"{code(drift.in_state)} in state ({config})"
@@ -276,7 +299,7 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         "|" + " ---: |" * len(columns),
         "| " + " | ".join(str(counts[name]) for name in columns) + " |",
         "",
-        f"**{summary_line(plan)}**",
+        f"**{summary_line(plan, markdown=True)}**",
         "",
     ]
     locked = lock_line(plan)

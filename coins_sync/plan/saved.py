@@ -10,6 +10,7 @@ from typing import Any
 from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from coins_sync.errors import PlanFileError, StalePlanError
+from coins_sync.inputs import loads_json, read_input
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.online import Settled, unverified
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
@@ -37,11 +38,12 @@ def _source(text: str | None) -> Source | None:
 def load_plan(path: Path) -> Plan:
     """Read and schema-check a saved plan; every defect is a PlanFileError."""
     try:
-        data: Any = json.loads(path.read_text("utf-8"))
+        data: Any = loads_json(read_input(path).decode("utf-8"))
     except FileNotFoundError as e:
         raise PlanFileError(f"{path}: no such plan file") from e
     except (OSError, ValueError, RecursionError) as e:
-        raise PlanFileError(f"{path}: not a readable JSON plan ({e})") from e
+        shown = e.strerror if isinstance(e, OSError) and e.strerror else e
+        raise PlanFileError(f"{path}: not a readable JSON plan ({shown})") from e
     import jsonschema  # only to load a saved plan; plan --out does not need it
 
     validator = jsonschema.Draft202012Validator(load_schema(PLAN_SCHEMA))
@@ -269,6 +271,9 @@ def _mismatch(change: Change, want: Change | None) -> StalePlanError:
     )
 
 
+_ALONE = frozenset({DriftField.AMOUNT, DriftField.UNUSABLE_AMOUNT, DriftField.MISSING})
+
+
 def _key_field(key: RuleKey, field: DriftField) -> str:
     return key.as_dict()[field.value]
 
@@ -283,14 +288,18 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
             ok = ok and d.on_server.isdigit() and d.on_server != d.in_state
         elif d.field is DriftField.MISSING:
             ok = (d.in_state, d.on_server) == ("present", "absent")
+        elif d.field is DriftField.UNUSABLE_AMOUNT:
+            ok = entry is not None and d.in_state == str(entry.amount)
+            ok = ok and not d.on_server.isdigit()
         else:
             ok = d.in_state == _key_field(d.key, d.field) and d.on_server != d.in_state
         ok = ok and entry is not None and entry.coin_config_id == d.coin_config_id
         seen = claims.setdefault(d.key, [])
         fields = {other.field for other in seen} | {d.field}
-        # refresh reports one amount or one missing drift alone, key fields at most once each
+        # refresh reports one amount, unusable amount or missing drift alone, key fields
+        # at most once each
         ok = ok and d.field not in {other.field for other in seen}
-        ok = ok and not ({DriftField.AMOUNT, DriftField.MISSING} & fields and len(fields) > 1)
+        ok = ok and not (_ALONE & fields and len(fields) > 1)
         if not ok:
             raise StalePlanError(
                 f"the saved plan's drift for {d.key} ({d.field}: {d.in_state!r} in state, "

@@ -15,10 +15,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
+from coins_sync.inputs import MAX_LINE_BYTES, loads_json, open_input
 from coins_sync.redact import redact
 from coins_sync.state.files import AppendLog
 from coins_sync.state.journal import Outcome
@@ -149,21 +150,35 @@ class AuditLog:
         self._log.close()
 
 
+def _bounded_lines(handle: IO[bytes]) -> Iterator[bytes]:
+    """Each line of ``handle``; one over MAX_LINE_BYTES is read past and given as ``b"\\0"``
+    (not JSON, so not a record), so no line is ever held whole in memory."""
+    while True:
+        line = handle.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
+            while (rest := handle.readline(MAX_LINE_BYTES)) and not rest.endswith(b"\n"):
+                pass
+            line = b"\0"
+        yield line
+
+
 def read_audit(path: Path, unreadable: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """Every complete record of an audit log, oldest first. An unreadable line (torn by a
     full disk, garbled) is not a record; it is named in ``unreadable`` when given."""
     if not path.exists():
         return
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below
+        handle = open_input(path)
     except OSError as e:
         raise StateError(f"{path}: cannot read the audit log: {e.strerror or e}") from e
     with handle:
-        for number, line in enumerate(handle, start=1):
+        for number, line in enumerate(_bounded_lines(handle), start=1):
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                data = loads_json(line)
             except (ValueError, RecursionError):
                 data = None
             if isinstance(data, dict):

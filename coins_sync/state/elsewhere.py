@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from coins_sync.inputs import read_input
+
 
 def states_elsewhere(state: Path, root: Path, limit: int = 20_000) -> list[Path]:
     """State files named like ``state`` that already record entries somewhere else under
@@ -29,7 +31,7 @@ def states_elsewhere(state: Path, root: Path, limit: int = 20_000) -> list[Path]
         if candidate.resolve() == mine:
             continue
         try:
-            data = json.loads(candidate.read_bytes()[: 64 * 1024 * 1024])
+            data = json.loads(read_input(candidate))
         except (OSError, ValueError, RecursionError):
             continue
         if isinstance(data, dict) and data.get("lineage") and data.get("entries"):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coins_sync.errors import LockError, SettingsError, StateConflictError, StateError
+from coins_sync.inputs import read_input
 from coins_sync.state.fence import Fenced, sort_fenced
 from coins_sync.state.files import AppendLog, atomic_write, fsync_dir
 from coins_sync.state.journal import (
@@ -71,7 +72,7 @@ class FileStateStore:
 
     def _read_raw(self) -> bytes | None:
         try:
-            return self.path.read_bytes()
+            return read_input(self.path)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -91,11 +92,11 @@ class FileStateStore:
                 "Nothing was sent"
             )
         try:
-            raw = path.read_bytes()
+            raw = read_input(path)
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise StateError(f"{path}: cannot read {what}: {e}") from e
+            raise StateError(f"{path}: cannot read {what}: {e.strerror or e}") from e
         return parse_journal(raw, state.lineage, str(path))
 
     def _replay(self, state: State) -> list[tuple[Path, JournalReplay, Fenced]]:
@@ -264,7 +265,7 @@ class FileStateStore:
 
     def _read_holder_once(self) -> LockHolder | None:
         try:
-            data = json.loads(self.holder_path.read_text("utf-8"))
+            data = json.loads(read_input(self.holder_path, 64 * 1024))
             return LockHolder(**data)
         except (OSError, ValueError, TypeError, RecursionError):
             return None

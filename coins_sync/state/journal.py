@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
+from coins_sync.inputs import loads_json
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now, valid_config_id
 
 
@@ -93,7 +94,7 @@ def parse_journal(raw: bytes, lineage: str, where: str) -> JournalReplay:
             continue
         torn = number == len(lines)  # the last piece has no newline: an interrupted write
         try:
-            data = json.loads(line.decode("utf-8"))
+            data = loads_json(line.decode("utf-8"))
             record = _record_from(data)
         except (ValueError, TypeError, KeyError, RecursionError) as e:
             what = "torn last record (interrupted write)" if torn else f"garbled record ({e!r})"

@@ -16,6 +16,7 @@ from typing import Any
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import StateError
 from coins_sync.gcpause import cyclic_gc_paused
+from coins_sync.inputs import loads_json
 
 STATE_VERSION = 1
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -166,7 +167,7 @@ def _parse_state(raw: bytes, where: str) -> State:
     # would vanish from the state and be sent again.
     hint = f"{where} was left untouched; fix it, or restore the copy in git"
     try:
-        data = json.loads(raw.decode("utf-8-sig"))  # a BOM from a hand-edited file is fine
+        data = loads_json(raw.decode("utf-8-sig"))  # a BOM from a hand-edited file is fine
     except UnicodeDecodeError as e:
         raise StateError(f"{where}: not UTF-8 text ({e.reason}); {hint}") from e
     except json.JSONDecodeError as e:

@@ -27,6 +27,7 @@ from typing import Any
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import FencedError, StateError
+from coins_sync.inputs import read_input
 from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
 from coins_sync.state.fence import sort_fenced
 from coins_sync.state.journal import JournalKind, Outcome, fold, parse_journal
@@ -124,7 +125,7 @@ class PostgresStateStore(Database):
         state/fence.py), so a plan shows rescued creates as recorded. The file stays
         until the next apply (or state rm/import) folds it into the database."""
         try:
-            raw = self.rescue_path.read_bytes()
+            raw = read_input(self.rescue_path)
         except FileNotFoundError:
             return state
         except OSError as e:
@@ -363,9 +364,9 @@ class PostgresStateStore(Database):
     def _fold_rescue(self, stored: State) -> list[str]:
         path = self.rescue_path
         try:
-            raw = path.read_bytes()
+            raw = read_input(path)
         except OSError as e:
-            raise StateError(f"{path}: cannot read the rescue file: {e}") from e
+            raise StateError(f"{path}: cannot read the rescue file: {e.strerror or e}") from e
         lineage = stored.lineage or self._lineage
         replay = parse_journal(raw, lineage, str(path))
         fenced = sort_fenced(stored, replay.records)
