@@ -39,6 +39,10 @@ _KEYWORDS = frozenset(
         "required",
         "additionalProperties",
         "items",
+        "const",
+        "if",
+        "then",
+        "else",
     }
 )
 # Exactly the type checker of strict_validator: "integer" admits no float and no bool.
@@ -78,6 +82,14 @@ def _all_of(checks: list[Check]) -> Check:
         return lambda v: first(v) and second(v) and third(v)
 
     return lambda v: all(check(v) for check in checks)
+
+
+def _const(expected: Any) -> Check:
+    """``const`` for a scalar: equal and of the same JSON type (``true`` is not ``1``)."""
+    if isinstance(expected, dict | list | float):
+        raise UnsupportedSchema("const: only strings, integers, booleans and null")
+    kind = type(expected)
+    return lambda v: type(v) is kind and v == expected
 
 
 def _only_for(kind: Check, check: Check) -> Check:
@@ -129,6 +141,10 @@ class _Compiler:
             item = self.compile(schema["items"])
             by_kind["array"].append(lambda v: all(map(item, v)))
         checks: list[Check] = []
+        if "const" in schema:
+            checks.append(_const(schema["const"]))
+        if "if" in schema:
+            checks.append(self.conditional(schema))
         if "$ref" in schema:
             checks.append(self.ref(schema["$ref"]))
         names = schema.get("type")
@@ -143,6 +159,14 @@ class _Compiler:
                 if kind_checks:
                     checks.append(_only_for(_TYPES[kind], _all_of(kind_checks)))
         return _all_of(checks)
+
+    def conditional(self, schema: Mapping[str, Any]) -> Check:
+        """``if``/``then``/``else``: the instance must pass ``then`` when it passes
+        ``if``, else ``else`` (an absent branch passes)."""
+        condition = self.compile(schema["if"])
+        then = self.compile(schema.get("then", True))
+        otherwise = self.compile(schema.get("else", True))
+        return lambda v: then(v) if condition(v) else otherwise(v)
 
     def type(self, expected: Any) -> Check:
         names = [expected] if isinstance(expected, str) else expected
