@@ -16,7 +16,14 @@ from coins_sync.configs.loader import RuleLoader
 from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.errors import SettingsError, StateError
 from coins_sync.plan.drift import Drift, Reader, refresh, untouchable
-from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
+from coins_sync.plan.reconcile import (
+    Action,
+    Plan,
+    PlanContext,
+    SafetyRules,
+    adopt_moves,
+    plan,
+)
 from coins_sync.settings import Settings
 from coins_sync.state.audit import (
     AuditAction,
@@ -153,7 +160,7 @@ class Workspace:
             refreshed, drift = self.settle(state, verify_with)
         else:
             return plan(configs.rules, state, context)
-        fresh = plan(configs.rules, refreshed, context)
+        fresh = adopt_moves(plan(configs.rules, refreshed, context), drift)
         blocked = untouchable(drift)
         kept = tuple(
             change

@@ -68,6 +68,8 @@ def load_plan(path: Path) -> Plan:
                 before=item.get("before"),
                 source=_source(item.get("source")),
                 coin_config_id=item.get("coinConfigId"),
+                moved_from=_key(item["movedFrom"]) if "movedFrom" in item else None,
+                on_server=item.get("onServer") is True,
             )
         )
     context = PlanContext(
@@ -178,6 +180,8 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> Plan:
         if want is not None and want.action is not Action.UNCHANGED and _same(change, want):
             continue
         drift = claims.get(change.key, [])
+        if _moved_on_server(change, want, claims):
+            continue
         if not _drift_fix(change, want, drift, state, desired.get(change.key)):
             raise _mismatch(change, want)
     for key, want in expected.items():
@@ -200,6 +204,8 @@ def _same(change: Change, want: Change) -> bool:
         and change.amount == want.amount
         and change.before == want.before
         and change.coin_config_id == want.coin_config_id
+        and change.moved_from == want.moved_from
+        and change.on_server == want.on_server
         and _text(change.source) == _text(want.source)
     )
 
@@ -299,6 +305,26 @@ def _drift_fix(
     if change.action is Action.ORPHAN and want.action is Action.ORPHAN:
         return _same(change, replace(want, amount=server))
     return False
+
+
+def _moved_on_server(
+    change: Change, want: Change | None, claims: dict[RuleKey, list[Drift]]
+) -> bool:
+    """Whether a refresh plan's move may be recorded without a PATCH of the key: its old
+    key's drift (checked against the state) says the server carries the new key."""
+    old = change.moved_from
+    if want is None or want.action is not Action.MOVE or old is None or not change.on_server:
+        return False
+    if not _same(change, replace(want, on_server=True, before=change.before)):
+        return False
+    drift = claims.get(old, [])
+    server = old.as_dict()
+    for d in drift:
+        if d.field not in (DriftField.AMOUNT, DriftField.MISSING):
+            server[d.field.value] = d.on_server
+    amount = _server_amount(drift)
+    expected_before = want.before if amount is None else amount
+    return server == change.key.as_dict() and change.before == expected_before
 
 
 def _drift_skip(want: Change, drift: list[Drift]) -> bool:
