@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, cli
+from coins_sync.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from coins_sync.cli.options import force_option, make_client, with_workspace
 from coins_sync.errors import SettingsError
 from coins_sync.plan.reconcile import Action, Plan
@@ -17,7 +17,7 @@ from coins_sync.plan.render import render
 from coins_sync.workspace import Workspace
 
 
-@cli.command("apply")
+@click.command("apply")
 @with_workspace(lock_timeout=True)
 @click.argument("planfile", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (needed without a terminal).")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from coins_sync import console, envvars
-from coins_sync.cli.app import EXIT_OK, cli
+from coins_sync.cli.app import EXIT_OK
 from coins_sync.cli.options import env_option, format_option, resolve_settings, state_option
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # validate and an offline plan load none of these
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@cli.group("git-lease")
+@click.group("git-lease")
 def git_lease() -> None:
     """Keep the state on a git branch without ever losing it (for CI runners).
 

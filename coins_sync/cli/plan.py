@@ -1,4 +1,4 @@
-"""The read-only commands: ``validate``, ``plan`` and ``report``."""
+"""The read-only commands beyond ``validate``: ``plan`` and ``report``."""
 
 from __future__ import annotations
 
@@ -8,51 +8,22 @@ from pathlib import Path
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, cli
+from coins_sync.cli.app import EXIT_CHANGES, EXIT_OK
 from coins_sync.cli.options import (
-    configs_option,
-    env_option,
     force_option,
     format_option,
     make_client,
     same_flags,
     with_workspace,
 )
-from coins_sync.errors import AuthError, ConfigError, SettingsError
+from coins_sync.errors import AuthError, SettingsError
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.render import RENDERERS, render
 from coins_sync.plan.saved import refuse_state_target, save_plan
-from coins_sync.settings import load_settings
 from coins_sync.workspace import Workspace, unverified
 
 
-@cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@format_option("text", "json")
-@env_option
-@configs_option
-def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
-    """Check rule files against the schema and each other. No state, no network.
-
-    PATHS are files or folders (default: the configs folder, `configs/`). Every
-    problem is printed at once as `path:line:col: message`.
-
-    \b
-    Examples:
-      coins-sync validate
-      coins-sync validate configs/cekekcards.yaml --format json
-    """
-    workspace = Workspace(load_settings(env=env_name).with_overrides(configs=configs))
-    try:
-        config_set = workspace.load_configs(list(paths))
-    except ConfigError as e:
-        console.out(console.problems_report(e.problems, fmt))
-        return EXIT_ERROR
-    console.out(console.valid_report(len(config_set.files), len(config_set.rules), fmt))
-    return EXIT_OK
-
-
-@cli.command("plan")
+@click.command("plan")
 @with_workspace()
 @format_option(*RENDERERS, help="Output format; markdown is ready for a PR comment.")
 @click.option(
@@ -135,7 +106,7 @@ def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
         return workspace.plan(state, verify_with=client), 0
 
 
-@cli.command()
+@click.command()
 @with_workspace()
 @format_option("markdown", "csv", "json")
 def report(workspace: Workspace, fmt: str) -> int:
