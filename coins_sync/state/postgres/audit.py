@@ -40,9 +40,15 @@ class PostgresAudit:
 
     def record(self, item: AuditRecord) -> None:
         journal = self.store._journal
-        followed_by_result = item.action == AuditAction.CREATE or (
-            item.action == AuditAction.UPDATE
-            and item.outcome in (Outcome.UPDATED, Outcome.UNCERTAIN)
+        # stashed when a result under the same key follows (a move's unknown outcome
+        # is journaled under its old key, so its record goes on its own)
+        followed_by_result = (
+            item.action == AuditAction.CREATE
+            or (
+                item.action in (AuditAction.UPDATE, AuditAction.RETIRE)
+                and item.outcome in (Outcome.UPDATED, Outcome.RETIRED, Outcome.UNCERTAIN)
+            )
+            or (item.action == AuditAction.MOVE and item.outcome == Outcome.MOVED)
         )
         if journal is not None and followed_by_result:
             journal.stash(item)
