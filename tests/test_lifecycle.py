@@ -346,3 +346,27 @@ def test_a_saved_plan_with_a_move_applies_and_an_edited_one_is_refused(
     assert done.exit_code == 0, done.output
     (moved,) = [c for c in sandbox.configs() if c["coinConfigId"] == ids[MEAL]]
     assert moved["event"] == "MEAL_CARD"
+
+
+def test_a_refreshed_plan_that_found_the_move_done_applies_from_its_file(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    ids = started(project, invoke, sandbox)
+    httpx.patch(
+        f"{sandbox.url}/api/v0/enkash-coins/{ids[MEAL]}",
+        json={"event": "MEAL_CARD", "amount": 8},
+        headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"},
+        timeout=10,
+    ).raise_for_status()
+    rules(project, rule("MEAL_CARD", 6, movedFrom="ACME/DEFAULT/MEAL"), rule("FUEL", 3))
+    made = invoke("plan", "--refresh", "--out", "plan.json", "--api-url", sandbox.url, env=TOKEN)
+    assert made.exit_code == 0, made.output
+    (change,) = json.loads((project / "plan.json").read_text())["changes"]
+    assert change["onServer"] is True and change["before"] == 8  # the server's amount
+    before = sent(sandbox)
+    done = apply(invoke, sandbox, "plan.json")
+    assert done.exit_code == 0, done.output
+    assert sent(sandbox) == (before[0], before[1] + 1)  # only the amount was PATCHed
+    (moved,) = [c for c in sandbox.configs() if c["coinConfigId"] == ids[MEAL]]
+    assert (moved["event"], moved["amount"]) == ("MEAL_CARD", 6)
+    assert state_of(project).entries[MEAL_CARD].amount == 6

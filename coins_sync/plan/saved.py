@@ -258,9 +258,10 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
         ok = ok and entry is not None and entry.coin_config_id == d.coin_config_id
         seen = claims.setdefault(d.key, [])
         fields = {other.field for other in seen} | {d.field}
-        # refresh reports one amount or one missing drift alone, key fields at most once each
+        # refresh reports a missing config alone, every other field at most once (a
+        # config moved on the server shows its amount drift beside its key fields)
         ok = ok and d.field not in {other.field for other in seen}
-        ok = ok and not ({DriftField.AMOUNT, DriftField.MISSING} & fields and len(fields) > 1)
+        ok = ok and not (DriftField.MISSING in fields and len(fields) > 1)
         if not ok:
             raise StalePlanError(
                 f"the saved plan's drift for {d.key} ({d.field}: {d.in_state!r} in state, "
