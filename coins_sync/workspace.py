@@ -98,6 +98,19 @@ class Workspace:
                 found.append(candidate)
         return found
 
+    def refuse_fresh_clone(self, the_plan: Plan, force: bool) -> None:
+        """The other half of the new-empty-state guard: no creates are planned from an
+        empty state while the git state branch (``COINS_SYNC_STATE_BRANCH``, default
+        ``coins-sync-state``) holds this environment's state file, as in a fresh clone.
+        Offline: only refs the clone has. Raises StateError naming the branch."""
+        if the_plan.context.lineage or force or self.settings.backend != "file":
+            return  # a plan made against a state records its lineage
+        if not the_plan.of(Action.CREATE):
+            return
+        from coins_sync.statebranch import refuse_fresh_clone
+
+        refuse_fresh_clone(self.settings.state, self.store.describe())
+
     def audit_log(self, environ: Mapping[str, str]) -> AuditSink:
         """Where this environment's audit records go (file beside the state, or table)."""
         if self.settings.backend == "postgres":

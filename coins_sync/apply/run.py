@@ -158,6 +158,7 @@ def run_apply(
             else:
                 the_plan = workspace.plan(state, configs)
             the_plan.raise_if_unsafe(workspace.safety, force=request.force)
+            workspace.refuse_fresh_clone(the_plan, request.force)
             if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
                 return the_plan, None
             api = api or api_factory()

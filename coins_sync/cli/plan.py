@@ -19,7 +19,7 @@ from coins_sync.cli.options import (
 from coins_sync.errors import AuthError, SettingsError
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.render import RENDERERS, render
-from coins_sync.plan.saved import refuse_state_target, save_plan
+from coins_sync.plan.saved import save_plan
 from coins_sync.workspace import Workspace, unverified
 
 
@@ -66,13 +66,16 @@ def plan_command(
       coins-sync plan --refresh      # also GET every managed config to find drift
     """
     if out is not None:
-        refuse_state_target(out, workspace.settings.state)
+        from coins_sync.state.file import refuse_bookkeeping_target
+
+        refuse_bookkeeping_target(out, workspace.settings.state, "the plan", "--out")
     unread = 0
     if refresh:
         with make_client(workspace.settings) as client:
             the_plan = workspace.plan(refresh_with=client)
     else:
         the_plan, unread = plan_verified(workspace)
+    workspace.refuse_fresh_clone(the_plan, force)
     click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
     the_plan.raise_if_unsafe(workspace.safety, force=force)
     if out is not None:

@@ -268,9 +268,11 @@ def state_pull(workspace: Workspace, target: Path) -> int:
     Example:
       coins-sync state pull --env team --to backup/team.json
     """
+    from coins_sync.state.file import refuse_bookkeeping_target
     from coins_sync.state.files import atomic_write
     from coins_sync.state.model import serialize
 
+    refuse_bookkeeping_target(target, workspace.settings.state, "the state", "--to")
     current = workspace.read_state()
     if not current.exists:
         raise StateError(f"{workspace.store.describe()} holds no state yet; nothing to pull")

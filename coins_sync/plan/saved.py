@@ -9,7 +9,7 @@ from typing import Any
 
 from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
-from coins_sync.errors import PlanFileError, SettingsError, StalePlanError
+from coins_sync.errors import PlanFileError, StalePlanError
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
 from coins_sync.plan.render import plan_to_json
@@ -341,25 +341,3 @@ def _drift_skip(want: Change, drift: list[Drift]) -> bool:
 
 def _lineage(lineage: str) -> str:
     return f"lineage {lineage}" if lineage else "no state yet"
-
-
-def refuse_state_target(out: Path, state_path: Path) -> None:
-    """A saved plan must never land on the state or a file that travels with it."""
-    from coins_sync.state.audit import audit_path_for
-    from coins_sync.state.file import FileStateStore
-
-    store = FileStateStore(state_path)
-    guarded = (
-        store.path,
-        store.backup_path,
-        store.journal_path,
-        store.lock_path,
-        store.holder_path,
-        audit_path_for(store.path),
-    )
-    target = out.resolve()
-    if any(target == path.resolve() for path in guarded):
-        raise SettingsError(
-            f"refusing to write the plan onto {out}: it belongs to the state "
-            f"{state_path}; choose another --out file. Nothing was written"
-        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -60,8 +60,11 @@ class JournalRecord:
     coin_config_id: str | None = None
     at: str = ""
     moved_from: RuleKey | None = None  # a ``moved`` result: the key it had before
+    #: the state serial the line was written under (its fence; see state/fence.py);
+    #: None for a record made in memory, or a line of an older coins-sync
+    fence: int | None = field(default=None, compare=False)
 
-    def to_line(self, lineage: str) -> bytes:
+    def to_line(self, lineage: str, serial: int | None = None) -> bytes:
         data: dict[str, Any] = {
             "kind": self.kind,
             "lineage": lineage,
@@ -75,6 +78,8 @@ class JournalRecord:
             data["coinConfigId"] = self.coin_config_id
         if self.moved_from is not None:
             data["movedFrom"] = str(self.moved_from)
+        if serial is not None:
+            data["serial"] = serial
         return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
@@ -122,6 +127,9 @@ def _record_from(data: Any) -> JournalRecord:
     if config_id is not None and not valid_config_id(config_id):
         raise ValueError("invalid coinConfigId")
     kind = JournalKind(data["kind"])
+    fence = data.get("serial")
+    if fence is not None and type(fence) is not int:
+        raise ValueError("serial is not an integer")
     outcome = data.get("outcome")
     if kind == JournalKind.RESULT and outcome is None:
         raise ValueError("a result without an outcome")
@@ -134,6 +142,7 @@ def _record_from(data: Any) -> JournalRecord:
         coin_config_id=config_id,
         at=str(data.get("at", "")),
         moved_from=None if moved_from is None else RuleKey.parse(str(moved_from)),
+        fence=fence,
     )
 
 
