@@ -178,7 +178,7 @@ class Workspace:
         kept = tuple(
             change
             for change in fresh.changes
-            if not (change.action is Action.UPDATE and change.key in blocked)
+            if not (change.action in (Action.UPDATE, Action.RETIRE) and change.key in blocked)
         )
         return replace(fresh, changes=kept, drift=tuple(drift))
 

@@ -370,3 +370,24 @@ def test_a_refreshed_plan_that_found_the_move_done_applies_from_its_file(
     (moved,) = [c for c in sandbox.configs() if c["coinConfigId"] == ids[MEAL]]
     assert (moved["event"], moved["amount"]) == ("MEAL_CARD", 6)
     assert state_of(project).entries[MEAL_CARD].amount == 6
+
+
+def test_refresh_does_not_retire_a_config_that_now_carries_another_key(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    ids = started(project, invoke, sandbox)
+    httpx.patch(
+        f"{sandbox.url}/api/v0/enkash-coins/{ids[FUEL]}",
+        json={"event": "SOMEONE_ELSES"},
+        headers={"Authorization": f"Bearer {SANDBOX_TOKEN}"},
+        timeout=10,
+    ).raise_for_status()
+    rules(project, rule("MEAL", 6), rule("FUEL", retired=True))
+    assert "- ACME/DEFAULT/FUEL" in invoke("plan").output  # offline, the state says 3
+    shown = invoke("plan", "--refresh", "--api-url", sandbox.url, env=TOKEN)
+    assert "1 need a person" in shown.output and "to retire" not in shown.output
+    before = sent(sandbox)
+    done = apply(invoke, sandbox, "--refresh")
+    assert sent(sandbox) == before, done.output
+    (config,) = [c for c in sandbox.configs() if c["coinConfigId"] == ids[FUEL]]
+    assert config["amount"] == 3

@@ -90,3 +90,11 @@ def test_refresh_marks_a_move_done_on_the_server_and_drops_one_gone_elsewhere() 
     moves = adopted.of(Action.MOVE)
     assert [(c.key, c.on_server) for c in moves] == [(key("NEW"), True)]
     assert adopted.needs_a_person == (key("X"),)
+
+
+def test_a_move_may_name_the_id_it_moves() -> None:
+    named = replace(moved("NEW", 7, "OLD"), coin_config_id="WCC0")
+    (change,) = plan([named], state(("OLD", 6))).changes
+    assert change.action is Action.MOVE
+    with pytest.raises(PlanConflictError, match="WCC9"):
+        plan([replace(named, coin_config_id="WCC9")], state(("OLD", 6)))

@@ -204,7 +204,7 @@ def _id_conflicts(desired: Mapping[RuleKey, Rule], state: State) -> list[str]:
             )
             continue
         other = owner.get(config_id)
-        if other is not None and other != rule.key:
+        if other is not None and other not in (rule.key, rule.moved_from):
             problems.append(
                 f"{rule.source}: {rule.key} has coinConfigId {rule.coin_config_id} in the "
                 f"configs, but the state records {rule.coin_config_id} as {other}"

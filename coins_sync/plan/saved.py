@@ -332,7 +332,7 @@ def _drift_skip(want: Change, drift: list[Drift]) -> bool:
     """Whether a refresh plan may lack the offline plan's change ``want``: an update the
     server already has (amount drift to the configs' amount) or that refresh blocks
     (the config is missing or moved to another key, so it is left alone)."""
-    if want.action is not Action.UPDATE:
+    if want.action not in (Action.UPDATE, Action.RETIRE):
         return False
     if any(d.field is not DriftField.AMOUNT for d in drift):
         return True
