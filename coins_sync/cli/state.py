@@ -68,7 +68,9 @@ def state_rm(workspace: Workspace, key: str, yes: bool) -> int:
     """
     rule_key = parse_key(key)
     confirm_or_refuse(yes, f"Forget {rule_key} in {workspace.store.describe()}?", _NO_TERMINAL)
-    written, _ = workspace.forget(rule_key, command=f"state rm {rule_key}")
+    from coins_sync.edits import forget
+
+    written, _ = forget(workspace, rule_key, command=f"state rm {rule_key}")
     console.out(f"Forgot {rule_key} (state serial {written.serial}).")
     return EXIT_OK
 
@@ -174,10 +176,12 @@ def state_import(
         return import_file(workspace, source)
     if key is None or coin_config_id is None:
         raise click.UsageError("give KEY and COIN_CONFIG_ID, or --from FILE")
+    from coins_sync.apply.adopt import import_one
+
     rule_key = parse_key(key)
     with make_client(workspace.settings) as client:
-        written, entry = workspace.import_entry(
-            rule_key, coin_config_id, client.get, command=f"state import {rule_key}"
+        written, entry = import_one(
+            workspace, rule_key, coin_config_id, client.get, command=f"state import {rule_key}"
         )
     console.out(
         f"Imported {rule_key} as {entry.coin_config_id} (amount {entry.amount}; "
@@ -188,15 +192,19 @@ def state_import(
 
 def import_file(workspace: Workspace, source: Path) -> int:
     """``state import --from FILE``: record every matching row, report every other."""
-    from coins_sync.apply.adopt import read_rows
+    from coins_sync.apply.adopt import import_many, read_rows
     from coins_sync.configs.discovery import display_path
 
     rows = read_rows(source, display_path(source))
     progress = console.Progress()
     try:
         with make_client(workspace.settings) as client:
-            result = workspace.import_many(
-                rows, client.get, command=f"state import --from {source}", on_tick=progress
+            result = import_many(
+                workspace,
+                rows,
+                client.get,
+                command=f"state import --from {source}",
+                on_tick=progress,
             )
     finally:
         progress.close()
@@ -244,7 +252,9 @@ def state_push(workspace: Workspace, source: Path, yes: bool, force: bool) -> in
             _NO_TERMINAL,
         )
 
-    written = workspace.push_state(source, force, confirm)
+    from coins_sync.edits import push_state
+
+    written = push_state(workspace, source, force, confirm)
     console.out(
         f"Pushed {len(written.entries)} entries and {len(written.uncertain)} uncertain from "
         f"{source} to {store.describe()} (lineage {written.lineage}, serial {written.serial})."

@@ -67,12 +67,18 @@ STOP_HINT = "to stop its rewards, keep the rule with `retired: true` or set its 
 
 def summary_line(plan: Plan) -> str:
     counts = plan.summary()
+    flying = len(plan.in_flight)
+    counts[Action.UNCERTAIN.value] -= flying
     # like Terraform, imports (and moves and retirements) are counted when there are any
     parts = [
         f"{counts[action.value]} {words}"
         for action, words in _SUMMARY_WORDS
         if action not in _WHEN_ANY or counts[action.value]
     ]
+    if flying:
+        parts.insert(
+            parts.index(f"{counts[Action.UNCERTAIN.value]} uncertain") + 1, f"{flying} in flight"
+        )
     stuck = plan.needs_a_person
     if stuck:
         parts.append(
@@ -94,13 +100,30 @@ def first_contact_line(plan: Plan) -> str | None:
     )
 
 
+def lock_line(plan: Plan) -> str | None:
+    """A plan made while an apply holds the lock says so, and who holds it."""
+    if not plan.lock_holder:
+        return None
+    flying = (
+        f"; its {len(plan.in_flight)} create(s) in flight are shown as in flight"
+        if (plan.in_flight)
+        else ""
+    )
+    return (
+        f"An apply holds the state lock: {plan.lock_holder}. This plan shows what that "
+        f"apply has recorded so far{flying}; plan again when it ends."
+    )
+
+
 def agreeing_line(plan: Plan) -> str | None:
     if not plan.agreeing_ids:
         return None
     return f"{plan.agreeing_ids} coinConfigId(s) in the configs agree with the state."
 
 
-def _detail(change: Change) -> str:
+def _detail(change: Change, in_flight: bool = False) -> str:
+    if in_flight:
+        return f"amount {change.amount}  (in flight: the apply holding the lock is creating it)"
     if change.action is Action.UPDATE:
         return f"amount {change.before} -> {change.amount}"
     if change.action is Action.IMPORT:
@@ -148,17 +171,21 @@ def render_text(plan: Plan, colour: bool = False) -> str:
     import click  # only for styling; the renderer stays free of CLI state
 
     lines: list[str] = []
+    locked = lock_line(plan)
+    if locked:
+        lines += [locked, ""]
     if plan.drift:
         lines.append(f"Drift: {len(plan.drift)} difference(s) between the server and state:")
         lines.extend(f"  ≠ {d.describe()}" for d in plan.drift)
         lines.append("")
     shown = [c for c in plan.changes if c.action is not Action.UNCHANGED]
     width = max((len(str(c.key)) for c in shown), default=0)
-    details = [_detail(change) for change in shown]
+    flying = set(plan.in_flight)
+    details = [_detail(change, change.key in flying) for change in shown]
     sourced = [d for d, c in zip(details, shown, strict=True) if c.source]
     detail_width = max((len(d) for d in sourced), default=0)
     for change, detail in zip(shown, details, strict=True):
-        symbol = _SYMBOL[change.action]
+        symbol = "…" if change.key in flying else _SYMBOL[change.action]
         if colour:
             symbol = click.style(symbol, fg=_COLOUR[change.action], bold=True)
         text = f"{detail:<{detail_width}}  {change.source}" if change.source else detail
@@ -228,7 +255,10 @@ def render_json(plan: Plan) -> str:
     return json.dumps(plan_to_json(plan), indent=2, sort_keys=False) + "\n"
 
 
-def _md_row(change: Change) -> str:
+def _md_row(change: Change, in_flight: bool = False) -> str:
+    if in_flight:
+        key = code(str(change.key), MARKDOWN_KEY_LIMIT, cell=True)
+        return f"| … in flight | {key} | {change.amount} | |"
     if change.action in (Action.UPDATE, Action.RETIRE) or (
         change.action is Action.MOVE and change.before != change.amount
     ):
@@ -294,6 +324,9 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         f"**{summary_line(plan)}**",
         "",
     ]
+    locked = lock_line(plan)
+    if locked:
+        head += ["> [!NOTE]", f"> {locked}", ""]
     agreeing = agreeing_line(plan)
     if agreeing:
         head += [agreeing, ""]
@@ -308,9 +341,10 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         else []
     )
     drift = [_md_drift(d) for d in plan.drift[:MARKDOWN_DRIFT_ROWS]]
-    rows = [_md_row(c) for c in plan.changes if c.action is not Action.UNCHANGED]
+    flying = set(plan.in_flight)
+    rows = [_md_row(c, c.key in flying) for c in plan.changes if c.action is not Action.UNCHANGED]
     body: list[str] = []
-    if rows and any(c.action is Action.UNCERTAIN for c in plan.changes):
+    if rows and any(c.action is Action.UNCERTAIN and c.key not in flying for c in plan.changes):
         body += [
             "> [!WARNING]",
             "> Some creates have an unknown outcome. Resolve them with "

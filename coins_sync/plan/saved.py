@@ -11,6 +11,7 @@ from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
 from coins_sync.errors import PlanFileError, StalePlanError
 from coins_sync.plan.drift import Drift, DriftField
+from coins_sync.plan.online import Settled, unverified
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
 from coins_sync.plan.render import plan_to_json
 from coins_sync.state.files import atomic_write
@@ -143,6 +144,43 @@ def check_fresh(saved: Plan, env: str, state: State, configs: ConfigSet) -> None
     if context.configs_digest != configs.digest:
         raise StalePlanError(
             "stale plan: the configs changed since it was made. Run `coins-sync plan` again"
+        )
+
+
+def check_read_back(saved: Plan, settled: Settled) -> None:
+    """Refuse a saved plan that assumed, for an update whose outcome was unknown, other
+    than what the server was just read back to hold.
+
+    ``settled.before`` is the state the plan was made from (already checked fresh and
+    consistent). The plan assumed, for each of its pending entries, the amount its
+    amount drift names (a plan made with the read-back) or else the amount the state
+    holds (a plan made without credentials), and no missing or moved config unless its
+    drift says so.
+    """
+    found = {(d.key, d.field): d for d in settled.drift}
+    known = {(d.key, d.field): d for d in saved.drift}
+    differ: list[str] = []
+    for key, entry in sorted(unverified(settled.before).items()):
+        odd = sorted(
+            str(field)
+            for (k, field) in found
+            if k == key and field is not DriftField.AMOUNT and (k, field) not in known
+        )
+        if odd:
+            differ.append(f"{key}: {', '.join(odd)} differs on the server")
+            continue
+        now = settled.state.entries.get(key)
+        if now is None or now.pending is not None:
+            continue  # left alone (missing or moved, as the plan's drift says)
+        told = known.get((key, DriftField.AMOUNT))
+        assumed = int(told.on_server) if told is not None else entry.amount
+        if now.amount != assumed:
+            differ.append(f"{key} holds {now.amount}, the plan assumed {assumed}")
+    if differ:
+        raise StalePlanError(
+            f"stale plan: the outcome of an earlier update was unknown when it was made, "
+            f"and the server was read back now ({'; '.join(differ)}; recorded in the "
+            "state). Nothing was sent. Run `coins-sync plan` again"
         )
 
 

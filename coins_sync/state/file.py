@@ -237,6 +237,14 @@ class FileStateStore:
                 self.holder_path.unlink()
             lock.release()
 
+    def lock_holder(self) -> str | None:
+        """Who holds the lock now, without taking it (a live holder's record); None
+        when nobody does, or only a killed process left its record."""
+        if not self.lock_path.exists():
+            return None
+        holder = self._read_holder_once()
+        return holder.describe() if holder is not None and _may_be_alive(holder) else None
+
     def _read_holder(self, patience: float = 1.0) -> LockHolder | None:
         """Who holds the lock, for the message of a refused caller.
 

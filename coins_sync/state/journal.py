@@ -179,7 +179,7 @@ def fold(state: State, records: Iterable[JournalRecord]) -> State:
     for key, intent in open_intents.items():
         entry = entries.get(key)
         if entry is None:  # a create was sent and never answered
-            uncertain[key] = Uncertain(key, intent.amount, intent.at)
+            uncertain[key] = Uncertain(key, intent.amount, intent.at, open=True)
         else:  # a PATCH was sent and never answered: its outcome is unknown
             entries[key] = replace(entry, pending=intent.amount)
     return replace(state, entries=entries, uncertain=uncertain)
