@@ -218,7 +218,8 @@ def plan(
 ) -> Plan:
     """Diff desired ``rules`` against ``state``. Pure.
 
-    Raises PlanConflictError when a ``coinConfigId`` in the configs contradicts the state.
+    Raises PlanConflictError when a ``coinConfigId`` in the configs contradicts the state,
+    or a ``movedFrom`` cannot be a move (see :func:`_moves`).
     """
     desired: Mapping[RuleKey, Rule] = {rule.key: rule for rule in rules}
     conflicts = _id_conflicts(desired, state)
