@@ -391,3 +391,13 @@ def test_refresh_does_not_retire_a_config_that_now_carries_another_key(
     assert sent(sandbox) == before, done.output
     (config,) = [c for c in sandbox.configs() if c["coinConfigId"] == ids[FUEL]]
     assert config["amount"] == 3
+
+
+def test_the_rules_schema_describes_both_new_fields_for_editors() -> None:
+    from coins_sync.configs.schema import RULES_SCHEMA
+
+    schema = load_schema(RULES_SCHEMA)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    fields = schema["$defs"]["rule"]["properties"]
+    assert "COMPANY/CONFIGURATION/EVENT" in fields["movedFrom"]["description"]
+    assert fields["retired"]["type"] == "boolean" and "amount" in fields["retired"]["description"]
