@@ -401,3 +401,22 @@ def test_the_rules_schema_describes_both_new_fields_for_editors() -> None:
     fields = schema["$defs"]["rule"]["properties"]
     assert "COMPANY/CONFIGURATION/EVENT" in fields["movedFrom"]["description"]
     assert fields["retired"]["type"] == "boolean" and "amount" in fields["retired"]["description"]
+
+
+def test_state_mv_refuses_what_it_cannot_move(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    started(project, invoke, sandbox)
+    same = invoke("state", "mv", str(MEAL), str(MEAL), "--yes")
+    assert same.exit_code == 1 and "same key" in same.output
+    missing = invoke("state", "mv", "ACME/DEFAULT/NOPE", str(MEAL_CARD), "--yes")
+    assert missing.exit_code == 1 and "ACME/DEFAULT/NOPE is not in" in missing.output
+    bad = invoke("state", "mv", "ACME/NOPE", str(MEAL_CARD), "--yes")
+    assert bad.exit_code == 1 and "COMPANY/CONFIGURATION/EVENT" in bad.output
+    assert set(state_of(project).entries) == {MEAL, FUEL}
+    assert not [r for r in audit_of(project) if r["action"] == "state-mv"]
+
+    rules(project, rule("MEAL", 6), rule("FUEL", retired=True))
+    assert apply(invoke, sandbox).exit_code == 0
+    shown = invoke("state", "show", str(FUEL))
+    assert "retired       yes" in shown.output and "retire retired" in shown.output
