@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.apply import ApplyReport
     from coins_sync.errors import Problem
     from coins_sync.gitlease.status import BranchStatus
-    from coins_sync.state.model import State
+    from coins_sync.state.model import State, StateEntry
 
 
 # Every character a line may not show as it is lies outside printable ASCII; the
@@ -125,6 +125,14 @@ def lease_status(status: BranchStatus, fmt: str) -> str:
     return status.describe()
 
 
+def _marks(entry: StateEntry) -> str:
+    """What ``state list`` says besides the id: retired, or an update's unknown outcome."""
+    marks = ["retired"] if entry.retired else []
+    if entry.pending is not None:
+        marks.append(f"pending {entry.pending}")
+    return f" ({', '.join(marks)})" if marks else ""
+
+
 def state_listing(state: State, where: str, fmt: str) -> str:
     """``state list``: live entries and uncertain creates, as a table or JSON."""
     if fmt == "json":
@@ -132,7 +140,7 @@ def state_listing(state: State, where: str, fmt: str) -> str:
         data.setdefault("uncertain", [])
         return _json(data, indent=2)
     rows = [
-        (str(entry.key), str(entry.amount), entry.coin_config_id)
+        (str(entry.key), str(entry.amount), entry.coin_config_id + _marks(entry))
         for entry in sorted(state.entries.values(), key=lambda e: e.key)
     ]
     rows += [

@@ -21,11 +21,14 @@ from coins_sync.state.model import State
 class RuleStatus(StrEnum):
     """Where a rule stands, in the report's order: live (the server has it at this
     amount), pending (a create or an update is still to be applied), uncertain (a
-    create's outcome is unknown) or orphan (in state, no longer in the configs)."""
+    create's outcome is unknown), retired (a ``retired: true`` rule kept at amount 0, or
+    a retired entry no longer in the configs: it pays nothing) or orphan (in state, no
+    longer in the configs, still paying)."""
 
     LIVE = "live"
     PENDING = "pending"
     UNCERTAIN = "uncertain"
+    RETIRED = "retired"
     ORPHAN = "orphan"
 
 
@@ -44,10 +47,13 @@ class ReportRow:
     coin_config_id: str
     live_amount: int | None
     last_change: Mapping[str, Any] | None
+    retired: Mapping[str, Any] | None = None  # the audit record of its retirement
 
     def to_json(self) -> dict[str, Any]:
         last = self.last_change
+        retired = self.retired
         return {
+            "retired": {k: retired.get(k) for k in ("at", "actor", "commit")} if retired else None,
             "companyId": self.key.company_id,
             "configuration": self.key.configuration,
             "event": self.key.event,
@@ -84,14 +90,40 @@ def last_changes(records: Iterable[Mapping[str, Any]]) -> dict[RuleKey, dict[str
     return latest
 
 
+def retirements(records: Iterable[Mapping[str, Any]]) -> dict[RuleKey, dict[str, Any]]:
+    """The newest successful retirement per key: when, by whom, from which commit."""
+    found: dict[RuleKey, dict[str, Any]] = {}
+    for record in records:
+        key = _key_of(record)
+        if key is not None and record.get("outcome") == "retired":
+            found[key] = {name: record.get(name) for name in ("at", "actor", "commit")}
+    return found
+
+
 def build_report(
     configs: ConfigSet, state: State, audit: Iterable[Mapping[str, Any]]
 ) -> list[ReportRow]:
-    latest = last_changes(audit)
+    records = list(audit)
+    latest = last_changes(records)
+    retired = retirements(records)
     rows: list[ReportRow] = []
     desired = configs.by_key()
     for key, rule in desired.items():
         entry = state.entries.get(key)
+        if entry is not None and rule.retired and entry.amount == 0:
+            rows.append(
+                ReportRow(
+                    key,
+                    0,
+                    str(rule.source),
+                    RuleStatus.RETIRED,
+                    entry.coin_config_id,
+                    0,
+                    latest.get(key),
+                    retired.get(key),
+                )
+            )
+            continue
         if entry is not None:
             status = RuleStatus.LIVE if entry.amount == rule.amount else RuleStatus.PENDING
             config_id, live = entry.coin_config_id, entry.amount
@@ -103,15 +135,17 @@ def build_report(
         )
     for key, entry in state.entries.items():
         if key not in desired:
+            gone = entry.retired and entry.amount == 0
             rows.append(
                 ReportRow(
                     key,
                     entry.amount,
                     "",
-                    RuleStatus.ORPHAN,
+                    RuleStatus.RETIRED if gone else RuleStatus.ORPHAN,
                     entry.coin_config_id,
                     entry.amount,
                     latest.get(key),
+                    retired.get(key) if gone else None,
                 )
             )
     for key, pending in state.uncertain.items():
@@ -136,6 +170,13 @@ def _last(row: ReportRow) -> str:
 def _status(row: ReportRow) -> str:
     if row.status is RuleStatus.LIVE:
         return f"live ({code(row.coin_config_id, _LIMIT, cell=True)})"
+    if row.status is RuleStatus.RETIRED:
+        when = row.retired or {}
+        who = f" by {when.get('actor')}" if when.get("actor") else ""
+        since = code(f"{when.get('at')}{who}", _LIMIT, cell=True) if when else ""
+        gone = "; no longer in the configs" if not row.source else ""
+        config_id = code(row.coin_config_id, _LIMIT, cell=True)
+        return f"retired ({config_id}, amount 0{gone}) {since}".rstrip()
     if row.status is RuleStatus.PENDING and row.live_amount is not None:
         return f"pending (live amount {row.live_amount})"
     return str(row.status)
@@ -230,6 +271,8 @@ def render_csv(rows: list[ReportRow]) -> str:
             "lastChangeOutcome",
             "lastChangeActor",
             "lastChangeCommit",
+            "retiredAt",
+            "retiredBy",
         ]
     )
     for row in rows:
@@ -247,6 +290,8 @@ def render_csv(rows: list[ReportRow]) -> str:
             last.get("outcome") or "",
             last.get("actor") or "",
             last.get("commit") or "",
+            (row.retired or {}).get("at") or "",
+            (row.retired or {}).get("actor") or "",
         ]
         writer.writerow([csv_cell(cell) for cell in cells])
     return out.getvalue()

@@ -97,6 +97,48 @@ def write_rules(configs: Path, count: int, bump: int = 0) -> dict[RuleKey, int]:
     return desired
 
 
+def write_lifecycle_rules(configs: Path, count: int, phase: int) -> dict[RuleKey, int]:
+    """The rules of ``write_rules(count)`` after renames and retirements: every fifth
+    rule moves (``movedFrom``; its event gets a suffix, or every other one its
+    configuration becomes CUSTOM, and some amounts change), the next is retired, the
+    next gets a new amount. Phase 2 moves the moved rules once more (a chain over two
+    applies) and brings the retired ones back. Returns the target: key -> amount (0 for
+    a retired rule)."""
+    configs.mkdir(parents=True, exist_ok=True)
+    for old in configs.glob("*.yaml"):
+        old.unlink()
+    desired: dict[RuleKey, int] = {}
+    files: dict[str, list[str]] = {}
+    for index in range(count):
+        key = rule_key(index)
+        amount = 1 + (index * 7) % 500
+        text = ""
+        if index % 5 == 0:
+            custom = index % 10 == 5
+            moved = RuleKey(key.company_id, "CUSTOM" if custom else "DEFAULT", key.event + "_R")
+            if phase == 2:
+                key, moved = moved, RuleKey(moved.company_id, moved.configuration, key.event + "_S")
+            amount += 1 if index % 3 == 0 else 0
+            text = f"    configuration: {moved.configuration}\n    movedFrom: {key}\n"
+            key = moved
+        elif index % 5 == 1 and phase == 1:
+            desired[key] = 0
+            files.setdefault(key.company_id, []).append(
+                f"  - event: {key.event}\n    retired: true\n"
+            )
+            continue
+        elif index % 5 == 2:
+            amount += 1
+        desired[key] = amount
+        files.setdefault(key.company_id, []).append(
+            f"  - event: {key.event}\n    amount: {amount}\n{text}"
+        )
+    for company, rules in files.items():
+        text = f"companyId: {company}\nrules:\n" + "".join(rules)
+        (configs / f"{company.lower()}.yaml").write_text(text, encoding="utf-8")
+    return desired
+
+
 def key_of(config: Mapping[str, Any]) -> RuleKey:
     return RuleKey(str(config["companyId"]), str(config["configuration"]), str(config["event"]))
 
@@ -124,8 +166,13 @@ def audit(configs: Sequence[Mapping[str, Any]], state: State) -> Audit:
         if config["coinConfigId"] not in recorded and key_of(config) not in state.uncertain
     )
     on_server = {str(config["coinConfigId"]): key_of(config) for config in configs}
+    # an entry marked pending (a PATCH whose outcome is unknown, a move among them) says
+    # itself that the server may differ; the next plan reads it back, and a campaign
+    # converges only once no mark is left
     wrong = sum(
-        1 for entry in state.entries.values() if on_server.get(entry.coin_config_id) != entry.key
+        1
+        for entry in state.entries.values()
+        if entry.pending is None and on_server.get(entry.coin_config_id) != entry.key
     )
     return Audit(duplicates, lost, wrong, len(state.uncertain))
 
@@ -544,6 +591,27 @@ def kill_campaign(
     return figures
 
 
+def lifecycle_campaign(
+    workdir: Path, *, rules: int, kills: int, seed: int, runner: Runner | None = None
+) -> Figures:
+    """Renames (``movedFrom``) and retirements mixed with updates, with ``kill -9`` of
+    apply at random instants; then a second round of moves (a chain) and un-retirements.
+    Every key must end at its target under its first id: no config created twice."""
+    figures = Figures(f"lifecycle kill -9 (seed {seed})", rules=rules)
+    started = time.monotonic()
+    rng = random.Random(seed)
+    options = {"latency_ms": 40, "fail_after_rate": 0.03, "rate_429": 0.03, "seed": seed}
+    with lab(workdir, runner, **options) as the_lab:
+        the_lab.converge(figures, write_rules(workdir / "configs", rules))
+        for phase in (1, 2):
+            desired = write_lifecycle_rules(workdir / "configs", rules, phase)
+            for _ in range(max(1, kills // 2)):
+                kill_apply(the_lab, rng, figures, ("--force",))
+            the_lab.converge(figures, desired, extra=["--force"])
+    figures.seconds = time.monotonic() - started
+    return figures
+
+
 def interrupt_apply(
     the_lab: Lab,
     rng: random.Random,
@@ -628,6 +696,9 @@ def run_campaigns(root: Path, scale: Scale, seed: int) -> list[Figures]:
     return [
         fault_campaign(root / "faults", rules=scale.fault_rules, seed=seed),
         kill_campaign(root / "kill", rules=scale.kill_rules, kills=scale.kills, seed=seed),
+        lifecycle_campaign(
+            root / "lifecycle", rules=scale.kill_rules, kills=scale.kills, seed=seed
+        ),
         sigint_campaign(
             root / "sigint", rules=scale.sigint_rules, interrupts=scale.interrupts, seed=seed
         ),

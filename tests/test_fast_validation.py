@@ -131,6 +131,20 @@ DOCUMENTS: list[Any] = [
     with_rule(event="E", amount=1, configuration=""),
     with_rule(event="E", amount=1, configuration=None),
     with_rule(event=1, amount=1),
+    with_rule(event="E", retired=True),
+    with_rule(event="E", retired=True, amount=0),
+    with_rule(event="E", retired=True, movedFrom="A/B/C"),
+    with_rule(event="E", retired=False),
+    with_rule(event="E", retired=False, amount=1),
+    with_rule(event="E", retired=1, amount=1),
+    with_rule(event="E", retired=1),
+    with_rule(event="E", retired="true"),
+    with_rule(event="E", retired=None, amount=1),
+    with_rule(event="E", amount=1, movedFrom="A/DEFAULT/E0"),
+    with_rule(event="E", amount=1, movedFrom="A/DEFAULT"),
+    with_rule(event="E", amount=1, movedFrom="A//E"),
+    with_rule(event="E", amount=1, movedFrom="A/B/C\n"),
+    with_rule(event="E", amount=1, movedFrom=5),
     [],
     "text",
     None,
@@ -153,7 +167,9 @@ JSONISH = st.recursive(
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(
-            st.sampled_from(["companyId", "configuration", "rules", "event", "amount", "x"]),
+            st.sampled_from(
+                ["companyId", "configuration", "rules", "event", "amount", "retired", "x"]
+            ),
             children,
             max_size=5,
         )
@@ -181,7 +197,10 @@ def near_valid(draw: st.DrawFn) -> Any:
     elif where == "event":
         doc["rules"][0]["event"] = junk
     else:
-        doc["rules"][0][draw(st.sampled_from(["x", "configuration", "event"]))] = junk
+        field = draw(st.sampled_from(["x", "configuration", "event", "retired", "movedFrom"]))
+        doc["rules"][0][field] = junk
+        if draw(st.booleans()):
+            doc["rules"][0].pop("amount")
     return doc
 
 

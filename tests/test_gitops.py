@@ -125,7 +125,7 @@ def test_report_in_every_format(project: Path, invoke: Invoke, sandbox: SandboxS
         RULES.replace("amount: 4", "amount: 5") + "  - event: NEW\n    amount: 1\n",
     )
     data = json.loads(run(invoke, sandbox, "report", "--format", "json"))
-    assert data["summary"] == {"live": 1, "pending": 2, "uncertain": 0, "orphan": 0}
+    assert data["summary"] == {"live": 1, "pending": 2, "uncertain": 0, "retired": 0, "orphan": 0}
     by_event = {r["event"]: r for r in data["rules"]}
     assert by_event["MEAL"]["status"] == "live"
     assert by_event["MEAL"]["source"] == "configs/acme.yaml:3"
@@ -139,7 +139,7 @@ def test_report_in_every_format(project: Path, invoke: Invoke, sandbox: SandboxS
 
     markdown = run(invoke, sandbox, "report")
     assert "## `ACME`" in markdown
-    assert "1 live, 2 pending, 0 uncertain, 0 orphan" in markdown
+    assert "1 live, 2 pending, 0 uncertain, 0 retired, 0 orphan" in markdown
     assert "| `DEFAULT` | `MEAL` | 6 | live (`WCC" in markdown
 
 

@@ -69,7 +69,8 @@ def test_a_bad_amount_is_one_problem(project: Path, invoke: Invoke, amount: str,
         (
             "companyId: ACME\nrules:\n  - event: A\n    amount: 1\n    on: 2\n",
             "configs/a.yaml:5:5: rules[0]: unknown field 'on' ('on' is read by YAML 1.1 as "
-            "the boolean true; allowed: amount, coinConfigId, configuration, event)",
+            "the boolean true; allowed: amount, coinConfigId, configuration, event, movedFrom, "
+            "retired)",
         ),
     ],
 )

@@ -79,7 +79,9 @@ def test_json_plan_follows_the_schema_and_counts_exactly(project: Path, invoke: 
     assert data["summary"] == {
         "create": 1,
         "import": 0,
+        "move": 0,
         "update": 1,
+        "retire": 0,
         "uncertain": 0,
         "orphan": 1,
         "unchanged": 1,

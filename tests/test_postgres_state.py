@@ -266,7 +266,7 @@ def test_concurrent_migrations_apply_once(pg_dsn: str) -> None:
         rows = conn.execute(
             "SELECT version FROM coins_sync.schema_migrations ORDER BY 1"
         ).fetchall()
-    assert rows == [(1,), (2,), (3,)]
+    assert rows == [(1,), (2,), (3,), (4,)]
 
 
 def test_a_database_newer_than_the_code_or_altered_is_refused(pg_dsn: str) -> None:

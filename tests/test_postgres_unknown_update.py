@@ -91,7 +91,7 @@ def test_a_version_2_database_is_migrated_and_keeps_its_entries(pg_dsn: str) -> 
     assert stored(pg_dsn).entries == {KEY: StateEntry(KEY, 6, ID)}
     with psycopg.connect(pg_dsn) as conn:
         versions = conn.execute("SELECT version FROM coins_sync.schema_migrations").fetchall()
-        assert sorted(versions) == [(1,), (2,), (3,)]
+        assert sorted(versions) == [(1,), (2,), (3,), (4,)]
         with pytest.raises(psycopg.errors.CheckViolation):  # only a confirmed entry is marked
             conn.execute(
                 "UPDATE coins_sync.entry SET coin_config_id = NULL, uncertain_since = 't', "

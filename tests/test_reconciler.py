@@ -44,7 +44,9 @@ def test_every_action_is_planned() -> None:
     assert the_plan.summary() == {
         "create": 1,
         "import": 0,
+        "move": 0,
         "update": 1,
+        "retire": 0,
         "uncertain": 1,
         "orphan": 1,
         "unchanged": 1,

@@ -52,12 +52,13 @@ log = logging.getLogger(__name__)
 
 
 def to_send(plan: Plan, retry_uncertain: bool = False) -> list[Change]:
-    """The changes apply sends: creates and updates, and with ``retry_uncertain`` the
+    """The changes apply sends: creates, imports and PATCHes, and with ``retry_uncertain`` the
     uncertain creates whose rule is still in the configs (never one that was removed)."""
     return [
         change
         for change in plan.changes
-        if change.action in (Action.CREATE, Action.IMPORT, Action.UPDATE)
+        if change.action
+        in (Action.CREATE, Action.IMPORT, Action.MOVE, Action.UPDATE, Action.RETIRE)
         or (retry_uncertain and change.action is Action.UNCERTAIN and change.source is not None)
     ]
 

@@ -25,8 +25,9 @@ from typing import TypeGuard
 
 from coins_sync.apply.report import ApplyReport
 from coins_sync.configs.model import RuleKey
+from coins_sync.enkash.wire import RemoteConfig
 from coins_sync.errors import CheckpointError, StateError
-from coins_sync.plan.reconcile import Change
+from coins_sync.plan.reconcile import Action, Change
 from coins_sync.state.audit import AuditAction, AuditRecord, AuditSink
 from coins_sync.state.journal import (
     CONFIRMED,
@@ -43,6 +44,14 @@ log = logging.getLogger(__name__)
 #: The key and amount of the create a worker sends next, whose intent may be journaled
 #: with the current result (one write), or None.
 Then = tuple[RuleKey, int] | None
+
+
+#: The audit action of each PATCH a plan can send.
+_PATCH_ACTION = {
+    Action.UPDATE: AuditAction.UPDATE,
+    Action.MOVE: AuditAction.MOVE,
+    Action.RETIRE: AuditAction.RETIRE,
+}
 
 
 def can_pair(journal: Journal) -> TypeGuard[PairJournal]:
@@ -119,6 +128,15 @@ class Ledger:
     def intent(self, key: RuleKey, amount: int) -> JournalRecord:
         """Journal (and fsync) the intent to send ``key``; it stays open until a result."""
         intent = JournalRecord(JournalKind.INTENT, key, amount, at=utc_now())
+        self.journal.append(intent, lambda: self._open(intent))
+        return intent
+
+    def patch_intent(self, change: Change) -> JournalRecord:
+        """Journal (and fsync) the intent to PATCH ``change``'s config, under the key the
+        state records (a move's old key): if no result follows, the entry is marked
+        ``pending`` and read back, as for a PATCH whose answer was lost."""
+        key = change.moved_from or change.key
+        intent = JournalRecord(JournalKind.INTENT, key, change.amount, at=utc_now())
         self.journal.append(intent, lambda: self._open(intent))
         return intent
 
@@ -224,47 +242,104 @@ class Ledger:
         )
 
         def book() -> None:
+            self._close(key)
             self._entries[key] = StateEntry(key, amount, coin_config_id)
             self.report.updated.append(key)
 
         return self._result(record, book, then)
 
-    def update_failed(self, change: Change, coin_config_id: str, reason: str) -> None:
-        """The server refused the update: the entry keeps its amount (nothing to journal)."""
-        self.report.failed.append((change.key, reason))
+    def moved(
+        self, change: Change, remote: RemoteConfig, then: Then = None
+    ) -> JournalRecord | None:
+        """The server holds ``change``'s config under its new key: the entry is re-keyed
+        under the same id, and the audit record names both keys."""
+        old, key, config_id = change.moved_from, change.key, remote.coin_config_id
+        assert old is not None  # a move always names its old key
         self.write_audit(
             AuditRecord(
-                AuditAction.UPDATE,
+                AuditAction.MOVE,
+                key,
+                Outcome.MOVED,
+                change.before,
+                remote.amount,
+                config_id,
+                "already moved on the server; recorded" if change.on_server else None,
+                moved_from=old,
+            )
+        )
+        record = JournalRecord(
+            JournalKind.RESULT, key, remote.amount, Outcome.MOVED, config_id, utc_now(), old
+        )
+
+        def book() -> None:
+            self._close(old)
+            self._entries.pop(old, None)
+            self._entries[key] = StateEntry(key, remote.amount, config_id)
+            self._uncertain.pop(key, None)
+            self.report.moved.append(key)
+
+        return self._result(record, book, then)
+
+    def retired(
+        self, change: Change, coin_config_id: str, then: Then = None
+    ) -> JournalRecord | None:
+        """The server holds ``change``'s config at amount 0: kept, marked retired."""
+        key = change.key
+        self.write_audit(
+            AuditRecord(AuditAction.RETIRE, key, Outcome.RETIRED, change.before, 0, coin_config_id)
+        )
+        record = JournalRecord(
+            JournalKind.RESULT, key, 0, Outcome.RETIRED, coin_config_id, utc_now()
+        )
+
+        def book() -> None:
+            self._close(key)
+            self._entries[key] = StateEntry(key, 0, coin_config_id, retired=True)
+            self.report.retired.append(key)
+
+        return self._result(record, book, then)
+
+    def update_failed(self, change: Change, coin_config_id: str, reason: str) -> None:
+        """The server refused the PATCH (an update, a move or a retirement): the entry
+        keeps its key and amount, and the intent is closed."""
+        self.write_audit(
+            AuditRecord(
+                _PATCH_ACTION[change.action],
                 change.key,
                 Outcome.FAILED,
                 change.before,
                 change.amount,
                 coin_config_id,
                 reason,
+                moved_from=change.moved_from,
             )
         )
+        self._failed_result(change.moved_from or change.key, change.amount, reason)
 
     def update_unknown(self, change: Change, coin_config_id: str, reason: str) -> None:
-        """The PATCH may or may not have been applied: the entry keeps its amount and is
-        marked ``pending``, so the next plan reads it back instead of trusting it."""
-        key, amount = change.key, change.amount
+        """The PATCH may or may not have been applied: the entry keeps its key and amount
+        and is marked ``pending``, so the next plan reads it back instead of trusting it
+        (a move found done on the server is then recorded without a second PATCH)."""
+        key, amount = change.moved_from or change.key, change.amount
         self.write_audit(
             AuditRecord(
-                AuditAction.UPDATE,
-                key,
+                _PATCH_ACTION[change.action],
+                change.key,
                 Outcome.UNCERTAIN,
                 change.before,
                 amount,
                 coin_config_id,
                 reason,
+                moved_from=change.moved_from,
             )
         )
 
         def book() -> None:
+            self._close(key)
             entry = self._entries.get(key)
             if entry is not None:
                 self._entries[key] = replace(entry, pending=amount)
-            self.report.failed.append((key, f"outcome unknown: {reason}"))
+            self.report.failed.append((change.key, f"outcome unknown: {reason}"))
 
         record = JournalRecord(
             JournalKind.RESULT, key, amount, Outcome.UNVERIFIED, coin_config_id, utc_now()

@@ -24,6 +24,8 @@ class ApplyReport:
     created: list[RuleKey] = field(default_factory=list)
     imported: list[RuleKey] = field(default_factory=list)
     updated: list[RuleKey] = field(default_factory=list)
+    moved: list[RuleKey] = field(default_factory=list)
+    retired: list[RuleKey] = field(default_factory=list)
     failed: list[tuple[RuleKey, str]] = field(default_factory=list)
     uncertain: list[tuple[RuleKey, str]] = field(default_factory=list)
     skipped_uncertain: list[RuleKey] = field(default_factory=list)
@@ -50,6 +52,10 @@ class ApplyReport:
             f"{len(self.failed)} failed",
             f"{len(self.uncertain)} uncertain",
         ]
+        if self.retired:
+            parts.insert(2, f"{len(self.retired)} retired")
+        if self.moved:
+            parts.insert(1, f"{len(self.moved)} moved")
         if self.imported:
             parts.insert(1, f"{len(self.imported)} imported")
         if self.skipped_uncertain:

@@ -42,6 +42,18 @@ class CoinsApi(Protocol):
         self, coin_config_id: str, amount: int, *, key: RuleKey | None = None
     ) -> RemoteConfig: ...
 
+    def move(
+        self, coin_config_id: str, old: RuleKey, new: RuleKey, amount: int, *, before: int
+    ) -> RemoteConfig: ...
+
+
+#: The PATCHes a plan sends, with the audit action of each.
+PATCHES = {
+    Action.UPDATE: AuditAction.UPDATE,
+    Action.MOVE: AuditAction.MOVE,
+    Action.RETIRE: AuditAction.RETIRE,
+}
+
 
 class Ahead:
     """The change a worker sends next, taken (by ``take``, at most once) when the
@@ -91,7 +103,7 @@ class Sender:
         ``ahead``, a confirmed result takes the worker's next change and, when it is a
         create the configs still ask for, journals its intent in the same write
         (``ahead.intent``)."""
-        if change.action is Action.UPDATE:
+        if change.action in (Action.UPDATE, Action.MOVE, Action.RETIRE):
             self._update(change, ahead)
         elif change.action is Action.IMPORT:
             self._import(change, ahead)
@@ -105,7 +117,7 @@ class Sender:
         if ahead is None:
             return None
         then = ahead.next()
-        if then is None or then.action in (Action.UPDATE, Action.IMPORT):
+        if then is None or then.action in PATCHES or then.action is Action.IMPORT:
             return None
         if self._refusal(then) is not None:
             return None
@@ -197,14 +209,18 @@ class Sender:
             )
 
     def _update(self, change: Change, ahead: Ahead | None = None) -> None:
+        """One PATCH (an update, a move or a retirement), its intent journaled first."""
         config_id = change.coin_config_id
-        if config_id is None:  # a plan always carries it; a hand-edited one may not
-            self.ledger.unusable(change.key, "update without a coinConfigId")
+        action = change.action
+        if config_id is None or (action is Action.MOVE and change.moved_from is None):
+            # a plan always carries them; a hand-edited one may not
+            self.ledger.unusable(change.key, f"{action.value} without a coinConfigId")
             return
-        if self._refused(AuditAction.UPDATE, change):
+        if self._refused(PATCHES[action], change):
             return
+        self.ledger.patch_intent(change)
         try:
-            remote = self.api.update(config_id, change.amount, key=change.key)
+            remote = self._patch(change, config_id)
         except OutcomeUnknownError as e:
             self.ledger.update_unknown(change, config_id, str(e))
             self._stop_if_hopeless(e)
@@ -213,9 +229,35 @@ class Sender:
             self.ledger.update_failed(change, config_id, str(e))
             self._stop_if_hopeless(e)
             return
-        ahead_intent = self.ledger.updated(change, remote.coin_config_id, self._then(ahead))
+        then = self._then(ahead)
+        if action is Action.MOVE:
+            ahead_intent = self.ledger.moved(change, remote, then)
+        elif action is Action.RETIRE:
+            ahead_intent = self.ledger.retired(change, remote.coin_config_id, then)
+        else:
+            ahead_intent = self.ledger.updated(change, remote.coin_config_id, then)
         if ahead is not None:
             ahead.intent = ahead_intent
+
+    def _patch(self, change: Change, config_id: str) -> RemoteConfig:
+        """Send ``change``'s PATCH. A move found done on the server (``on_server``) is
+        read back instead, and only its amount is PATCHed when it differs."""
+        old = change.moved_from
+        if change.action is not Action.MOVE or old is None:
+            return self.api.update(config_id, change.amount, key=change.key)
+        if not change.on_server:
+            return self.api.move(
+                config_id, old, change.key, change.amount, before=change.before or 0
+            )
+        remote = self.api.get(config_id)
+        if remote.key != change.key:
+            raise ApiError(
+                f"config {config_id} on the server is {remote.key}, not {change.key} as the "
+                "refreshed plan found; nothing was sent. Run `coins-sync plan --refresh`"
+            )
+        if remote.amount == change.amount:
+            return remote
+        return self.api.update(config_id, change.amount, key=change.key)
 
     def _stop_if_hopeless(self, error: ApiError) -> None:
         """A refused credential, an API that cannot be reached, or a spent budget for

@@ -33,6 +33,7 @@ def state() -> None:
     \b
     Examples:
       coins-sync state list --format json
+      coins-sync state show CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT
       coins-sync state rm CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT --yes
     """
 
@@ -73,6 +74,75 @@ def state_rm(workspace: Workspace, key: str, yes: bool) -> int:
 
     written, _ = forget(workspace, rule_key, command=f"state rm {rule_key}")
     console.out(f"Forgot {rule_key} (state serial {written.serial}).")
+    return EXIT_OK
+
+
+@state.command("mv")
+@with_workspace(lock_timeout=True)
+@click.argument("old")
+@click.argument("new")
+@yes_option
+def state_mv(workspace: Workspace, old: str, new: str, yes: bool) -> int:
+    """Record the entry of OLD as NEW under the same coinConfigId; nothing is sent.
+
+    For a config whose companyId, configuration or event was changed on the server
+    by hand. To change the server too, give the rule `movedFrom: OLD` instead and
+    run plan and apply. The audit log records both keys.
+
+    \b
+    Example:
+      coins-sync state mv ACME/DEFAULT/MEAL_CARD ACME/DEFAULT/MEAL_CARD_PAYMENT --yes
+    """
+    from coins_sync.lifecycle import check_rename, rename_entry
+
+    old_key, new_key = parse_key(old), parse_key(new)
+    where = workspace.store.describe()
+    entry = check_rename(workspace.read_state(), old_key, new_key, where)
+    confirm_or_refuse(
+        yes,
+        f"Record {entry.coin_config_id} as {new_key} instead of {old_key} in {where} "
+        "(nothing is sent)?",
+        _NO_TERMINAL,
+    )
+    written, moved = rename_entry(
+        workspace, old_key, new_key, command=f"state mv {old_key} {new_key}"
+    )
+    console.out(
+        f"Moved {old_key} -> {new_key} ({moved.coin_config_id}, amount {moved.amount}; "
+        f"state serial {written.serial}). Nothing was sent."
+    )
+    return EXIT_OK
+
+
+@state.command("show")
+@with_workspace()
+@click.argument("key")
+@format_option("text", "json")
+def state_show(workspace: Workspace, key: str, fmt: str) -> int:
+    """Show what the state records for KEY, with its history from the audit log.
+
+    The history follows the entry's coinConfigId across moves. Exits 1 when KEY is
+    neither in the state nor in the audit log.
+
+    \b
+    Example:
+      coins-sync state show CEKEKCARDS/DEFAULT/MEAL_CARD_PAYMENT
+    """
+    import json
+
+    from coins_sync.lifecycle import render_view, show_entry
+
+    rule_key = parse_key(key)
+    unreadable: list[str] = []
+    view = show_entry(workspace.read_state(), rule_key, workspace.read_audit(unreadable))
+    for where in unreadable:
+        console.err(f"warning: {where}: unreadable audit line skipped")
+    if view.entry is None and view.uncertain is None and not view.history:
+        raise StateError(f"{rule_key} is not in {workspace.store.describe()} nor in its audit log")
+    if fmt == "json":
+        console.out(json.dumps(view.to_json(), indent=2))
+    else:
+        console.out(render_view(view, workspace.store.describe()))
     return EXIT_OK
 
 

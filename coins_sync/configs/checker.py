@@ -39,6 +39,10 @@ _KEYWORDS = frozenset(
         "required",
         "additionalProperties",
         "items",
+        "const",
+        "if",
+        "then",
+        "else",
     }
 )
 # Exactly the type checker of strict_validator: "integer" admits no float and no bool.
@@ -78,6 +82,40 @@ def _all_of(checks: list[Check]) -> Check:
         return lambda v: first(v) and second(v) and third(v)
 
     return lambda v: all(check(v) for check in checks)
+
+
+def _const(expected: Any) -> Check:
+    """``const`` for a scalar: equal and of the same JSON type (``true`` is not ``1``)."""
+    if isinstance(expected, dict | list | float):
+        raise UnsupportedSchema("const: only strings, integers, booleans and null")
+    kind = type(expected)
+    return lambda v: type(v) is kind and v == expected
+
+
+def _flag(schema: Any) -> tuple[str, bool] | None:
+    """NAME and B when ``schema`` is ``{"required": [NAME], "properties": {NAME:
+    {"const": B}}}`` with a boolean B (``retired: true``), else None."""
+    if not isinstance(schema, Mapping) or set(schema) != {"required", "properties"}:
+        return None
+    required, properties = schema["required"], schema["properties"]
+    if not isinstance(required, list) or len(required) != 1 or not isinstance(properties, Mapping):
+        return None
+    (name,) = required
+    sub = properties.get(name)
+    if set(properties) != {name} or not isinstance(sub, Mapping) or set(sub) != {"const"}:
+        return None
+    expected = sub["const"]
+    return (name, expected) if isinstance(name, str) and isinstance(expected, bool) else None
+
+
+def _required(schema: Any) -> list[str] | None:
+    """The names when ``schema`` is ``{"required": [NAMES]}``, else None."""
+    if not isinstance(schema, Mapping) or set(schema) != {"required"}:
+        return None
+    names = schema["required"]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        return None
+    return names
 
 
 def _only_for(kind: Check, check: Check) -> Check:
@@ -129,6 +167,8 @@ class _Compiler:
             item = self.compile(schema["items"])
             by_kind["array"].append(lambda v: all(map(item, v)))
         checks: list[Check] = []
+        if "const" in schema:
+            checks.append(_const(schema["const"]))
         if "$ref" in schema:
             checks.append(self.ref(schema["$ref"]))
         names = schema.get("type")
@@ -142,7 +182,24 @@ class _Compiler:
             for kind, kind_checks in by_kind.items():
                 if kind_checks:
                     checks.append(_only_for(_TYPES[kind], _all_of(kind_checks)))
+        if "if" in schema:  # last: after the type checks, the shapes it tests are known
+            checks.append(self.conditional(schema, known_object=names == "object"))
         return _all_of(checks)
+
+    def conditional(self, schema: Mapping[str, Any], known_object: bool = False) -> Check:
+        """``if``/``then``/``else``: the instance must pass ``then`` when it passes
+        ``if``, else ``else`` (an absent branch passes). ``known_object``: the type
+        checks before this one let only objects through."""
+        then = self.compile(schema.get("then", True))
+        flag, required = _flag(schema["if"]), _required(schema.get("else", True))
+        if known_object and flag is not None and required is not None and len(required) == 1:
+            # the shape of `retired: true` (no amount) or an amount: one call per rule
+            name, expected = flag
+            (needed,) = required
+            return lambda v: then(v) if v.get(name, _ABSENT) is expected else needed in v
+        condition = self.compile(schema["if"])
+        otherwise = self.compile(schema.get("else", True))
+        return lambda v: then(v) if condition(v) else otherwise(v)
 
     def type(self, expected: Any) -> Check:
         names = [expected] if isinstance(expected, str) else expected
@@ -162,25 +219,34 @@ class _Compiler:
         if not isinstance(extra, bool):
             raise UnsupportedSchema("additionalProperties must be true or false")
         fields = [(name, self.compile(sub)) for name, sub in properties.items()]
-        known = frozenset(properties)
         needed = tuple(required)
         closed = extra is False
+
+        by_name = dict(fields)
+
+        def check_closed(v: Any) -> bool:
+            # every key must be a known property: walk the instance's keys, usually
+            # fewer than the properties a schema offers
+            for name in needed:
+                if name not in v:
+                    return False
+            for name, value in v.items():
+                check = by_name.get(name)
+                if check is None or not check(value):
+                    return False
+            return True
 
         def check_object(v: Any) -> bool:
             for name in needed:
                 if name not in v:
                     return False
-            if closed:
-                for name in v:
-                    if name not in known:
-                        return False
             for name, check in fields:
                 value = v.get(name, _ABSENT)
                 if value is not _ABSENT and not check(value):
                     return False
             return True
 
-        return check_object
+        return check_closed if closed else check_object
 
     def ref(self, ref: Any) -> Check:
         if not isinstance(ref, str) or not ref.startswith("#") or "%" in ref:

@@ -17,6 +17,7 @@ import yaml
 
 from coins_sync.configs.located import (
     MAX_INT_CHARS,
+    STRICT_BOOL,
     STRICT_INT,
     LocatedList,
     LocatedLoader,
@@ -25,6 +26,7 @@ from coins_sync.configs.located import (
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _INT_TAG = "tag:yaml.org,2002:int"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
 # A plain scalar whose first character starts no implicit resolver is always a string.
 _RESOLVER_FIRSTS = frozenset(k for k in LocatedLoader.yaml_implicit_resolvers if k)
 # The event reader is sound only while tags are resolved by first character alone.
@@ -38,13 +40,16 @@ _PLAIN_CACHE_LIMIT = 65_536
 
 
 def _resolve_plain(loader: LocatedLoader, text: str) -> Any:
-    """A plain scalar as the full loader reads it, when that is a string or a strict
-    decimal integer with nothing to report; otherwise NOT_PLAIN."""
+    """A plain scalar as the full loader reads it, when that is a string, a strict
+    decimal integer or a YAML 1.2 boolean (``retired: true``) with nothing to report;
+    otherwise NOT_PLAIN."""
     tag = loader.resolve(yaml.ScalarNode, text, (True, False))
     if tag == _STR_TAG:
         return text
     if tag == _INT_TAG and STRICT_INT.match(text) and len(text) <= MAX_INT_CHARS:
         return int(text)
+    if tag == _BOOL_TAG and text in STRICT_BOOL:
+        return text.lower() == "true"
     return NOT_PLAIN
 
 

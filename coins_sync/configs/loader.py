@@ -125,6 +125,7 @@ class RuleLoader:
             problems.extend(result.problems)
         problems.extend(_duplicate_keys(rules))
         problems.extend(_duplicate_ids(rules))
+        problems.extend(_move_problems(rules))
         if problems:
             raise ConfigError(problems)
         return ConfigSet(
@@ -233,7 +234,16 @@ def _rules_from(document: LocatedMap, shown: str) -> Iterator[Rule]:
     for item, (line, col) in zip(rules, rules.item_marks, strict=True):
         # the item's own place in the list: an alias repeating a rule points at the alias
         key = RuleKey(company, item.get("configuration", default_configuration), item["event"])
-        yield Rule(key, item["amount"], Source(shown, line, col), item.get("coinConfigId"))
+        moved = item.get("movedFrom")
+        retired = item.get("retired") is True
+        yield Rule(
+            key,
+            0 if retired else item["amount"],
+            Source(shown, line, col),
+            item.get("coinConfigId"),
+            RuleKey.parse(moved) if moved is not None else None,
+            retired,
+        )
 
 
 def _duplicate_keys(rules: Sequence[Rule]) -> list[Problem]:
@@ -285,4 +295,47 @@ def _duplicate_ids(rules: Sequence[Rule]) -> list[Problem]:
                     f"at {there}; one server config can be only one rule",
                 )
             )
+    return problems
+
+
+def _move_problems(rules: Sequence[Rule]) -> list[Problem]:
+    """``movedFrom`` that cannot be a rename: onto itself, from a key still defined as a
+    rule (a swap is named as one), or one old key claimed by two rules."""
+    defined = {rule.key: rule for rule in rules}
+    claimed: dict[RuleKey, Rule] = {}
+    problems: list[Problem] = []
+
+    def at(rule: Rule, message: str) -> None:
+        problems.append(Problem(rule.source.path, rule.source.line, rule.source.col, message))
+
+    for rule in rules:
+        old = rule.moved_from
+        if old is None:
+            continue
+        if old == rule.key:
+            at(rule, f"movedFrom {old} is this rule's own key; remove movedFrom")
+            continue
+        other = defined.get(old)
+        if other is not None and other.moved_from == rule.key:
+            at(
+                rule,
+                f"{rule.key} and {old} are moved into each other (a swap) at {rule.source} "
+                f"and {other.source}; coins-sync does not swap keys in one apply. Move one "
+                "of them to a temporary key first, apply, then move the other",
+            )
+        elif other is not None:
+            at(
+                rule,
+                f"movedFrom {old}, but {old} is still defined as a rule at {other.source}: "
+                "a key cannot be both moved away and kept. Remove that rule, or remove "
+                "movedFrom here",
+            )
+        earlier = claimed.setdefault(old, rule)
+        if earlier is not rule:
+            for here, there in ((rule, earlier), (earlier, rule)):
+                at(
+                    here,
+                    f"movedFrom {old} is also claimed by {there.key} at {there.source}; one "
+                    "config can move to only one key",
+                )
     return problems

@@ -23,7 +23,7 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
 
 # YAML 1.2 core schema spellings; anything else YAML 1.1 resolves to bool/int is a surprise.
 STRICT_INT = re.compile(r"[-+]?(0|[1-9][0-9]*)\Z")
-_STRICT_BOOL = frozenset({"true", "True", "TRUE", "false", "False", "FALSE"})
+STRICT_BOOL = frozenset({"true", "True", "TRUE", "false", "False", "FALSE"})
 # Integers written with more characters are a problem: Python will not even convert a
 # decimal of over 4300 digits, and no amount needs more than a handful.
 MAX_INT_CHARS = 100
@@ -140,7 +140,7 @@ def _too_long_int(text: str) -> str:
 def _construct_bool(loader: LocatedLoader, node: yaml.ScalarNode) -> bool:
     text = str(node.value)
     value = bool(loader.construct_yaml_bool(node))
-    if text not in _STRICT_BOOL:
+    if text not in STRICT_BOOL:
         loader.misread(
             node,
             f"{text!r} is read by YAML 1.1 as the boolean {str(value).lower()}; "

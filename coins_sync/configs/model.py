@@ -63,12 +63,18 @@ class Rule:
 
     ``coin_config_id`` is set when the file says the rule already exists on the server
     under that id (``coinConfigId``): the plan then imports it instead of creating it.
+    ``moved_from`` is the key this rule had before a rename (``movedFrom``): the plan
+    moves that recorded config to ``key`` under the same id instead of creating a second
+    one. A ``retired`` rule (``retired: true``) has no amount in the file: it is kept at
+    ``amount`` 0 on the server and stays recorded.
     """
 
     key: RuleKey
     amount: int
     source: Source
     coin_config_id: str | None = None
+    moved_from: RuleKey | None = None
+    retired: bool = False
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,13 @@ class RuleFileValidator:
         node: Any = document
         for part in path:
             parent, node = node, node[part]
+        if error.schema is False and isinstance(node, dict):
+            # jsonschema reports a field that a false schema forbids at the object that
+            # holds it (without the field's name): find the field by its value
+            named = [k for k, v in node.items() if v is error.instance]
+            if named:
+                path.append(named[0])
+                parent, node = node, node[named[0]]
         field = _field_name(path)
         line, col = _value_mark(document, parent, path)
         schema = error.schema if isinstance(error.schema, dict) else {}
@@ -184,7 +191,7 @@ class RuleFileValidator:
             return
         spelling = spelled.get((line, col))
         if spelling is None:
-            yield line, col, f"{field or 'file'}: {self._wording(error)}"
+            yield line, col, f"{field or 'file'}: {self._wording(error, path)}"
         elif error.validator == "type":
             expected = error.validator_value
             words = _TYPE_WORDS.get(str(expected), str(expected))
@@ -192,9 +199,9 @@ class RuleFileValidator:
             read = _yaml11(spelling, node)
             yield line, col, f"{read}, but {field} must be {words}{quote}"
         else:
-            yield line, col, f"{_yaml11(spelling, node)}; {field}: {self._wording(error)}"
+            yield line, col, f"{_yaml11(spelling, node)}; {field}: {self._wording(error, path)}"
 
-    def _wording(self, error: ValidationError) -> str:
+    def _wording(self, error: ValidationError, path: list[Any]) -> str:
         value = error.instance
         if error.validator == "type":
             expected = error.validator_value
@@ -204,7 +211,23 @@ class RuleFileValidator:
             return f"{value} is above the maximum of {error.validator_value} (max_amount)"
         if error.validator == "minimum":
             return f"{value} is below the minimum of {error.validator_value}"
-        if error.validator == "pattern" and list(error.absolute_path)[-1:] == ["coinConfigId"]:
+        last = path[-1:]
+        if error.schema is False and last == ["amount"]:
+            return (
+                "a retired rule has no amount (apply keeps it at 0 on the server); remove "
+                "amount, or remove retired: true to keep paying"
+            )
+        if error.schema is False and last == ["movedFrom"]:
+            return (
+                "a retired rule cannot be moved in the same change; apply the move first, "
+                "then retire the rule"
+            )
+        if error.validator == "pattern" and last == ["movedFrom"]:
+            return (
+                f"{value!r} is not a key COMPANY/CONFIGURATION/EVENT (each part 1-64 "
+                "letters, digits, '_', '.' or '-', starting with a letter or digit)"
+            )
+        if error.validator == "pattern" and last == ["coinConfigId"]:
             return f"{value!r} is not a valid coinConfigId (1-64 letters, digits, '_' or '-')"
         if error.validator == "pattern":
             return f"{value!r} is not a valid identifier ({IDENTIFIER_RULE})"

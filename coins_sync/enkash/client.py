@@ -258,13 +258,39 @@ class CoinsClient:
         never changes a rule's identity.
         """
         check_amount(amount)
+        expect: dict[str, object] = {"amount": amount, **(key.as_dict() if key else {})}
+        remote = self._patch(coin_config_id, {"amount": amount}, expect)
+        log.info("updated %s (%s) to %s", coin_config_id, remote.key, amount)
+        return remote
+
+    def move(
+        self, coin_config_id: str, old: RuleKey, new: RuleKey, amount: int, *, before: int
+    ) -> RemoteConfig:
+        """Move a config to ``new`` under the same id: one PATCH of the key fields that
+        differ from ``old`` (and of the amount when not ``before``), retried when safe.
+        The answer must echo the id, ``new`` and ``amount``."""
+        check_amount(amount)
+        body: dict[str, object] = {
+            name: value for name, value in new.as_dict().items() if old.as_dict()[name] != value
+        }
+        if amount != before or not body:
+            body["amount"] = amount
+        remote = self._patch(coin_config_id, body, {"amount": amount, **new.as_dict()})
+        log.info("moved %s from %s to %s (amount %s)", coin_config_id, old, new, amount)
+        return remote
+
+    def _patch(
+        self, coin_config_id: str, body: dict[str, object], expect: dict[str, object]
+    ) -> RemoteConfig:
+        """One PATCH; the answer must echo the id and every field of ``expect``."""
         path = self._config_path(coin_config_id)
-        remote = self._call("PATCH", path, {"amount": amount}, create=False)
-        sent: dict[str, object] = {"coinConfigId": coin_config_id, "amount": amount}
-        got: dict[str, object] = {"coinConfigId": remote.coin_config_id, "amount": remote.amount}
-        if key is not None:
-            sent.update(key.as_dict())
-            got.update(remote.key.as_dict())
+        remote = self._call("PATCH", path, body, create=False)
+        sent: dict[str, object] = {"coinConfigId": coin_config_id, **expect}
+        got: dict[str, object] = {
+            "coinConfigId": remote.coin_config_id,
+            "amount": remote.amount,
+            **remote.key.as_dict(),
+        }
         wrong = [name for name in sent if sent[name] != got[name]]
         if wrong:
             raise self._messages.fail(
@@ -273,7 +299,6 @@ class CoinsClient:
                 f"but we sent {fields(sent, wrong)}",
                 status=200,
             )
-        log.info("updated %s (%s) to %s", coin_config_id, remote.key, amount)
         return remote
 
     # -- one call, with retries ------------------------------------------------------

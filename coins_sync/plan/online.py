@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from coins_sync.configs.model import Rule, RuleKey
 from coins_sync.plan.drift import Drift, Reader, refresh, untouchable
-from coins_sync.plan.reconcile import Action, Plan, PlanContext, plan
+from coins_sync.plan.reconcile import Action, Plan, PlanContext, adopt_moves, plan
 from coins_sync.state.model import State, StateEntry
 
 
@@ -73,7 +73,8 @@ def plan_settled(rules: Iterable[Rule], settled: Settled, context: PlanContext) 
     """The plan of a settled state: a missing or moved pending config is not updated."""
     if not settled.drift:
         return plan(rules, settled.state, context)
-    return _without_blocked(plan(rules, settled.state, context), list(settled.drift))
+    drift = list(settled.drift)
+    return _without_blocked(adopt_moves(plan(rules, settled.state, context), drift), drift)
 
 
 def plan_refreshed(
@@ -84,14 +85,16 @@ def plan_refreshed(
     read_back, drift = refresh(state, reader, parallelism)
     known = {key: replace(e, pending=None) for key, e in read_back.entries.items()}
     refreshed = replace(state, entries={**state.entries, **known})
-    return _without_blocked(plan(rules, refreshed, context), drift)
+    return _without_blocked(adopt_moves(plan(rules, refreshed, context), drift), drift)
 
 
 def _without_blocked(fresh: Plan, drift: list[Drift]) -> Plan:
+    """Neither an update nor a retirement is sent to a config that is missing or now
+    carries another key (a move found done on the server is kept: see adopt_moves)."""
     blocked = untouchable(drift)
     kept = tuple(
         change
         for change in fresh.changes
-        if not (change.action is Action.UPDATE and change.key in blocked)
+        if not (change.action in (Action.UPDATE, Action.RETIRE) and change.key in blocked)
     )
     return replace(fresh, changes=kept, drift=tuple(drift))

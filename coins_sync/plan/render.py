@@ -31,7 +31,9 @@ _MD_TAIL_RESERVE = 120
 _SYMBOL = {
     Action.CREATE: "+",
     Action.IMPORT: "<=",
+    Action.MOVE: "->",
     Action.UPDATE: "~",
+    Action.RETIRE: "-",
     Action.UNCERTAIN: "!",
     Action.ORPHAN: "!",
     Action.UNCHANGED: " ",
@@ -39,18 +41,28 @@ _SYMBOL = {
 _COLOUR = {
     Action.CREATE: "green",
     Action.IMPORT: "cyan",
+    Action.MOVE: "blue",
     Action.UPDATE: "yellow",
+    Action.RETIRE: "magenta",
     Action.UNCERTAIN: "red",
     Action.ORPHAN: "magenta",
 }
 _SUMMARY_WORDS = (
     (Action.CREATE, "to create"),
     (Action.IMPORT, "to import"),
+    (Action.MOVE, "to move"),
     (Action.UPDATE, "to update"),
+    (Action.RETIRE, "to retire"),
     (Action.UNCERTAIN, "uncertain"),
     (Action.ORPHAN, "orphaned"),
     (Action.UNCHANGED, "unchanged"),
 )
+
+
+#: Actions that the summary and the Markdown table name only when the plan has any.
+_WHEN_ANY = frozenset({Action.IMPORT, Action.MOVE, Action.RETIRE})
+#: How to stop an orphan's rewards: there is no delete API.
+STOP_HINT = "to stop its rewards, keep the rule with `retired: true` or set its amount to 0"
 
 
 def summary_line(plan: Plan, *, markdown: bool = False) -> str:
@@ -58,11 +70,11 @@ def summary_line(plan: Plan, *, markdown: bool = False) -> str:
     counts = plan.summary()
     flying = len(plan.in_flight)
     counts[Action.UNCERTAIN.value] -= flying
-    # like Terraform, imports are counted when there are any
+    # like Terraform, imports (and moves and retirements) are counted when there are any
     parts = [
         f"{counts[action.value]} {words}"
         for action, words in _SUMMARY_WORDS
-        if action is not Action.IMPORT or counts[action.value]
+        if action not in _WHEN_ANY or counts[action.value]
     ]
     if flying:
         parts.insert(
@@ -127,10 +139,32 @@ def _detail(change: Change, in_flight: bool = False) -> str:
             f"amount {change.amount}  (uncertain: an earlier create's outcome is unknown; "
             "resolve with `state import KEY ID` or `apply --retry-uncertain`)"
         )
+    if change.action is Action.MOVE:
+        amount = (
+            f"amount {change.amount}"
+            if change.before == change.amount
+            else f"amount {change.before} -> {change.amount}"
+        )
+        how = (
+            "already moved on the server: recorded without a PATCH of the key"
+            if change.on_server
+            else "PATCH of the key fields"
+        )
+        return f"{amount}  (move from {change.moved_from}, {change.coin_config_id}: {how})"
+    if change.action is Action.RETIRE:
+        return (
+            f"amount {change.before} -> 0  (retire {change.coin_config_id}: stays on the "
+            "server and in state, paying nothing)"
+        )
+    if change.action is Action.ORPHAN and change.amount == 0:
+        return (
+            f"amount 0  (orphan: in state as {change.coin_config_id}, not in configs; it "
+            "pays nothing; left alone)"
+        )
     if change.action is Action.ORPHAN:
         return (
             f"amount {change.amount}  (orphan: in state as {change.coin_config_id}, "
-            "not in configs; left alone)"
+            f"not in configs; left alone and still paying; {STOP_HINT})"
         )
     return f"amount {change.amount}"
 
@@ -187,8 +221,12 @@ def change_to_json(change: Change) -> dict[str, Any]:
         "key": change.key.as_dict(),
         "amount": change.amount,
     }
-    if change.action is Action.UPDATE:
+    if change.action in (Action.UPDATE, Action.MOVE, Action.RETIRE):
         data["before"] = change.before
+    if change.moved_from is not None:
+        data["movedFrom"] = change.moved_from.as_dict()
+    if change.on_server:
+        data["onServer"] = True
     if change.source is not None:
         data["source"] = str(change.source)
     if change.coin_config_id is not None:
@@ -239,10 +277,17 @@ def _md_row(change: Change, in_flight: bool = False) -> str:
     if in_flight:
         key = code(str(change.key), MARKDOWN_KEY_LIMIT, cell=True)
         return f"| … in flight | {key} | {change.amount} | |"
-    if change.action is Action.UPDATE:
+    if change.action in (Action.UPDATE, Action.RETIRE) or (
+        change.action is Action.MOVE and change.before != change.amount
+    ):
         amount = f"{change.before} → {change.amount}"
     else:
         amount = str(change.amount)
+    if change.moved_from is not None:
+        old = code(str(change.moved_from), MARKDOWN_KEY_LIMIT, cell=True)
+        key = code(str(change.key), MARKDOWN_KEY_LIMIT, cell=True)
+        source = code(str(change.source), MARKDOWN_PATH_LIMIT, cell=True) if change.source else ""
+        return f"| {_SYMBOL[change.action]} move | {old} → {key} | {amount} | {source} |"
     source = code(str(change.source), MARKDOWN_PATH_LIMIT, cell=True) if change.source else ""
     key = code(str(change.key), MARKDOWN_KEY_LIMIT, cell=True)
     return f"| {_SYMBOL[change.action]} {change.action.value} | {key} | {amount} | {source} |"
@@ -291,7 +336,7 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
     names are shown inert (code spans) and cut to a bounded length.
     """
     counts = plan.summary()
-    columns = [a.value for a in Action if a is not Action.IMPORT or counts[a.value]]
+    columns = [a.value for a in Action if a not in _WHEN_ANY or counts[a.value]]
     head = [
         f"### coins-sync plan for {code(plan.context.env)}",
         "",
@@ -329,6 +374,8 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
             "`coins-sync state import KEY ID` before applying.",
             "",
         ]
+    if any(c.action is Action.ORPHAN and c.amount > 0 for c in plan.changes):
+        body += [f"Orphans are left alone and keep paying: {STOP_HINT}.", ""]
     table_head = ["| action | key | amount | source |", "| --- | --- | ---: | --- |"]
     folded = len(rows) > MARKDOWN_INLINE_ROWS
     # sized for the longest summary ("N of N changes"); the real one is written once the

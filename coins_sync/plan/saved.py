@@ -71,6 +71,8 @@ def load_plan(path: Path) -> Plan:
                 before=item.get("before"),
                 source=_source(item.get("source")),
                 coin_config_id=item.get("coinConfigId"),
+                moved_from=_key(item["movedFrom"]) if "movedFrom" in item else None,
+                on_server=item.get("onServer") is True,
             )
         )
     context = PlanContext(
@@ -216,6 +218,8 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> Plan:
         if want is not None and want.action is not Action.UNCHANGED and _same(change, want):
             continue
         drift = claims.get(change.key, [])
+        if _moved_on_server(change, want, claims):
+            continue
         if not _drift_fix(change, want, drift, state, desired.get(change.key)):
             raise _mismatch(change, want)
     for key, want in expected.items():
@@ -238,6 +242,8 @@ def _same(change: Change, want: Change) -> bool:
         and change.amount == want.amount
         and change.before == want.before
         and change.coin_config_id == want.coin_config_id
+        and change.moved_from == want.moved_from
+        and change.on_server == want.on_server
         and _text(change.source) == _text(want.source)
     )
 
@@ -271,7 +277,7 @@ def _mismatch(change: Change, want: Change | None) -> StalePlanError:
     )
 
 
-_ALONE = frozenset({DriftField.AMOUNT, DriftField.UNUSABLE_AMOUNT, DriftField.MISSING})
+_ALONE = frozenset({DriftField.UNUSABLE_AMOUNT, DriftField.MISSING})
 
 
 def _key_field(key: RuleKey, field: DriftField) -> str:
@@ -296,8 +302,9 @@ def _drift_claims(drift: tuple[Drift, ...], state: State) -> dict[RuleKey, list[
         ok = ok and entry is not None and entry.coin_config_id == d.coin_config_id
         seen = claims.setdefault(d.key, [])
         fields = {other.field for other in seen} | {d.field}
-        # refresh reports one amount, unusable amount or missing drift alone, key fields
-        # at most once each
+        # refresh reports a missing config or an unusable amount alone, every other field
+        # at most once (a config moved on the server shows its amount drift beside its
+        # key fields)
         ok = ok and d.field not in {other.field for other in seen}
         ok = ok and not (_ALONE & fields and len(fields) > 1)
         if not ok:
@@ -346,11 +353,31 @@ def _drift_fix(
     return False
 
 
+def _moved_on_server(
+    change: Change, want: Change | None, claims: dict[RuleKey, list[Drift]]
+) -> bool:
+    """Whether a refresh plan's move may be recorded without a PATCH of the key: its old
+    key's drift (checked against the state) says the server carries the new key."""
+    old = change.moved_from
+    if want is None or want.action is not Action.MOVE or old is None or not change.on_server:
+        return False
+    if not _same(change, replace(want, on_server=True, before=change.before)):
+        return False
+    drift = claims.get(old, [])
+    server = old.as_dict()
+    for d in drift:
+        if d.field not in (DriftField.AMOUNT, DriftField.MISSING):
+            server[d.field.value] = d.on_server
+    amount = _server_amount(drift)
+    expected_before = want.before if amount is None else amount
+    return server == change.key.as_dict() and change.before == expected_before
+
+
 def _drift_skip(want: Change, drift: list[Drift]) -> bool:
     """Whether a refresh plan may lack the offline plan's change ``want``: an update the
     server already has (amount drift to the configs' amount) or that refresh blocks
     (the config is missing or moved to another key, so it is left alone)."""
-    if want.action is not Action.UPDATE:
+    if want.action not in (Action.UPDATE, Action.RETIRE):
         return False
     if any(d.field is not DriftField.AMOUNT for d in drift):
         return True

@@ -35,6 +35,9 @@ class AuditAction(StrEnum):
     UPDATE = "update"
     IMPORT = "import"
     FORGET = "forget"
+    MOVE = "move"  # the config's key fields PATCHed under the same id (movedFrom)
+    RETIRE = "retire"  # a retired rule's config set to amount 0
+    RENAME = "state-mv"  # `state mv`: re-keyed in state only, nothing sent
 
 
 def audit_path_for(state_path: Path) -> Path:
@@ -79,6 +82,7 @@ class AuditRecord:
     after: int | None = None
     coin_config_id: str | None = None
     message: str | None = None
+    moved_from: RuleKey | None = None  # a move or `state mv`: the key before
 
 
 def audit_data(item: AuditRecord, env: str, actor: str, commit: str | None) -> dict[str, Any]:
@@ -95,6 +99,8 @@ def audit_data(item: AuditRecord, env: str, actor: str, commit: str | None) -> d
         "actor": actor,
         "commit": commit,
     }
+    if item.moved_from is not None:
+        data["movedFrom"] = item.moved_from.as_dict()
     if item.message:
         data["message"] = item.message
     return data

@@ -68,13 +68,15 @@ def sort_fenced(state: State, records: Iterable[JournalRecord]) -> Fenced:
         stale += 1
         entry = state.entries.get(record.key)
         creates = record.kind is JournalKind.INTENT or record.outcome in (
-            *CONFIRMED - {Outcome.UPDATED},
+            *CONFIRMED - {Outcome.UPDATED, Outcome.RETIRED},
             Outcome.UNKNOWN,
         )
         if record.outcome is Outcome.FAILED:
             fold.append(record)  # folds to nothing; it closes an intent
         elif record.kind is JournalKind.INTENT and entry is not None and record.key in answered:
             continue  # its result (below or above) decides
+        elif record.kind is JournalKind.INTENT and entry is not None:
+            fold.append(record)  # a PATCH never answered: the entry is marked pending
         elif creates:
             if entry is None:
                 fold.append(record)

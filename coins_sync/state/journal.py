@@ -20,7 +20,8 @@ from coins_sync.state.model import State, StateEntry, Uncertain, utc_now, valid_
 
 
 class JournalKind(StrEnum):
-    """An ``intent`` is written before a create is sent; a ``result`` after its answer."""
+    """An ``intent`` is written before a create or a PATCH is sent; a ``result`` after
+    its answer. A PATCH's intent is under the key the state records (a move's old key)."""
 
     INTENT = "intent"
     RESULT = "result"
@@ -32,6 +33,8 @@ class Outcome(StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     IMPORTED = "imported"
+    MOVED = "moved"  # a config's key fields PATCHed (or found moved): re-keyed, same id
+    RETIRED = "retired"  # a retired rule's config set to amount 0
     FORGOTTEN = "forgotten"
     UNKNOWN = "unknown"  # a create was sent; whether the server stored it is unknown
     UNVERIFIED = "unverified"  # an update was sent; whether it was applied is unknown
@@ -40,7 +43,9 @@ class Outcome(StrEnum):
 
 
 #: Results that put an entry in the state.
-CONFIRMED = frozenset({Outcome.CREATED, Outcome.UPDATED, Outcome.IMPORTED})
+CONFIRMED = frozenset(
+    {Outcome.CREATED, Outcome.UPDATED, Outcome.IMPORTED, Outcome.MOVED, Outcome.RETIRED}
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class JournalRecord:
     outcome: Outcome | None = None
     coin_config_id: str | None = None
     at: str = ""
+    moved_from: RuleKey | None = None  # a ``moved`` result: the key it had before
     #: the state serial the line was written under (its fence; see state/fence.py);
     #: None for a record made in memory, or a line of an older coins-sync
     fence: int | None = field(default=None, compare=False)
@@ -71,6 +77,8 @@ class JournalRecord:
             data["outcome"] = self.outcome
         if self.coin_config_id:
             data["coinConfigId"] = self.coin_config_id
+        if self.moved_from is not None:
+            data["movedFrom"] = str(self.moved_from)
         if serial is not None:
             data["serial"] = serial
         return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
@@ -126,6 +134,7 @@ def _record_from(data: Any) -> JournalRecord:
     outcome = data.get("outcome")
     if kind == JournalKind.RESULT and outcome is None:
         raise ValueError("a result without an outcome")
+    moved_from = data.get("movedFrom")
     return JournalRecord(
         kind=kind,
         key=key,
@@ -133,6 +142,7 @@ def _record_from(data: Any) -> JournalRecord:
         outcome=None if outcome is None else Outcome(outcome),  # unknown: ValueError
         coin_config_id=config_id,
         at=str(data.get("at", "")),
+        moved_from=None if moved_from is None else RuleKey.parse(str(moved_from)),
         fence=fence,
     )
 
@@ -147,16 +157,32 @@ def fold(state: State, records: Iterable[JournalRecord]) -> State:
             open_intents[record.key] = record
             continue
         open_intents.pop(record.key, None)
-        if record.outcome in CONFIRMED and record.coin_config_id:
+        old = record.moved_from
+        if record.outcome == Outcome.MOVED and old is not None and record.coin_config_id:
+            open_intents.pop(old, None)
+            moved = entries.get(old)
+            if moved is not None and moved.coin_config_id == record.coin_config_id:
+                del entries[old]
             entries[record.key] = StateEntry(record.key, record.amount, record.coin_config_id)
+            uncertain.pop(record.key, None)
+        elif record.outcome in CONFIRMED and record.coin_config_id:
+            entries[record.key] = StateEntry(
+                record.key,
+                record.amount,
+                record.coin_config_id,
+                retired=record.outcome == Outcome.RETIRED,
+            )
             uncertain.pop(record.key, None)
         elif record.outcome == Outcome.UNKNOWN:
             uncertain[record.key] = Uncertain(record.key, record.amount, record.at)
         elif record.outcome == Outcome.UNVERIFIED and record.key in entries:
             entries[record.key] = replace(entries[record.key], pending=record.amount)
     for key, intent in open_intents.items():
-        if key not in entries:  # a create was sent and never answered
+        entry = entries.get(key)
+        if entry is None:  # a create was sent and never answered
             uncertain[key] = Uncertain(key, intent.amount, intent.at, open=True)
+        else:  # a PATCH was sent and never answered: its outcome is unknown
+            entries[key] = replace(entry, pending=intent.amount)
     return replace(state, entries=entries, uncertain=uncertain)
 
 

@@ -50,18 +50,26 @@ class StateEntry:
 
     ``pending`` is the amount of an update (PATCH) whose outcome is unknown: the server
     holds ``amount`` or ``pending``. A plan reads such an entry back before trusting it;
-    a confirmed update clears it.
+    a confirmed update clears it. ``retired`` marks a config that a ``retired: true``
+    rule set to amount 0: it is kept on purpose, paying nothing.
     """
 
     key: RuleKey
     amount: int
     coin_config_id: str
     pending: int | None = None
+    retired: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        data = {**self.key.as_dict(), "amount": self.amount, "coinConfigId": self.coin_config_id}
+        data: dict[str, Any] = {
+            **self.key.as_dict(),
+            "amount": self.amount,
+            "coinConfigId": self.coin_config_id,
+        }
         if self.pending is not None:
             data["pendingAmount"] = self.pending
+        if self.retired:
+            data["retired"] = True
         return data
 
 
@@ -117,6 +125,14 @@ class State:
         entries = dict(self.entries)
         entries[entry.key] = entry
         uncertain = {k: v for k, v in self.uncertain.items() if k != entry.key}
+        return replace(self, entries=entries, uncertain=uncertain)
+
+    def rekeyed(self, old: RuleKey, new: RuleKey) -> State:
+        """The entry of ``old`` recorded as ``new`` under the same id (a moved config)."""
+        entry = self.entries[old]
+        entries = {k: v for k, v in self.entries.items() if k != old}
+        entries[new] = replace(entry, key=new)
+        uncertain = {k: v for k, v in self.uncertain.items() if k != new}
         return replace(self, entries=entries, uncertain=uncertain)
 
     def without(self, key: RuleKey) -> State:
@@ -228,6 +244,10 @@ def _parse_state(raw: bytes, where: str) -> State:
                     f"integer; {hint}"
                 )
             entries[key] = StateEntry(key, amount, str(config_id), pending)
+        if "retired" in item:
+            if type(item["retired"]) is not bool:
+                raise StateError(f"{where}: entries[{index}].retired must be true or false; {hint}")
+            entries[key] = replace(entries[key], retired=item["retired"])
     uncertain: dict[RuleKey, Uncertain] = {}
     uncertain_raw = data.get("uncertain", [])
     if not isinstance(uncertain_raw, list):

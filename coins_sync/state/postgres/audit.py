@@ -46,9 +46,16 @@ class Route(Protocol):
 
 
 def followed_by_result(item: AuditRecord) -> bool:
-    """Whether a journal result follows ``item`` (then both are one statement)."""
-    return item.action == AuditAction.CREATE or (
-        item.action == AuditAction.UPDATE and item.outcome in (Outcome.UPDATED, Outcome.UNCERTAIN)
+    """Whether a journal result under the same key follows ``item`` (then both are one
+    statement). A move's unknown outcome is journaled under its old key: its record goes
+    on its own."""
+    return (
+        item.action == AuditAction.CREATE
+        or (
+            item.action in (AuditAction.UPDATE, AuditAction.RETIRE)
+            and item.outcome in (Outcome.UPDATED, Outcome.RETIRED, Outcome.UNCERTAIN)
+        )
+        or (item.action == AuditAction.MOVE and item.outcome == Outcome.MOVED)
     )
 
 

@@ -44,24 +44,32 @@ i AS (SELECT * FROM jsonb_to_recordset(%(intents)s::jsonb) AS i(company text,
   configuration text, event text, amount bigint, at text)),
 r AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(company text,
   configuration text, event text, amount bigint, outcome text,
-  config_id text, since text, write_entry boolean)),
+  config_id text, since text, write_entry boolean, op_outcome text, retired boolean,
+  from_company text, from_configuration text, from_event text)),
 ins AS (INSERT INTO {s}.operation (env, run_id, company_id, configuration,
   event, amount, intent_at) SELECT f.name, %(run)s, i.company,
   i.configuration, i.event, i.amount, i.at FROM fence f, i WHERE f.dirty
   RETURNING id),
-op AS (UPDATE {s}.operation AS o SET outcome = r.outcome,
+op AS (UPDATE {s}.operation AS o SET outcome = r.op_outcome,
   coin_config_id = r.config_id, done_at = now() FROM r
-  WHERE o.env = %(env)s AND o.company_id = r.company
-    AND o.configuration = r.configuration AND o.event = r.event
+  WHERE o.env = %(env)s AND o.company_id = coalesce(r.from_company, r.company)
+    AND o.configuration = coalesce(r.from_configuration, r.configuration)
+    AND o.event = coalesce(r.from_event, r.event)
     AND o.outcome IS NULL AND EXISTS (SELECT 1 FROM fence WHERE dirty)
   RETURNING o.id),
+mv AS (DELETE FROM {s}.entry AS d USING fence f, r WHERE f.dirty
+  AND r.write_entry AND r.from_company IS NOT NULL AND d.env = f.name
+  AND d.company_id = r.from_company AND d.configuration = r.from_configuration
+  AND d.event = r.from_event AND d.coin_config_id = r.config_id RETURNING 1),
 ent AS (INSERT INTO {s}.entry AS e (env, company_id, configuration, event,
-  amount, coin_config_id, uncertain_since)
+  amount, coin_config_id, uncertain_since, retired)
   SELECT f.name, r.company, r.configuration, r.event, r.amount,
-    r.config_id, r.since FROM fence f, r WHERE f.dirty AND r.write_entry
+    r.config_id, r.since, coalesce(r.retired, false) FROM fence f, r
+  WHERE f.dirty AND r.write_entry
   ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET
     amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id,
-    uncertain_since = EXCLUDED.uncertain_since, pending_amount = NULL
+    uncertain_since = EXCLUDED.uncertain_since, pending_amount = NULL,
+    retired = EXCLUDED.retired
   WHERE EXCLUDED.coin_config_id IS NOT NULL OR e.coin_config_id IS NULL
   RETURNING 1),
 pend AS (UPDATE {s}.entry AS p SET pending_amount = r.amount
@@ -82,6 +90,15 @@ CHECKPOINT = (
     "UPDATE {s}.environment SET serial = serial + dirty::int, dirty = false{held} "
     "RETURNING lineage, serial"
 )
+
+
+#: How a result closes its intent in the ``operation`` table (its CHECK knows five).
+_OPERATION_OUTCOME: dict[str, str] = {
+    Outcome.IMPORTED: "created",
+    Outcome.MOVED: "updated",
+    Outcome.RETIRED: "updated",
+    Outcome.UNVERIFIED: "unknown",
+}
 
 
 class _Pending:
@@ -194,9 +211,18 @@ class PostgresJournal:
         if record.kind == "intent":
             row["at"] = at
             return row
-        confirmed = record.outcome in ("created", "updated", "imported")
+        confirmed = record.outcome in CONFIRMED
+        moved = record.moved_from
+        if moved is not None:  # a move: its intent and the old entry are under this key
+            row.update(
+                from_company=moved.company_id,
+                from_configuration=moved.configuration,
+                from_event=moved.event,
+            )
         row.update(
             outcome="created" if record.outcome == "imported" else record.outcome,
+            op_outcome=_OPERATION_OUTCOME.get(str(record.outcome), str(record.outcome)),
+            retired=record.outcome == Outcome.RETIRED,
             config_id=record.coin_config_id if confirmed else None,
             since=None if confirmed else at,
             write_entry=(confirmed and bool(record.coin_config_id)) or record.outcome == "unknown",

@@ -95,6 +95,13 @@ ALTER TABLE {s}.entry ADD COLUMN pending_amount bigint
     CHECK (pending_amount IS NULL OR (pending_amount >= 0 AND coin_config_id IS NOT NULL));
 """,
     ),
+    (
+        4,
+        """\
+-- A config a `retired: true` rule set to amount 0: kept on purpose, paying nothing.
+ALTER TABLE {s}.entry ADD COLUMN retired boolean NOT NULL DEFAULT false;
+""",
+    ),
 )
 
 LATEST = MIGRATIONS[-1][0]

@@ -46,7 +46,12 @@ ABANDON = (
     "  UPDATE {s}.operation SET outcome = 'abandoned', done_at = now() "
     "  WHERE env = %(env)s AND outcome IS NULL "
     "    AND EXISTS (SELECT 1 FROM fence) "
-    "  RETURNING company_id, configuration, event, amount, intent_at) "
+    "  RETURNING company_id, configuration, event, amount, intent_at), "
+    # a PATCH sent and never answered: its entry is marked pending
+    "pend AS (UPDATE {s}.entry AS p SET pending_amount = c.amount "
+    "  FROM closed c WHERE p.env = %(env)s AND p.company_id = c.company_id "
+    "    AND p.configuration = c.configuration AND p.event = c.event "
+    "    AND p.coin_config_id IS NOT NULL AND p.pending_amount IS NULL) "
     "INSERT INTO {s}.entry (env, company_id, configuration, event, amount, "
     "  coin_config_id, uncertain_since) "
     "SELECT %(env)s, company_id, configuration, event, amount, NULL, intent_at "
@@ -154,15 +159,19 @@ class PostgresStateStore(Database):
         cursor = conn.execute(
             sql(
                 "SELECT company_id, configuration, event, amount, coin_config_id, "
-                "uncertain_since, pending_amount FROM {s}.entry WHERE env = %s"
+                "uncertain_since, pending_amount, retired FROM {s}.entry WHERE env = %s"
             ),
             (self.env,),
         )
-        for company, configuration, event, amount, config_id, since, pending in cursor:
+        for company, configuration, event, amount, config_id, since, pending, retired in cursor:
             key = RuleKey(company, configuration, event)
             if config_id is not None:
                 entries[key] = StateEntry(
-                    key, int(amount), config_id, None if pending is None else int(pending)
+                    key,
+                    int(amount),
+                    config_id,
+                    None if pending is None else int(pending),
+                    bool(retired),
                 )
             else:
                 uncertain[key] = Uncertain(key, int(amount), since)
@@ -175,8 +184,11 @@ class PostgresStateStore(Database):
         )
         for company, configuration, event, amount, since in cursor:
             key = RuleKey(company, configuration, event)
-            if key not in entries:
+            entry = entries.get(key)
+            if entry is None:  # a create sent and never answered
                 uncertain[key] = Uncertain(key, int(amount), since, open=True)
+            elif entry.pending is None:  # a PATCH sent and never answered
+                entries[key] = replace(entry, pending=int(amount))
         return State(lineage=lineage, serial=serial, entries=entries, uncertain=uncertain)
 
     # locking --------------------------------------------------------------------
@@ -249,16 +261,16 @@ class PostgresStateStore(Database):
 
     def _replace_entries(self, conn: Any, current: State, state: State) -> None:
         sql = self.sql
-        rows: dict[RuleKey, tuple[int, str | None, str | None, int | None]] = {}
+        rows: dict[RuleKey, tuple[int, str | None, str | None, int | None, bool]] = {}
         for key, u in state.uncertain.items():
-            rows[key] = (u.amount, None, u.since or utc_now(), None)
+            rows[key] = (u.amount, None, u.since or utc_now(), None, False)
         for key, entry in state.entries.items():
-            rows[key] = (entry.amount, entry.coin_config_id, None, entry.pending)
-        old: dict[RuleKey, tuple[int, str | None, str | None, int | None]] = {}
+            rows[key] = (entry.amount, entry.coin_config_id, None, entry.pending, entry.retired)
+        old: dict[RuleKey, tuple[int, str | None, str | None, int | None, bool]] = {}
         for key, u in current.uncertain.items():
-            old[key] = (u.amount, None, u.since or utc_now(), None)
+            old[key] = (u.amount, None, u.since or utc_now(), None, False)
         for key, entry in current.entries.items():
-            old[key] = (entry.amount, entry.coin_config_id, None, entry.pending)
+            old[key] = (entry.amount, entry.coin_config_id, None, entry.pending, entry.retired)
         gone = [k for k in old if k not in rows]
         changed = [(k, v) for k, v in rows.items() if old.get(k) != v]
         with conn.cursor() as cur:
@@ -274,12 +286,12 @@ class PostgresStateStore(Database):
                 cur.executemany(
                     sql(
                         "INSERT INTO {s}.entry (env, company_id, configuration, event, amount, "
-                        "coin_config_id, uncertain_since, pending_amount) "
-                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                        "coin_config_id, uncertain_since, pending_amount, retired) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) "
                         "ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET "
                         "amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id, "
                         "uncertain_since = EXCLUDED.uncertain_since, "
-                        "pending_amount = EXCLUDED.pending_amount"
+                        "pending_amount = EXCLUDED.pending_amount, retired = EXCLUDED.retired"
                     ),
                     [
                         storable([self.env, k.company_id, k.configuration, k.event, *v])
@@ -379,10 +391,19 @@ class PostgresStateStore(Database):
                     continue  # parse_journal gives every result an outcome
                 updates = (Outcome.UPDATED, Outcome.UNVERIFIED)
                 action = AuditAction.UPDATE if record.outcome in updates else AuditAction.CREATE
+                if record.outcome in (Outcome.MOVED, Outcome.RETIRED):
+                    moved = record.outcome == Outcome.MOVED
+                    action = AuditAction.MOVE if moved else AuditAction.RETIRE
                 unknown = (Outcome.UNKNOWN, Outcome.UNVERIFIED)
                 outcome = Outcome.UNCERTAIN if record.outcome in unknown else record.outcome
                 item = AuditRecord(
-                    action, record.key, outcome, None, record.amount, record.coin_config_id
+                    action,
+                    record.key,
+                    outcome,
+                    None,
+                    record.amount,
+                    record.coin_config_id,
+                    moved_from=record.moved_from,
                 )
                 journal.stash(record.key, audit.data(item, note))
                 journal.append(record)
