@@ -13,7 +13,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import click
@@ -37,13 +38,32 @@ def err(text: str, *, nl: bool = True) -> None:
     click.echo(redact(text), err=True, nl=nl)
 
 
+#: Set by the global ``--no-color`` flag.
+_colour_off = False
+
+
+def forbid_colour(off: bool) -> None:
+    """``--no-color``: no colour for the rest of this run, whatever the terminal."""
+    global _colour_off
+    _colour_off = off
+
+
 def use_colour() -> bool:
-    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    """Colour only on a terminal that can show it: never with ``--no-color``, with
+    NO_COLOR set (https://no-color.org), or with ``TERM=dumb``."""
+    return (
+        not _colour_off
+        and sys.stdout.isatty()
+        and not os.environ.get("NO_COLOR")
+        and os.environ.get("TERM") != "dumb"
+    )
 
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'s' if count != 1 else ''}"
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 rule``, ``2 rules``; ``many`` for an irregular plural (``1 company``)."""
+    if count == 1:
+        return f"{count} {word}"
+    return f"{count} {many or word + 's'}"
 
 
 # -- validate -----------------------------------------------------------------------
@@ -117,28 +137,56 @@ def state_listing(state: State, where: str, fmt: str) -> str:
 
 
 class Progress:
-    """A one-line progress display on a terminal (stderr); silent otherwise.
+    """Progress of a long run on stderr.
+
+    On a terminal, one bar redrawn in place. Without one (CI logs, a pipe), a plain line
+    such as ``applied 120/400 (0 failed)`` each time another 10% is done or 30 seconds
+    have passed, and at the end, so a long run never looks hung.
 
     While its line is open, a log line (the Ctrl-C warning, a retry) first ends it, so
     the message never lands on the bar's line.
     """
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    #: Without a terminal: print when this share more is done...
+    STEP = 0.1
+    #: ...or when this many seconds have passed since the last line.
+    EVERY = 30.0
+
+    def __init__(
+        self,
+        enabled: bool | None = None,
+        *,
+        verb: str = "applied",
+        plain: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        tty = sys.stderr.isatty()
+        self.enabled = tty if enabled is None else enabled
+        self.plain = (not self.enabled) if plain is None else plain
+        self.verb = verb
         self.shown = False
         self.line_open = False
+        self._clock = clock
+        self._last_time = clock()
+        self._last_done = 0
         self._filter = _EndProgressLine(self)
         for handler in logging.getLogger("coins_sync").handlers:
             handler.addFilter(self._filter)
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total < 2:
-            return
-        width = 30
-        filled = width * done // max(total, 1)
-        bar = "#" * filled + "-" * (width - filled)
-        click.echo(f"\r  [{bar}] {done}/{total}", err=True, nl=False)
-        self.shown = self.line_open = True
+    def __call__(self, done: int, total: int, failed: int = 0) -> None:
+        if self.enabled and total >= 2:
+            width = 30
+            filled = width * done // max(total, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            click.echo(f"\r  [{bar}] {done}/{total}", err=True, nl=False)
+            self.shown = self.line_open = True
+        if self.plain and total > 0:
+            now = self._clock()
+            finished = done >= total > self._last_done
+            stepped = done - self._last_done >= max(1, int(total * self.STEP))
+            if finished or stepped or now - self._last_time >= self.EVERY:
+                self._last_done, self._last_time = done, now
+                err(f"{self.verb} {done}/{total} ({failed} failed)")
 
     def end_line(self) -> None:
         if self.line_open:

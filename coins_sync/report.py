@@ -13,6 +13,7 @@ from itertools import groupby
 from typing import Any
 
 from coins_sync.configs.model import ConfigSet, RuleKey
+from coins_sync.console import plural
 from coins_sync.plan.markdown import code
 from coins_sync.state.model import State
 
@@ -145,7 +146,8 @@ def render_markdown(rows: list[ReportRow], env: str) -> str:
     lines = [
         f"# coins-sync report for {code(env)}",
         "",
-        ", ".join(f"{counts[s]} {s}" for s in RuleStatus) + f" — {len(rows)} rules in all.",
+        ", ".join(f"{counts[s]} {s}" for s in RuleStatus)
+        + f" — {plural(len(rows), 'rule')} in all.",
         "",
     ]
     for company, group in groupby(rows, key=lambda r: r.key.company_id):

@@ -7,6 +7,7 @@ Shape::
     default_environment = "sandbox"     # used when --env is not given
 
     [tool.coins-sync.environments.sandbox]
+    configs = "configs/sandbox"         # this environment's own rule set (default: above)
     api_url = "http://127.0.0.1:8765"
     state = "state/sandbox.json"        # default: state/<env>.json
     encryption = "none"                 # or "aes-128-ecb"
@@ -159,6 +160,7 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "environments": (dict,),
 }
 _ENV_KEYS: dict[str, tuple[type, ...]] = {
+    "configs": (str,),
     "api_url": (str,),
     "state": (str,),
     "encryption": (str,),
@@ -303,7 +305,8 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
         )
     settings = Settings(
         env=name,
-        configs=Path(table.get("configs", "configs")),
+        # an environment's own rule set (staging and prod differ) wins over the project's
+        configs=Path(values.get("configs", table.get("configs", "configs"))),
         state=Path(values.get("state", f"state/{name}.json")),
         api_url=values.get("api_url"),
         encryption=Encryption(encryption),

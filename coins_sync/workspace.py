@@ -17,6 +17,7 @@ from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.errors import SettingsError, StateError
 from coins_sync.plan.drift import Drift, Reader, refresh, untouchable
 from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
+from coins_sync.plan.subset import Subset
 from coins_sync.settings import Settings
 from coins_sync.state.audit import (
     AuditAction,
@@ -137,6 +138,8 @@ class Workspace:
         configs: ConfigSet | None = None,
         refresh_with: Reader | None = None,
         verify_with: Reader | None = None,
+        on_tick: Callable[[int, int, int], None] | None = None,
+        only: Subset | None = None,
     ) -> Plan:
         """Configs against state; never writes. Offline unless ``refresh_with`` is given,
         in which case every managed config is read back first and drift is planned, or
@@ -144,9 +147,16 @@ class Workspace:
         unknown (one GET each) and plans from what the server really holds."""
         configs = configs or self.load_configs()
         state = state or self.read_state()
+        if only:  # outside the subset is left alone: filtered out before reconciling
+            only.check_matches(configs, state)
+            whole = state
+            partial = self.plan(
+                only.state(state), only.configs(configs), refresh_with, verify_with, on_tick
+            )
+            return only.widen(replace(partial, context=self.context(whole, configs)), whole)
         context = self.context(state, configs)
         if refresh_with is not None:
-            read_back, drift = refresh(state, refresh_with, self.settings.parallelism)
+            read_back, drift = refresh(state, refresh_with, self.settings.parallelism, on_tick)
             known = {key: replace(e, pending=None) for key, e in read_back.entries.items()}
             refreshed = replace(state, entries={**state.entries, **known})
         elif verify_with is not None and unverified(state):
@@ -246,7 +256,7 @@ class Workspace:
         rows: Sequence[ImportRow],
         fetch: Callable[[str], RemoteConfig],
         command: str,
-        on_tick: Callable[[int, int], None] | None = None,
+        on_tick: Callable[[int, int, int], None] | None = None,
     ) -> BulkResult:
         """Record every row whose id the server confirms as its key, in one state write.
 

@@ -169,7 +169,7 @@ def fetch_all(
     rows: Sequence[ImportRow],
     fetch: Callable[[str], RemoteConfig],
     parallelism: int,
-    on_tick: Callable[[int, int], None] | None = None,
+    on_tick: Callable[[int, int, int], None] | None = None,
 ) -> list[tuple[ImportRow, StateEntry | str]]:
     """GET every row's id (``parallelism`` at once) and check its key."""
 
@@ -189,8 +189,10 @@ def fetch_all(
     results: dict[int, StateEntry | str] = {}
     with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
         futures = {pool.submit(one, row): index for index, row in enumerate(rows)}
+        failed = 0
         for done, future in enumerate(as_completed(futures), start=1):
-            results[futures[future]] = future.result()
+            result = results[futures[future]] = future.result()
+            failed += isinstance(result, str)
             if on_tick is not None:
-                on_tick(done, len(rows))
+                on_tick(done, len(rows), failed)
     return [(row, results[index]) for index, row in enumerate(rows)]

@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import StateError
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.saved import check_consistent, check_fresh, load_plan
+from coins_sync.plan.subset import Subset
 from coins_sync.state.audit import AuditSink
 from coins_sync.state.file import FileStateStore
 from coins_sync.workspace import Workspace, unverified
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 def wait(
     executor: Executor,
     threads: list[threading.Thread],
-    on_tick: Callable[[int, int], None] | None = None,
+    on_tick: Callable[[int, int, int], None] | None = None,
     tick: float = 0.2,
 ) -> None:
     """Wait for the workers; on Ctrl-C stop new sends and let requests in flight finish.
@@ -62,7 +63,7 @@ def wait(
                     log.warning("interrupted: finishing requests in flight, sending nothing new")
                     announced = True
             elif on_tick is not None:
-                on_tick(executor.done, executor.total)
+                on_tick(executor.done, executor.total, len(executor.report.failed))
             if done:
                 break
     except BaseException:
@@ -118,6 +119,8 @@ class ApplyRequest:
     refresh: bool = False
     parallelism: int | None = None
     command: str = "apply"
+    #: ``--only``: plan and apply just these rules (plan/subset.py).
+    only: Subset = field(default_factory=Subset)
 
 
 def run_apply(
@@ -125,8 +128,9 @@ def run_apply(
     api_factory: Callable[[], ClosableApi],
     request: ApplyRequest,
     confirm: Callable[[Plan], bool],
-    on_tick: Callable[[int, int], None] | None = None,
+    on_tick: Callable[[int, int, int], None] | None = None,
     audit: AuditSink | None = None,
+    on_read: Callable[[int, int, int], None] | None = None,
 ) -> tuple[Plan, ApplyReport | None]:
     """Plan (or load a saved plan), confirm, and execute, all under the state lock.
 
@@ -146,7 +150,9 @@ def run_apply(
                 the_plan = check_consistent(the_plan, state, configs)
             elif request.refresh:
                 api = api_factory()
-                the_plan = workspace.plan(state, configs, refresh_with=api)
+                the_plan = workspace.plan(
+                    state, configs, refresh_with=api, on_tick=on_read, only=request.only
+                )
             elif unverified(state):  # read back the updates whose outcome is unknown
                 api = api_factory()
                 settled, _ = workspace.settle(state, api)
@@ -154,9 +160,9 @@ def run_apply(
                     # what the server holds is recorded even when nothing is sent, so
                     # the mark does not outlive the doubt (and each plan's GETs with it)
                     state = store.write(settled)
-                the_plan = workspace.plan(state, configs, verify_with=api)
+                the_plan = workspace.plan(state, configs, verify_with=api, only=request.only)
             else:
-                the_plan = workspace.plan(state, configs)
+                the_plan = workspace.plan(state, configs, only=request.only)
             the_plan.raise_if_unsafe(workspace.safety, force=request.force)
             if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
                 return the_plan, None

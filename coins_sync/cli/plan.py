@@ -15,14 +15,16 @@ from coins_sync.cli.options import (
     force_option,
     format_option,
     make_client,
+    only_option,
+    resolve_settings,
     same_flags,
     with_workspace,
 )
-from coins_sync.errors import AuthError, ConfigError, SettingsError
+from coins_sync.errors import AuthError, CoinsSyncError, ConfigError, SettingsError
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.render import RENDERERS, render
 from coins_sync.plan.saved import refuse_state_target, save_plan
-from coins_sync.settings import load_settings
+from coins_sync.plan.subset import Subset
 from coins_sync.workspace import Workspace, unverified
 
 
@@ -42,7 +44,7 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: P
       coins-sync validate
       coins-sync validate configs/cekekcards.yaml --format json
     """
-    workspace = Workspace(load_settings(env=env_name).with_overrides(configs=configs))
+    workspace = Workspace(resolve_settings(env_name, configs))
     try:
         config_set = workspace.load_configs(list(paths))
     except ConfigError as e:
@@ -71,6 +73,7 @@ def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: P
     is_flag=True,
     help="Read every managed config from the API first and show drift (needs credentials).",
 )
+@only_option
 def plan_command(
     workspace: Workspace,
     fmt: str,
@@ -78,6 +81,7 @@ def plan_command(
     detailed_exitcode: bool,
     force: bool,
     refresh: bool,
+    only: tuple[str, ...],
 ) -> int:
     """Show what apply would do. Changes nothing; no network call unless --refresh,
     except one GET for each config whose last update's outcome is unknown.
@@ -93,15 +97,46 @@ def plan_command(
       coins-sync plan --env prod --out plan.json
       coins-sync plan --format markdown --detailed-exitcode > plan.md
       coins-sync plan --refresh      # also GET every managed config to find drift
+      coins-sync plan --only CEKEKCARDS --only 'GLOBEX/*/MEAL_*'
+
+    With --format markdown, invalid configs or a plan that cannot be made print
+    why as Markdown on stdout (exit 1), ready for the same PR comment.
     """
+    try:
+        return _plan(workspace, fmt, out, detailed_exitcode, force, refresh, Subset.parse(only))
+    except CoinsSyncError as e:
+        if fmt == "markdown":  # the PR comment shows this push's problems, not a stale plan
+            from coins_sync.plan.problems import failure_markdown, problems_markdown
+
+            env = workspace.settings.env
+            if isinstance(e, ConfigError) and e.problems:
+                console.out(problems_markdown(e.problems, env), nl=False)
+            else:
+                console.out(failure_markdown(str(e), env), nl=False)
+        raise
+
+
+def _plan(
+    workspace: Workspace,
+    fmt: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+    force: bool,
+    refresh: bool,
+    only: Subset,
+) -> int:
     if out is not None:
         refuse_state_target(out, workspace.settings.state)
     unread = 0
     if refresh:
-        with make_client(workspace.settings) as client:
-            the_plan = workspace.plan(refresh_with=client)
+        progress = console.Progress(verb="read")
+        try:
+            with make_client(workspace.settings) as client:
+                the_plan = workspace.plan(refresh_with=client, on_tick=progress, only=only)
+        finally:
+            progress.close()
     else:
-        the_plan, unread = plan_verified(workspace)
+        the_plan, unread = plan_verified(workspace, only)
     click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
     the_plan.raise_if_unsafe(workspace.safety, force=force)
     if out is not None:
@@ -113,14 +148,14 @@ def plan_command(
     return EXIT_OK
 
 
-def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
+def plan_verified(workspace: Workspace, only: Subset | None = None) -> tuple[Plan, int]:
     """The offline plan, with each entry of an update whose outcome is unknown read back
     (one GET each) when the API can be reached; else a warning names them. Returns the
     plan and how many such entries could not be read back."""
     state = workspace.read_state()
     pending = unverified(state)
     if not pending:
-        return workspace.plan(state), 0
+        return workspace.plan(state, only=only), 0
     try:
         client = make_client(workspace.settings)
     except (SettingsError, AuthError) as e:
@@ -130,9 +165,9 @@ def plan_verified(workspace: Workspace) -> tuple[Plan, int]:
                 f"is unknown; the server holds {entry.amount} or {entry.pending}, and it "
                 f"could not be read back ({e}). Set the API credentials and plan again."
             )
-        return workspace.plan(state), len(pending)
+        return workspace.plan(state, only=only), len(pending)
     with client:
-        return workspace.plan(state, verify_with=client), 0
+        return workspace.plan(state, verify_with=client, only=only), 0
 
 
 @cli.command()

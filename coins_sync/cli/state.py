@@ -122,7 +122,7 @@ def import_file(workspace: Workspace, source: Path) -> int:
     from coins_sync.configs.discovery import display_path
 
     rows = read_rows(source, display_path(source))
-    progress = console.Progress()
+    progress = console.Progress(verb="checked")
     try:
         with make_client(workspace.settings) as client:
             result = workspace.import_many(

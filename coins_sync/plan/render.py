@@ -12,6 +12,7 @@ import json
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
+from coins_sync.console import plural
 from coins_sync.errors import UnknownFormatError
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.markdown import code
@@ -68,7 +69,8 @@ def summary_line(plan: Plan) -> str:
             f"`coins-sync state rm {stuck[0]}` once settled)"
         )
     verdict = "changes present" if plan.has_changes else "no changes"
-    return f"Plan: {', '.join(parts)} ({verdict})."
+    partial = " (partial: --only)" if plan.context.only else ""
+    return f"Plan{partial}: {', '.join(parts)} ({verdict})."
 
 
 def first_contact_line(plan: Plan) -> str | None:
@@ -76,9 +78,20 @@ def first_contact_line(plan: Plan) -> str | None:
     if not plan.new_companies:
         return None
     return (
-        f"{plan.first_contact_creates} creates for {len(plan.new_companies)} companies new "
+        f"{plural(plan.first_contact_creates, 'create')} for "
+        f"{plural(len(plan.new_companies), 'company', 'companies')} new "
         "to this state; if any of these already exist on the server, adopt them first "
         "(coinConfigId in the rule, or `coins-sync state import --from FILE`)."
+    )
+
+
+def partial_line(plan: Plan) -> str | None:
+    """A plan made with ``--only`` says so: what lies outside it was not looked at."""
+    if not plan.context.only:
+        return None
+    return (
+        f"Partial plan: only {', '.join(plan.context.only)}; every other rule and state "
+        "entry is left alone (not planned, not reported as orphaned)."
     )
 
 
@@ -132,7 +145,8 @@ def render_text(plan: Plan, colour: bool = False) -> str:
     if shown:
         lines.append("")
     lines.append(summary_line(plan))
-    lines.extend(note for note in (agreeing_line(plan), first_contact_line(plan)) if note)
+    notes = (partial_line(plan), agreeing_line(plan), first_contact_line(plan))
+    lines.extend(note for note in notes if note)
     return "\n".join(lines) + "\n"
 
 
@@ -183,6 +197,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             for d in plan.drift
         ],
         "new_companies": list(plan.new_companies),
+        "only": list(context.only),
     }
 
 
@@ -249,6 +264,13 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         f"**{summary_line(plan)}**",
         "",
     ]
+    if plan.context.only:
+        only = ", ".join(code(p, MARKDOWN_KEY_LIMIT) for p in plan.context.only[:20])
+        head += [
+            "> [!NOTE]",
+            f"> Partial plan: only {only}; every other rule and state entry is left alone.",
+            "",
+        ]
     agreeing = agreeing_line(plan)
     if agreeing:
         head += [agreeing, ""]
