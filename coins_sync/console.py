@@ -140,8 +140,8 @@ class Progress:
     """Progress of a long run on stderr.
 
     On a terminal, one bar redrawn in place. Without one (CI logs, a pipe), a plain line
-    such as ``applied 120/400 (0 failed)`` each time another 10% is done or 30 seconds
-    have passed, and at the end, so a long run never looks hung.
+    such as ``applied 120/400 (0 failed)`` each time another 10% is done (runs of 20
+    items or more) or 30 seconds have passed, so a long run never looks hung.
 
     While its line is open, a log line (the Ctrl-C warning, a retry) first ends it, so
     the message never lands on the bar's line.
@@ -151,6 +151,8 @@ class Progress:
     STEP = 0.1
     #: ...or when this many seconds have passed since the last line.
     EVERY = 30.0
+    #: Runs of fewer items (seconds at most) print only the 30-second lines.
+    SMALL = 20
 
     def __init__(
         self,
@@ -169,6 +171,7 @@ class Progress:
         self._clock = clock
         self._last_time = clock()
         self._last_done = 0
+        self._printed = False
         self._filter = _EndProgressLine(self)
         for handler in logging.getLogger("coins_sync").handlers:
             handler.addFilter(self._filter)
@@ -182,9 +185,11 @@ class Progress:
             self.shown = self.line_open = True
         if self.plain and total > 0:
             now = self._clock()
-            finished = done >= total > self._last_done
+            waited = now - self._last_time >= self.EVERY
+            finished = done >= total > self._last_done and self._printed
             stepped = done - self._last_done >= max(1, int(total * self.STEP))
-            if finished or stepped or now - self._last_time >= self.EVERY:
+            if waited or finished or (total >= self.SMALL and stepped):
+                self._printed = True
                 self._last_done, self._last_time = done, now
                 err(f"{self.verb} {done}/{total} ({failed} failed)")
 

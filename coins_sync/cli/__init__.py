@@ -14,7 +14,7 @@ renderers in :mod:`coins_sync.plan.render`.
 
 from __future__ import annotations
 
-from coins_sync.cli import apply, git_lease, plan, sandbox, state  # noqa: F401  (registers)
+from coins_sync.cli import apply, git_lease, init, plan, sandbox, state  # noqa: F401  (registers)
 from coins_sync.cli.app import (
     EXIT_CHANGES,
     EXIT_ERROR,
