@@ -48,12 +48,17 @@ def forbid_colour(off: bool) -> None:
     _colour_off = off
 
 
+def on_terminal() -> bool:
+    """Whether stdout is a terminal."""
+    return sys.stdout.isatty()
+
+
 def use_colour() -> bool:
     """Colour only on a terminal that can show it: never with ``--no-color``, with
     NO_COLOR set (https://no-color.org), or with ``TERM=dumb``."""
     return (
         not _colour_off
-        and sys.stdout.isatty()
+        and on_terminal()
         and not os.environ.get("NO_COLOR")
         and os.environ.get("TERM") != "dumb"
     )
