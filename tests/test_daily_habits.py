@@ -309,3 +309,77 @@ def test_validate_honours_verbose(project: Path, invoke: Invoke) -> None:
     assert "project root" not in quiet.output
     assert "INFO: project root:" in loud.stderr
     assert loud.stdout == quiet.stdout
+
+
+def _run_in_a_terminal(
+    args: list[str], cwd: Path, env: dict[str, str], answer: bytes
+) -> tuple[int, str]:
+    """Run the CLI on a pseudo-terminal; at the [y/N] prompt type ``answer`` (b"\\x03"
+    is Ctrl-C, which the terminal turns into SIGINT). Bounded: 60 s in all."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    main, child = pty.openpty()
+
+    def own_terminal() -> None:
+        # a new session whose controlling terminal is the pty: Ctrl-C typed there is
+        # turned into SIGINT by the line discipline, as from a keyboard
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coins_sync", *args],
+        cwd=cwd, env=env, stdin=child, stdout=child, stderr=child, preexec_fn=own_terminal,
+    )  # fmt: skip
+    os.close(child)
+    seen = b""
+    deadline = time.monotonic() + 60
+    answered = False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not answered and b"[y/N]" in seen:
+                os.write(main, answer)
+                answered = True
+            if process.poll() is not None and not ready:
+                break
+        code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if process.poll() is None:
+            process.kill()
+        os.close(main)
+    return code, seen.decode("utf-8", "replace")
+
+
+def test_ctrl_c_at_the_prompt_exits_130_and_sends_nothing(
+    project: Path, sandbox: SandboxServer
+) -> None:
+    import os
+
+    rules(project, "ACME", ("GIFT", 1))
+    env = {**os.environ, **TOKEN, "PYTHONPATH": str(REPO)}
+    code, seen = _run_in_a_terminal(
+        ["apply", "--api-url", sandbox.url], project, env, answer=b"\x03"
+    )
+    assert "Apply these changes? [y/N]" in seen
+    assert code == 130, seen
+    assert "Traceback" not in seen
+    assert sandbox.configs() == []
+    code, seen = _run_in_a_terminal(
+        ["apply", "--api-url", sandbox.url], project, env, answer=b"n\r"
+    )
+    assert code == 1, seen  # a plain "no" is still exit 1
