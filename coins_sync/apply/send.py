@@ -116,7 +116,7 @@ class Sender:
             reason = f"not sent: {change.key} is not in the configs"
         else:
             reason = f"not sent: the configs say amount {wanted}, the plan {change.amount}"
-        log.error("%s: %s", change.key, reason)
+        log.info("%s: %s", change.key, reason)  # the report lists it once, as failed
         self.report.failed.append((change.key, reason))
         before = change.before if action == AuditAction.UPDATE else None
         self.ledger.write_audit(
@@ -225,7 +225,7 @@ class Sender:
                 self.ledger.inflight.pop(key, None)
                 self.report.failed.append((key, why))
 
-            log.error("%s: %s", key, why)
+            log.info("%s: %s", key, why)  # the report lists it once, as failed
             self.ledger.write_audit(
                 AuditRecord(AuditAction.IMPORT, key, Outcome.FAILED, None, amount, config_id, why)
             )

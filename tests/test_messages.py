@@ -1,0 +1,110 @@
+"""Issue 23 item 7: messages that say what happened, once, in plain grammar."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import ssl
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from coins_sync.sandbox import SandboxServer
+from tests.conftest import SANDBOX_TOKEN, Invoke, write
+
+TOKEN = {"COINS_SYNC_TOKEN": SANDBOX_TOKEN}
+
+
+def test_one_of_each_is_singular(project: Path, invoke: Invoke, sandbox: SandboxServer) -> None:
+    write(
+        project / "configs/acme.yaml", "companyId: ACME\nrules:\n  - event: GIFT\n    amount: 1\n"
+    )
+    plan = invoke("plan").output
+    assert "1 create for 1 company new to this state" in plan
+    assert "creates" not in plan and "companies" not in plan
+    assert invoke("validate").output == "valid: 1 rule in 1 file\n"
+    report = invoke("report").output
+    assert "1 rule in all" in report and "rules in all" not in report
+
+
+def test_an_import_404_is_printed_once(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    write(
+        project / "configs/acme.yaml",
+        "companyId: ACME\nrules:\n  - event: GIFT\n    amount: 1\n    coinConfigId: WCC404404\n",
+    )
+    result = invoke("apply", "--yes", "--api-url", sandbox.url, env=TOKEN)
+    assert result.exit_code == 1
+    assert result.output.count("WCC404404 was not found on the server (404)") == 1, result.output
+
+
+@pytest.fixture
+def self_signed() -> Iterator[str]:
+    """An https server on 127.0.0.1 whose certificate no CA signed."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    folder = Path(os.environ.get("TMPDIR", "/tmp"))
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=folder) as where:
+        cert_file, key_file = Path(where, "cert.pem"), Path(where, "key.pem")
+        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert_file, key_file)
+
+        class Quiet(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        try:
+            yield f"https://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(10)
+
+
+def test_a_tls_certificate_failure_is_named_as_one(
+    project: Path, invoke: Invoke, self_signed: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    result = invoke(
+        "state", "import", "ACME/DEFAULT/GIFT", "WCC1", "--api-url", self_signed, env=TOKEN
+    )
+    assert result.exit_code == 1
+    assert "TLS certificate was refused" in result.output
+    assert "self-signed certificate" in result.output or "self signed" in result.output
+    assert "cannot reach the API" not in result.output
+    assert "Traceback" not in result.output
