@@ -108,3 +108,53 @@ def test_a_tls_certificate_failure_is_named_as_one(
     assert "self-signed certificate" in result.output or "self signed" in result.output
     assert "cannot reach the API" not in result.output
     assert "Traceback" not in result.output
+
+
+def test_refused_commands_leave_no_lock_files_or_folders(
+    project: Path, invoke: Invoke, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write(
+        project / "configs/acme.yaml", "companyId: ACME\nrules:\n  - event: GIFT\n    amount: 1\n"
+    )
+    before = sorted(p.relative_to(project) for p in project.rglob("*"))
+    monkeypatch.chdir(project / "configs")  # no settings: the state would go to configs/state/
+    # refused under the lock: configs/configs does not exist
+    refused = invoke("apply", "--api-url", sandbox.url, "--yes", env=TOKEN)
+    assert refused.exit_code == 1 and "no such file or folder" in refused.output
+    assert invoke("state", "rm", "ACME/DEFAULT/GIFT", "--yes").exit_code == 1
+    assert invoke("state", "rm", "A/B/C", "--yes", "--state", "deep/er/s.json").exit_code == 1
+    assert sorted(p.relative_to(project) for p in project.rglob("*")) == before
+    # a command that writes the state keeps its lock file beside it
+    monkeypatch.chdir(project)
+    assert invoke("apply", "--api-url", sandbox.url, "--yes", env=TOKEN).exit_code == 0
+    assert (project / "state/default.json").is_file()
+
+
+def test_a_lock_on_a_removed_lock_file_is_taken_again(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safe side of removing lock files: a waiter whose lock landed on a file its
+    holder removed (between the waiter's open and its lock) takes the lock again on the
+    file now at the path, so two runs never both hold the lock of one state."""
+    import filelock
+
+    from coins_sync.state.file import FileStateStore
+
+    real = filelock.FileLock.acquire
+    calls: list[int] = []
+
+    def acquire(self: filelock.FileLock, *args: object, **kwargs: object) -> object:
+        got = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        calls.append(1)
+        if len(calls) == 1:  # as if the earlier holder removed the file just now
+            Path(self.lock_file).unlink()
+        return got
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", acquire)
+    store = FileStateStore(project / "state" / "x.json")
+    with store.lock("second"):
+        assert len(calls) == 2  # the lock on the removed file was not trusted
+        assert store.lock_path.exists()
+        other = filelock.FileLock(str(store.lock_path), is_singleton=False)
+        with pytest.raises(filelock.Timeout):
+            other.acquire(timeout=0)  # the file at the path is the one held
