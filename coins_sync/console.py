@@ -119,7 +119,15 @@ def state_listing(state: State, where: str, fmt: str) -> str:
         data.setdefault("uncertain", [])
         return json.dumps(data, indent=2)
     rows = [
-        (str(entry.key), str(entry.amount), entry.coin_config_id)
+        (
+            str(entry.key),
+            str(entry.amount),
+            entry.coin_config_id
+            if entry.pending is None
+            # an update whose outcome is unknown: the server holds either amount
+            else f"{entry.coin_config_id} (pending: update to {entry.pending}, outcome "
+            "unknown; the next plan reads it back)",
+        )
         for entry in sorted(state.entries.values(), key=lambda e: e.key)
     ]
     rows += [
@@ -131,9 +139,10 @@ def state_listing(state: State, where: str, fmt: str) -> str:
     if rows:
         lines.append(f"{'KEY':<{width}}  {'AMOUNT':>6}  COIN_CONFIG_ID")
         lines.extend(f"{key:<{width}}  {amount:>6}  {cid}" for key, amount, cid in rows)
+    pending = sum(1 for entry in state.entries.values() if entry.pending is not None)
     lines.append(
-        f"{len(state.entries)} entries, {len(state.uncertain)} uncertain "
-        f"in {where} (serial {state.serial})"
+        f"{plural(len(state.entries), 'entry', 'entries')}, {len(state.uncertain)} uncertain"
+        f"{f', {pending} pending' if pending else ''} in {where} (serial {state.serial})"
     )
     return "\n".join(lines)
 

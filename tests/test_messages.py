@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import ssl
 import threading
@@ -158,3 +159,35 @@ def test_a_lock_on_a_removed_lock_file_is_taken_again(
         other = filelock.FileLock(str(store.lock_path), is_singleton=False)
         with pytest.raises(filelock.Timeout):
             other.acquire(timeout=0)  # the file at the path is the one held
+
+
+def test_a_broken_symlink_in_configs_is_an_error(project: Path, invoke: Invoke) -> None:
+    write(
+        project / "configs/acme.yaml", "companyId: ACME\nrules:\n  - event: GIFT\n    amount: 1\n"
+    )
+    (project / "configs" / "globex.yaml").symlink_to(project / "elsewhere" / "globex.yaml")
+    result = invoke("validate")
+    assert result.exit_code == 1
+    assert "configs/globex.yaml:0:0: broken symbolic link" in result.output
+    plan = invoke("plan")
+    assert plan.exit_code == 1 and "broken symbolic link" in plan.output
+    write(project / "elsewhere/globex.yaml", "companyId: GLOBEX\nrules: []\n")
+    assert invoke("validate").output == "valid: 1 rule in 2 files\n"
+
+
+def test_state_list_shows_pending_updates(project: Path, invoke: Invoke) -> None:
+    from coins_sync.configs.model import RuleKey
+    from coins_sync.state.model import State, StateEntry, serialize
+
+    key, other = RuleKey("ACME", "DEFAULT", "GIFT"), RuleKey("ACME", "DEFAULT", "MEAL")
+    state = State(
+        "lin", 3, {key: StateEntry(key, 6, "WCC1", pending=9), other: StateEntry(other, 2, "WCC2")}
+    )
+    write(project / "state/default.json", serialize(state))
+    text = invoke("state", "list").output
+    gift = next(line for line in text.splitlines() if "GIFT" in line)
+    assert "WCC1 (pending: update to 9, outcome unknown" in gift
+    assert "pending" not in next(line for line in text.splitlines() if "MEAL" in line)
+    assert "2 entries, 0 uncertain, 1 pending in state/default.json" in text
+    data = json.loads(invoke("state", "list", "--format", "json").output)
+    assert [e.get("pendingAmount") for e in data["entries"]] == [9, None]
