@@ -231,6 +231,22 @@ def find_root(start: Path) -> Path:
     return git_root or start
 
 
+def environment_names(cwd: Path | None = None) -> list[str]:
+    """The environments the project root's pyproject.toml defines, sorted; empty when
+    it defines none (then only the default environment exists)."""
+    path = find_root((cwd or Path.cwd()).resolve()) / "pyproject.toml"
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []  # load_settings reports it, where it is
+    tool = data.get("tool")
+    table = tool.get("coins-sync") if isinstance(tool, dict) else None
+    environments = table.get("environments") if isinstance(table, dict) else None
+    return sorted(environments) if isinstance(environments, dict) else []
+
+
 def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
     """Read the settings of ``env`` (or the default environment) from the project root's
     pyproject.toml. Paths in the settings are relative to that root, so a command run

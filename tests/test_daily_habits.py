@@ -232,6 +232,20 @@ def test_the_pre_commit_hook_runs_for_a_configured_folder() -> None:
     assert hook["pass_filenames"] is False  # validate reads the configured folder itself
 
 
+def test_the_hook_command_validates_every_environment_folder(project: Path, invoke: Invoke) -> None:
+    (hook,) = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
+    args = hook["entry"].split()[1:]
+    write(project / "pyproject.toml", PER_ENV)
+    write(project / "rules/staging/a.yaml", "companyId: A\nrules:\n  - event: E\n    amount: 1\n")
+    write(project / "rules/prod/a.yaml", "companyId: A\nrules:\n  - event: E\n    amount: 1.5\n")
+    write(project / "rules/common/a.yaml", "companyId: C\nrules: []\n")
+    result = invoke(*args)
+    assert result.exit_code == 1
+    assert "rules/prod/a.yaml:4:13" in result.output  # not the default environment's folder
+    write(project / "rules/prod/a.yaml", "companyId: A\nrules:\n  - event: E\n    amount: 2\n")
+    assert invoke(*args).output == "valid: 2 rules in 3 files\n"
+
+
 # -- 6. familiar flags ---------------------------------------------------------------
 
 

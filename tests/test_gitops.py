@@ -170,7 +170,7 @@ def test_workflow_is_valid_and_safe() -> None:
 def test_pre_commit_hook_validates_all_configs() -> None:
     hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     hook = next(h for h in hooks if h["id"] == "coins-sync-validate")
-    assert hook["entry"] == "coins-sync validate"
+    assert hook["entry"] == "coins-sync validate --all-environments"
     assert hook["pass_filenames"] is False
 
 

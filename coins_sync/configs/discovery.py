@@ -46,8 +46,7 @@ def discover(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
                     display_path(p),
                     0,
                     0,
-                    f"broken symbolic link (it points to {os.readlink(p)!r}, which does "
-                    "not exist)",
+                    f"broken symbolic link (it points to {os.readlink(p)!r}, which does not exist)",
                 )
                 for p in sorted(candidates)
                 if p.is_symlink() and not p.exists()
