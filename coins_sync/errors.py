@@ -11,7 +11,9 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     ├── ConfigError            rule files that cannot be used (carries .problems)
     ├── StateError             unreadable, corrupt or unknown-version state / journal
     │   ├── LockError          the state is locked by another holder (carries .holder)
-    │   └── StateConflictError another writer replaced the state; nothing was overwritten
+    │   ├── StateConflictError another writer replaced the state; nothing was overwritten
+    │   ├── FencedError        this run lost the PostgreSQL state lock; nothing more is written
+    │   └── ApplyStoppedError  an apply stopped early (carries .report: what was done)
     ├── StalePlanError         a saved plan no longer matches state or configs
     ├── PlanFileError          a saved plan file that cannot be read or is not a plan
     ├── PlanConflictError      a coinConfigId in the configs contradicts the state
@@ -33,6 +35,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the report is apply's value; this module imports nothing of apply
+    from coins_sync.apply.report import ApplyReport
 
 
 @dataclass(frozen=True, order=True)
@@ -88,6 +94,21 @@ class LockError(StateError):
 class StateConflictError(StateError):
     """The state on disk is not the one this command read: another writer (a ``git pull``,
     another working copy) replaced it. Nothing was overwritten."""
+
+
+class FencedError(StateError):
+    """This run no longer holds the state lock; nothing more may be written or sent."""
+
+
+class ApplyStoppedError(StateError):
+    """An apply stopped early because a worker, a journal write or a checkpoint failed.
+
+    ``report`` says what was done before it stopped; its ``state`` is what was folded.
+    """
+
+    def __init__(self, message: str, report: ApplyReport) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 class StalePlanError(CoinsSyncError):

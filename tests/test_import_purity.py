@@ -130,3 +130,57 @@ def test_report_on_a_file_backend_loads_no_postgres_module(examples: Path) -> No
     code, modules, output = loaded_modules(examples, "report")
     assert code == 0, output
     assert offenders(modules, ("coins_sync.state.postgres", "psycopg")) == []
+
+
+#: What validate never needs: it reads settings and rule files, nothing of a state or plan.
+VALIDATE_NEVER = (
+    "coins_sync.workspace",
+    "coins_sync.state",
+    "coins_sync.plan",
+    "coins_sync.report",
+    "coins_sync.cli.plan",
+    "coins_sync.cli.apply",
+    "coins_sync.cli.state",
+    "coins_sync.cli.git_lease",
+    "coins_sync.cli.sandbox",
+)
+
+
+@pytest.mark.parametrize("args", [("validate",), ("validate", "--format", "json")], ids=" ".join)
+def test_validate_loads_only_its_own_command(examples: Path, args: tuple[str, ...]) -> None:
+    # The lazy group: a command's module is imported only when that command runs.
+    code, modules, output = loaded_modules(examples, *args)
+    assert code == 0, output
+    assert "coins_sync.cli.validate" in modules  # the probe sees the command it ran
+    assert offenders(modules, VALIDATE_NEVER) == []
+
+
+def test_each_command_loads_only_its_own_module(examples: Path) -> None:
+    code, modules, output = loaded_modules(examples, "state", "list")
+    assert code == 0, output
+    assert "coins_sync.cli.state" in modules
+    others = ("coins_sync.cli.apply", "coins_sync.cli.git_lease", "coins_sync.cli.sandbox")
+    assert offenders(modules, (*others, "coins_sync.cli.validate")) == []
+
+
+def test_every_registered_command_loads_and_is_listed() -> None:
+    from click.testing import CliRunner
+
+    from coins_sync.cli import cli
+    from coins_sync.cli.app import COMMANDS
+
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0, result.output
+    listed = result.output.split("Commands:", 1)[1]
+    for name in COMMANDS:
+        assert f"\n  {name} " in listed, name
+        sub = CliRunner().invoke(cli, [name, "--help"])
+        assert sub.exit_code == 0, sub.output
+        assert f"Usage: cli {name}" in sub.output, sub.output
+
+
+def test_an_unknown_command_is_a_usage_error(examples: Path) -> None:
+    code, modules, output = loaded_modules(examples, "no-such-command")
+    assert code == 1
+    assert "No such command 'no-such-command'" in output
+    assert offenders(modules, ("coins_sync.cli.apply", "coins_sync.cli.plan")) == []

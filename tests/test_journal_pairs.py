@@ -207,23 +207,13 @@ def test_an_intent_journaled_ahead_survives_a_mid_run_fold(tmp_path: Path) -> No
     keeps it in the journal, so a crash before the answer makes it uncertain, never
     silently forgotten (and re-sent as a duplicate)."""
     from coins_sync.apply.ledger import Ledger
-    from coins_sync.state.journal import Outcome
-    from coins_sync.state.model import StateEntry, utc_now
 
     with file_backend(tmp_path) as (store, durable):
         state = store.write(store.recover()[0])
         ledger = Ledger(store.journal(state), state)
         first, second = KEYS[:2]
         ledger.intent(first, DESIRED[first])
-        result = JournalRecord(
-            JournalKind.RESULT, first, DESIRED[first], Outcome.CREATED, "PAIR0001", utc_now()
-        )
-
-        def created() -> None:  # what the executor books for a confirmed create
-            ledger.inflight.pop(first, None)
-            ledger.entries[first] = StateEntry(first, DESIRED[first], "PAIR0001")
-
-        ahead = ledger.record(result, created, then=(second, DESIRED[second]))
+        ahead = ledger.created(first, DESIRED[first], "PAIR0001", then=(second, DESIRED[second]))
         assert ahead is not None and durable(second)
         ledger.fold()  # a mid-run fold before the second create is answered
         assert durable(second)  # still journaled after the fold

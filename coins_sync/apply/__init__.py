@@ -21,8 +21,9 @@ never do.
 from __future__ import annotations
 
 from coins_sync.apply.executor import Executor, to_send
-from coins_sync.apply.report import ApplyReport, ApplyStoppedError
+from coins_sync.apply.report import ApplyReport
 from coins_sync.apply.run import ApplyRequest, run_apply, wait
+from coins_sync.errors import ApplyStoppedError
 
 __all__ = [
     "ApplyReport",

@@ -90,7 +90,9 @@ class Executor:
         self.parallelism = max(1, parallelism)
         self.stop = stop or threading.Event()
         self.report = ApplyReport()
-        self.ledger = Ledger(journal, state, fold_every=fold_every, audit=audit, rescue=rescue)
+        self.ledger = Ledger(
+            journal, state, self.report, fold_every=fold_every, audit=audit, rescue=rescue
+        )
         self._queue_lock = threading.Lock()
         self.sender = Sender(api, desired, self.ledger, self.report, self.stop, self._queue_lock)
         self.done = 0
@@ -263,7 +265,7 @@ class Executor:
         except Exception as e:
             log.debug("final checkpoint failed", exc_info=True)
             fold_error = e
-            self.ledger.save_unfolded(self.report)
+            self.ledger.save_unfolded()
         finally:
             self.ledger.close()
         self.report.state = self.ledger.base

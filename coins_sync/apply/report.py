@@ -1,4 +1,5 @@
-"""What an apply did, and the error that carries it when the run stopped early."""
+"""What an apply did, and the error that carries it when the run stopped early
+(:class:`~coins_sync.errors.ApplyStoppedError`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import CoinsSyncError, StateConflictError, StateError
+from coins_sync.errors import ApplyStoppedError, CoinsSyncError, StateConflictError
 from coins_sync.state.model import State
 
 
@@ -85,17 +86,6 @@ class ApplyReport:
             "interrupted": self.interrupted,
             "only": list(only),
         }
-
-
-class ApplyStoppedError(StateError):
-    """An apply stopped early because a worker, a journal write or a checkpoint failed.
-
-    ``report`` says what was done before it stopped; its ``state`` is what was folded.
-    """
-
-    def __init__(self, message: str, report: ApplyReport) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 def describe(error: BaseException) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import Protocol
 
 from coins_sync.apply.ledger import Ledger
@@ -20,9 +19,8 @@ from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, UnreachableError
 from coins_sync.plan.reconcile import Action, Change
-from coins_sync.state.audit import AuditAction, AuditRecord
-from coins_sync.state.journal import JournalKind, JournalRecord, Outcome
-from coins_sync.state.model import StateEntry, Uncertain, utc_now
+from coins_sync.state.audit import AuditAction
+from coins_sync.state.journal import JournalRecord
 
 log = logging.getLogger(__name__)
 
@@ -96,111 +94,65 @@ class Sender:
 
     def _then(self, ahead: Ahead | None) -> tuple[RuleKey, int] | None:
         """The key and amount of the next change when its intent may be journaled now:
-        a create that the configs still ask for (else it is refused in its turn)."""
+        a create that passes the send-time check (else it is refused in its turn, and
+        no intent is ever journaled for it)."""
         if ahead is None:
             return None
         then = ahead.next()
         if then is None or then.action in (Action.UPDATE, Action.IMPORT):
             return None
-        if self.desired.get(then.key) != then.amount:
+        if self._refusal(then) is not None:
             return None
         return then.key, then.amount
+
+    def _refusal(self, change: Change) -> str | None:
+        """Why ``change`` must not be sent, or None when the configs still ask for
+        exactly this key at this amount: the send-time check."""
+        wanted = self.desired.get(change.key)
+        if wanted == change.amount:
+            return None
+        if wanted is None:
+            return f"not sent: {change.key} is not in the configs"
+        return f"not sent: the configs say amount {wanted}, the plan {change.amount}"
 
     def _refused(self, action: AuditAction, change: Change) -> bool:
         """True (and the change recorded as failed, nothing sent) unless the configs
         still ask for exactly this: the last check before a request goes out."""
-        wanted = self.desired.get(change.key)
-        if wanted == change.amount:
+        reason = self._refusal(change)
+        if reason is None:
             return False
-        if wanted is None:
-            reason = f"not sent: {change.key} is not in the configs"
-        else:
-            reason = f"not sent: the configs say amount {wanted}, the plan {change.amount}"
-        log.info("%s: %s", change.key, reason)  # the report lists it once, as failed
-        self.report.failed.append((change.key, reason))
-        before = change.before if action == AuditAction.UPDATE else None
-        self.ledger.write_audit(
-            AuditRecord(
-                action,
-                change.key,
-                Outcome.FAILED,
-                before,
-                change.amount,
-                change.coin_config_id,
-                reason,
-            )
-        )
+        self.ledger.refused(action, change, reason)
         return True
 
     def _create(self, change: Change, intent: JournalRecord | None, ahead: Ahead | None) -> None:
         key, amount = change.key, change.amount
+        if self._refused(AuditAction.CREATE, change):  # also when journaled ahead
+            if intent is not None:
+                self.ledger.not_sent(intent)
+            return
         if intent is None:
-            if self._refused(AuditAction.CREATE, change):
-                return
             intent = self.ledger.intent(key, amount)
         try:
             remote = self.api.create(key, amount)
         except OutcomeUnknownError as e:
-            reason = str(e)
-
-            def unknown() -> None:
-                self.ledger.inflight.pop(key, None)
-                self.ledger.uncertain[key] = Uncertain(key, amount, intent.at)
-                self.report.uncertain.append((key, reason))
-
-            self.ledger.write_audit(
-                AuditRecord(
-                    AuditAction.CREATE, key, Outcome.UNCERTAIN, None, amount, message=reason
-                )
-            )
-            self.ledger.record(
-                JournalRecord(JournalKind.RESULT, key, amount, Outcome.UNKNOWN, at=utc_now()),
-                unknown,
-            )
-            return
-        except ApiError as e:
-            reason = str(e)
-
-            def failed() -> None:
-                self.ledger.inflight.pop(key, None)
-                self.report.failed.append((key, reason))
-
-            self.ledger.write_audit(
-                AuditRecord(AuditAction.CREATE, key, Outcome.FAILED, None, amount, message=reason)
-            )
-            self.ledger.record(
-                JournalRecord(JournalKind.RESULT, key, amount, Outcome.FAILED, at=utc_now()), failed
-            )
+            self.ledger.create_unknown(intent, str(e))
             self._stop_if_hopeless(e)
             return
-
-        def created() -> None:
-            self.ledger.inflight.pop(key, None)
-            self.ledger.entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
-            self.ledger.uncertain.pop(key, None)
-            self.report.created.append(key)
-
-        record = JournalRecord(
-            JournalKind.RESULT, key, amount, Outcome.CREATED, remote.coin_config_id, utc_now()
-        )
-        # the audit line goes first: if we die between the two, the audit log still
-        # says what the server created, and the journal's open intent makes it uncertain
-        self.ledger.write_audit(
-            AuditRecord(
-                AuditAction.CREATE, key, Outcome.CREATED, None, amount, remote.coin_config_id
-            )
-        )
+        except ApiError as e:
+            self.ledger.create_failed(key, amount, str(e))
+            self._stop_if_hopeless(e)
+            return
+        then = self._then(ahead)
+        ahead_intent = self.ledger.created(key, remote.amount, remote.coin_config_id, then)
         if ahead is not None:
-            ahead.intent = self.ledger.record(record, created, self._then(ahead))
-        else:
-            self.ledger.record(record, created)
+            ahead.intent = ahead_intent
 
     def _import(self, change: Change, ahead: Ahead | None) -> None:
         if self._refused(AuditAction.IMPORT, change):
             return
         key, amount, config_id = change.key, change.amount, change.coin_config_id
         if config_id is None:  # a plan always carries it; a hand-edited one may not
-            self.report.failed.append((key, "import without a coinConfigId"))
+            self.ledger.unusable(key, "import without a coinConfigId")
             return
         self.ledger.intent(key, amount)
         reason: str | None = None
@@ -212,53 +164,26 @@ class Sender:
                 reason = f"config {config_id} was not found on the server (404)"
             else:
                 reason = f"cannot read config {config_id}: {e}"
-            if isinstance(e, AuthError):
-                self.stop.set()
+            self._stop_if_hopeless(e)
         if remote is not None and remote.key != key:
             reason = (
                 f"config {config_id} on the server is {remote.key}, not {key} as the configs say"
             )
         if reason is not None or remote is None:
             why = f"import refused: {reason}; nothing was recorded and no create is sent"
-
-            def refused() -> None:
-                self.ledger.inflight.pop(key, None)
-                self.report.failed.append((key, why))
-
-            log.info("%s: %s", key, why)  # the report lists it once, as failed
-            self.ledger.write_audit(
-                AuditRecord(AuditAction.IMPORT, key, Outcome.FAILED, None, amount, config_id, why)
-            )
-            self.ledger.record(
-                JournalRecord(JournalKind.RESULT, key, amount, Outcome.FAILED, at=utc_now()),
-                refused,
-            )
+            self.ledger.import_refused(key, amount, config_id, why)
             return
-        found = remote
-
-        def imported() -> None:
-            self.ledger.inflight.pop(key, None)
-            self.ledger.entries[key] = StateEntry(key, found.amount, found.coin_config_id)
-            self.ledger.uncertain.pop(key, None)
-            self.report.imported.append(key)
-
-        record = JournalRecord(
-            JournalKind.RESULT, key, found.amount, Outcome.IMPORTED, found.coin_config_id, utc_now()
-        )
-        self.ledger.write_audit(
-            AuditRecord(AuditAction.IMPORT, key, Outcome.IMPORTED, None, found.amount, config_id)
-        )
-        if found.amount == amount and ahead is not None:
-            ahead.intent = self.ledger.record(record, imported, self._then(ahead))
-        else:
-            self.ledger.record(record, imported)
-        if found.amount != amount:  # the configs' amount wins, in this same run
+        then = self._then(ahead) if remote.amount == amount else None
+        ahead_intent = self.ledger.imported(key, remote.amount, remote.coin_config_id, then)
+        if ahead is not None and then is not None:
+            ahead.intent = ahead_intent
+        if remote.amount != amount:  # the configs' amount wins, in this same run
             self._update(
                 Change(
                     Action.UPDATE,
                     key,
                     amount,
-                    before=found.amount,
+                    before=remote.amount,
                     source=change.source,
                     coin_config_id=config_id,
                 ),
@@ -266,84 +191,34 @@ class Sender:
             )
 
     def _update(self, change: Change, ahead: Ahead | None = None) -> None:
-        key, amount, config_id = change.key, change.amount, change.coin_config_id
+        config_id = change.coin_config_id
         if config_id is None:  # a plan always carries it; a hand-edited one may not
-            self.report.failed.append((key, "update without a coinConfigId"))
+            self.ledger.unusable(change.key, "update without a coinConfigId")
             return
         if self._refused(AuditAction.UPDATE, change):
             return
         try:
-            remote = self.api.update(config_id, amount, key=key)
+            remote = self.api.update(config_id, change.amount, key=change.key)
         except OutcomeUnknownError as e:
-            self._update_unknown(change, config_id, str(e))
-            return
-        except ApiError as e:
-            reason = str(e)
-            self.report.failed.append((key, reason))
-            self.ledger.write_audit(
-                AuditRecord(
-                    AuditAction.UPDATE,
-                    key,
-                    Outcome.FAILED,
-                    change.before,
-                    amount,
-                    config_id,
-                    reason,
-                )
-            )
+            self.ledger.update_unknown(change, config_id, str(e))
             self._stop_if_hopeless(e)
             return
-
-        def updated() -> None:
-            self.ledger.entries[key] = StateEntry(key, remote.amount, remote.coin_config_id)
-            self.report.updated.append(key)
-
-        record = JournalRecord(
-            JournalKind.RESULT, key, amount, Outcome.UPDATED, remote.coin_config_id, utc_now()
-        )
-        self.ledger.write_audit(
-            AuditRecord(
-                AuditAction.UPDATE,
-                key,
-                Outcome.UPDATED,
-                change.before,
-                amount,
-                remote.coin_config_id,
-            )
-        )
+        except ApiError as e:
+            self.ledger.update_failed(change, config_id, str(e))
+            self._stop_if_hopeless(e)
+            return
+        ahead_intent = self.ledger.updated(change, remote.coin_config_id, self._then(ahead))
         if ahead is not None:
-            ahead.intent = self.ledger.record(record, updated, self._then(ahead))
-        else:
-            self.ledger.record(record, updated)
-
-    def _update_unknown(self, change: Change, config_id: str, reason: str) -> None:
-        """The PATCH may or may not have been applied: the entry keeps its amount and is
-        marked ``pending``, so the next plan reads it back instead of trusting it."""
-        key, amount = change.key, change.amount
-
-        def unverified() -> None:
-            entry = self.ledger.entries.get(key)
-            if entry is not None:
-                self.ledger.entries[key] = replace(entry, pending=amount)
-            self.report.failed.append((key, f"outcome unknown: {reason}"))
-
-        self.ledger.write_audit(
-            AuditRecord(
-                AuditAction.UPDATE, key, Outcome.UNCERTAIN, change.before, amount, config_id, reason
-            )
-        )
-        self.ledger.record(
-            JournalRecord(
-                JournalKind.RESULT, key, amount, Outcome.UNVERIFIED, config_id, utc_now()
-            ),
-            unverified,
-        )
+            ahead.intent = ahead_intent
 
     def _stop_if_hopeless(self, error: ApiError) -> None:
         """A refused credential or an API that cannot be reached fails every call the
-        same way: stop at the first one, so one clear error is reported, not one per key."""
-        if isinstance(error, AuthError | UnreachableError):
+        same way: stop at the first one, so one clear error is reported, not one per key.
+        An outcome made unknown by such a failure (a PATCH whose retry got a 401) stops
+        the run too."""
+        cause = error.__cause__ if isinstance(error, OutcomeUnknownError) else error
+        if isinstance(cause, AuthError | UnreachableError):
             with self._lock:
                 if self.report.stopped_by is None:
-                    self.report.stopped_by = str(error)
+                    self.report.stopped_by = str(cause)
             self.stop.set()

@@ -1,12 +1,15 @@
 """The ``coins-sync`` command line: commands only, each a thin shell over the core.
 
-* :mod:`~coins_sync.cli.app`: the group, exit codes, error reporting, the entry point;
+* :mod:`~coins_sync.cli.app`: the group, exit codes, error reporting, the entry point,
+  and the registry of commands (each module is imported only when its command runs);
 * :mod:`~coins_sync.cli.options`: shared options and :func:`with_workspace`;
-* :mod:`~coins_sync.cli.plan`: ``validate``, ``plan`` and ``report`` (read-only);
+* :mod:`~coins_sync.cli.validate`: ``validate`` (the lightest path: configs only);
+* :mod:`~coins_sync.cli.plan`: ``plan`` and ``report`` (read-only);
 * :mod:`~coins_sync.cli.apply`: ``apply``;
 * :mod:`~coins_sync.cli.state`: ``state list|rm|import|push|pull|force-unlock|schema-sql``;
 * :mod:`~coins_sync.cli.git_lease`: ``git-lease acquire|push|restore|release|status``;
-* :mod:`~coins_sync.cli.sandbox`: ``sandbox``.
+* :mod:`~coins_sync.cli.sandbox`: ``sandbox``;
+* :mod:`~coins_sync.cli.init`: ``init`` and ``schema`` (a new rules repository).
 
 What they print goes through :mod:`coins_sync.console` (scrubbed) or the plan
 renderers in :mod:`coins_sync.plan.render`.
@@ -14,7 +17,6 @@ renderers in :mod:`coins_sync.plan.render`.
 
 from __future__ import annotations
 
-from coins_sync.cli import apply, git_lease, init, plan, sandbox, state  # noqa: F401  (registers)
 from coins_sync.cli.app import (
     EXIT_CHANGES,
     EXIT_ERROR,

@@ -7,6 +7,7 @@ error (usage errors included), 2 "changes present" under ``--detailed-exitcode``
 
 from __future__ import annotations
 
+import importlib
 import io
 import re
 import sys
@@ -26,6 +27,21 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
 _VERBOSE = re.compile(r"-v+|--verbose|--no-colou?r")
 
+#: Every command, by name: the module that defines it and the command's attribute there.
+#: A command's module is imported only when that command runs (or `--help` lists them
+#: all), so `validate` never pays for apply's imports. Adding a command is one line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "validate": ("coins_sync.cli.validate", "validate"),
+    "plan": ("coins_sync.cli.plan", "plan_command"),
+    "report": ("coins_sync.cli.plan", "report"),
+    "apply": ("coins_sync.cli.apply", "apply_command"),
+    "state": ("coins_sync.cli.state", "state"),
+    "git-lease": ("coins_sync.cli.git_lease", "git_lease"),
+    "sandbox": ("coins_sync.cli.sandbox", "sandbox"),
+    "init": ("coins_sync.cli.init", "init"),
+    "schema": ("coins_sync.cli.init", "schema_command"),
+}
+
 
 def _report_error(error: CoinsSyncError) -> None:
     if isinstance(error, ConfigError):
@@ -44,7 +60,21 @@ def _verbosity_first(args: list[str]) -> list[str]:
 
 
 class CoinsGroup(click.Group):
-    """A group whose every error exits 1 (click uses 2 for usage errors)."""
+    """A group whose every error exits 1 (click uses 2 for usage errors), and whose
+    commands are loaded lazily from :data:`COMMANDS` (click's lazy group pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return super().get_command(ctx, cmd_name)
+        module_name, attribute = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(command, click.Command):  # a wrong registry entry: a bug here
+            raise TypeError(f"{module_name}.{attribute} is not a click command")
+        self.add_command(command, cmd_name)
+        return command
 
     def main(
         self,

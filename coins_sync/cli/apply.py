@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, cli
+from coins_sync.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
 from coins_sync.cli.options import (
     force_option,
     format_option,
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # the apply package loads only when apply runs
     from coins_sync.apply.report import ApplyReport
 
 
-@cli.command("apply")
+@click.command("apply")
 @with_workspace(lock_timeout=True)
 @click.argument("planfile", required=False, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--yes", "-y", is_flag=True, help="Apply without asking (needed without a terminal).")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from coins_sync import console, envvars
-from coins_sync.cli.app import EXIT_OK, cli
+from coins_sync.cli.app import EXIT_OK
 from coins_sync.cli.options import env_option, format_option, resolve_settings, state_option
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
@@ -20,7 +20,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_BRANCH = "coins-sync-state"  # gitlease.lease.DEFAULT_BRANCH, without loading it
 
 
-@cli.group("git-lease")
+@click.group("git-lease")
 def git_lease() -> None:
     """Keep the state on a git branch without ever losing it (for CI runners).
 

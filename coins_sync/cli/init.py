@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_OK, cli
+from coins_sync.cli.app import EXIT_OK
 from coins_sync.cli.options import env_option
 from coins_sync.errors import SettingsError
 
@@ -80,7 +80,7 @@ def schema_text(name: str) -> str:
     return resources.files("coins_sync").joinpath("schemas", SCHEMAS[name]).read_text("utf-8")
 
 
-@cli.command()
+@click.command()
 @click.argument(
     "folder", required=False, default=".", type=click.Path(path_type=Path, file_okay=False)
 )
@@ -135,7 +135,7 @@ def _has_section(path: Path, text: str) -> bool:
     return isinstance(tool, dict) and "coins-sync" in tool
 
 
-@cli.command("schema")
+@click.command("schema")
 @click.argument("name", required=False, default="rules", type=click.Choice(list(SCHEMAS)))
 @click.option(
     "--write",

@@ -23,10 +23,10 @@ from coins_sync import envvars
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import SettingsError
 from coins_sync.settings import Encryption, Settings, load_settings
-from coins_sync.workspace import Workspace
 
-if TYPE_CHECKING:  # validate and an offline plan load none of these
+if TYPE_CHECKING:  # validate loads no workspace, and an offline plan no API client
     from coins_sync.enkash import CoinsClient
+    from coins_sync.workspace import Workspace
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -165,6 +165,8 @@ def with_workspace(
                 options.pop("api_url"),
                 options.pop("lock_timeout", None),
             )
+            from coins_sync.workspace import Workspace
+
             return command(Workspace(settings), *args, **kwargs)
 
         wrapped: Callable[..., R] = run

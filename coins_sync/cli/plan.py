@@ -1,90 +1,31 @@
-"""The read-only commands: ``validate``, ``plan`` and ``report``."""
+"""The read-only commands beyond ``validate``: ``plan`` and ``report``."""
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import replace
 from pathlib import Path
 
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_CHANGES, EXIT_ERROR, EXIT_OK, cli
+from coins_sync.cli.app import EXIT_CHANGES, EXIT_OK
 from coins_sync.cli.options import (
-    configs_option,
-    env_option,
     force_option,
     format_option,
     make_client,
     only_option,
-    resolve_settings,
     same_flags,
     with_workspace,
 )
-from coins_sync.errors import AuthError, CoinsSyncError, ConfigError, Problem, SettingsError
+from coins_sync.errors import AuthError, CoinsSyncError, ConfigError, SettingsError
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.render import RENDERERS, render
 from coins_sync.plan.saved import refuse_state_target, save_plan
 from coins_sync.plan.subset import Subset
-from coins_sync.settings import environment_names
 from coins_sync.workspace import Workspace, unverified
 
 
-@cli.command()
-@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-@format_option("text", "json")
-@env_option
-@configs_option
-@click.option(
-    "--all-environments",
-    "every_env",
-    is_flag=True,
-    help="Validate the configs folder of every environment (the pre-commit hook does).",
-)
-def validate(
-    paths: tuple[Path, ...],
-    fmt: str,
-    env_name: str | None,
-    configs: Path | None,
-    every_env: bool,
-) -> int:
-    """Check rule files against the schema and each other. No state, no network.
-
-    PATHS are files or folders (default: the environment's configs folder,
-    `configs/`). Every problem is printed at once as `path:line:col: message`.
-
-    \b
-    Examples:
-      coins-sync validate
-      coins-sync validate configs/cekekcards.yaml --format json
-      coins-sync validate --all-environments
-    """
-    if every_env and (paths or env_name or configs):
-        raise click.UsageError("--all-environments takes no PATHS, --env or --configs")
-    names = environment_names() if every_env else []
-    settings = [resolve_settings(name) for name in names] or [resolve_settings(env_name, configs)]
-    folders: list[Path] = []
-    for one in settings:  # one folder shared by several environments is read once
-        if one.configs.resolve() not in {f.resolve() for f in folders}:
-            folders.append(one.configs)
-    problems: list[Problem] = []
-    files = rules = 0
-    for folder in folders:
-        workspace = Workspace(replace(settings[0], configs=folder))
-        try:
-            config_set = workspace.load_configs(list(paths))
-        except ConfigError as e:
-            problems.extend(e.problems)
-            continue
-        files, rules = files + len(config_set.files), rules + len(config_set.rules)
-    if problems:
-        console.out(console.problems_report(problems, fmt))
-        return EXIT_ERROR
-    console.out(console.valid_report(files, rules, fmt))
-    return EXIT_OK
-
-
-@cli.command("plan")
+@click.command("plan")
 @with_workspace()
 @format_option(*RENDERERS, help="Output format; markdown is ready for a PR comment.")
 @click.option(
@@ -200,7 +141,7 @@ def plan_verified(workspace: Workspace, only: Subset | None = None) -> tuple[Pla
         return workspace.plan(state, verify_with=client, only=only), 0
 
 
-@cli.command()
+@click.command()
 @with_workspace()
 @format_option("markdown", "csv", "json")
 def report(workspace: Workspace, fmt: str) -> int:

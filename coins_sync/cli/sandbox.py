@@ -10,11 +10,11 @@ from pathlib import Path
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_OK, cli
+from coins_sync.cli.app import EXIT_OK
 from coins_sync.settings import is_loopback
 
 
-@cli.command()
+@click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
@@ -43,6 +43,26 @@ from coins_sync.settings import is_loopback
     help="Chance of storing, then a 502 or a dropped connection.",
 )
 @click.option("--rate-429", default=0.0, type=click.FloatRange(0, 1), help="Chance of HTTP 429.")
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="R",
+    help="Rate limit: R requests a second (a token bucket); more are answered 429.",
+)
+@click.option(
+    "--burst",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="B",
+    help="Requests the rate limit saves up (default: one second's worth, R).",
+)
+@click.option(
+    "--retry-after/--no-retry-after",
+    default=True,
+    show_default=True,
+    help="Whether the rate limit's 429 says when to come back (Retry-After).",
+)
 @click.option("--seed", type=int, default=None, help="Seed for reproducible faults.")
 @click.option("--encryption", is_flag=True, help="Expect and send AES-128-ECB bodies.")
 @click.option("--token-ttl", default=3600, type=click.IntRange(1), help="expires_in of tokens.")
@@ -55,6 +75,9 @@ def sandbox(
     fail_before_rate: float,
     fail_after_rate: float,
     rate_429: float,
+    rate: float | None,
+    burst: int | None,
+    retry_after: bool,
     seed: int | None,
     encryption: bool,
     token_ttl: int,
@@ -70,7 +93,10 @@ def sandbox(
     Examples:
       COINS_SYNC_TOKEN=dev coins-sync sandbox --port 8765
       coins-sync sandbox --latency-ms 50 --fail-rate 0.1 --seed 7
+      coins-sync sandbox --rate 20 --burst 20 --no-retry-after
     """
+    if burst is not None and rate is None:
+        raise click.UsageError("--burst needs --rate")
     from coins_sync.sandbox import SandboxOptions, SandboxServer
 
     options = SandboxOptions.from_env(
@@ -83,6 +109,9 @@ def sandbox(
         fail_before_rate=fail_before_rate,
         fail_after_rate=fail_after_rate,
         rate_429=rate_429,
+        rate=rate,
+        burst=burst,
+        retry_after=retry_after,
         seed=seed,
         encryption=encryption,
         token_ttl=token_ttl,

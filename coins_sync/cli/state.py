@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_ERROR, EXIT_OK, cli
+from coins_sync.cli.app import EXIT_ERROR, EXIT_OK
 from coins_sync.cli.options import (
     confirm_or_refuse,
     env_option,
@@ -25,7 +25,7 @@ from coins_sync.workspace import Workspace
 _NO_TERMINAL = "refusing to change state without a terminal; pass --yes"
 
 
-@cli.group()
+@click.group()
 def state() -> None:
     """Inspect and repair the state.
 

@@ -19,6 +19,7 @@ from coins_sync.sandbox.auth import Auth
 from coins_sync.sandbox.faults import Fault, Faults, Stats
 from coins_sync.sandbox.messages import HttpError, SandboxRequest, SandboxResponse
 from coins_sync.sandbox.options import SandboxOptions
+from coins_sync.sandbox.ratelimit import TokenBucket
 from coins_sync.sandbox.store import Store, validate_fields
 
 if TYPE_CHECKING:
@@ -58,6 +59,11 @@ class SandboxApp:
         self._auth = Auth(options)
         self._faults = Faults(options)
         self._stats = Stats()
+        self._bucket = (
+            None
+            if options.rate is None
+            else TokenBucket(options.rate, options.bucket_size, options.clock)
+        )
         self._key = (
             key_from_secret(options.client_secret)
             if options.encryption and options.client_secret
@@ -197,6 +203,18 @@ class SandboxApp:
         except ValueError:
             raise HttpError(400, "Malformed JSON body") from None
 
+    def _limit_rate(self) -> None:
+        """Answer 429 at once, without storing anything, when the bucket is empty."""
+        if self._bucket is None:
+            return
+        wait = self._bucket.take()
+        if wait is None:
+            return
+        self._stats.bump("429")
+        self._stats.bump("rate_limited")
+        headers = {"Retry-After": TokenBucket.retry_after(wait)} if self.options.retry_after else {}
+        raise HttpError(429, "Too many requests", headers)
+
     def _api(self, method: str, path: str, request: SandboxRequest) -> SandboxResponse:
         if path == _CREATE_PATH:
             _require(method, "POST")
@@ -209,6 +227,7 @@ class SandboxApp:
         else:
             raise HttpError(404, "Not found")
 
+        self._limit_rate()
         if self.options.latency_ms:
             time.sleep(self.options.latency_ms / 1000)
         self._authorize(request)

@@ -11,7 +11,17 @@ from coins_sync.sandbox.options import SandboxOptions
 
 __all__ = ["STAT_KEYS", "Fault", "Faults", "Stats"]
 
-STAT_KEYS = ("fail_before", "fail_after", "drop", "429", "creates", "patches", "gets")
+#: ``429`` counts every 429 answer; ``rate_limited`` those of the rate limit (``rate``).
+STAT_KEYS = (
+    "fail_before",
+    "fail_after",
+    "drop",
+    "429",
+    "rate_limited",
+    "creates",
+    "patches",
+    "gets",
+)
 
 
 class Fault(enum.Enum):

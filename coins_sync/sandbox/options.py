@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,12 @@ class SandboxOptions:
     fail_before_rate: float = 0.0
     fail_after_rate: float = 0.0
     rate_429: float = 0.0
+    #: A rate limit: a token bucket of ``rate`` requests a second (None: no limit)...
+    rate: float | None = None
+    #: ...that saves up at most ``burst`` requests (None: one second's worth).
+    burst: int | None = None
+    #: Whether a 429 of the rate limit carries ``Retry-After`` (whole seconds).
+    retry_after: bool = True
     seed: int | None = None
     token: str | None = field(default=None, repr=False)
     client_id: str | None = None
@@ -53,12 +60,25 @@ class SandboxOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise SettingsError(f"sandbox {name} must be between 0 and 1, not {value}")
+        if self.rate is not None and not 0 < self.rate < math.inf:
+            raise SettingsError(f"sandbox rate must be a positive number, not {self.rate}")
+        if self.burst is not None and self.burst < 1:
+            raise SettingsError(f"sandbox burst must be 1 or more, not {self.burst}")
+        if self.burst is not None and self.rate is None:
+            raise SettingsError("sandbox burst needs a rate")
         if self.token_ttl <= 0:
             raise SettingsError("sandbox token_ttl must be positive")
         if self.max_body <= 0:
             raise SettingsError("sandbox max_body must be positive")
         if self.encryption and not self.client_secret:
             raise SettingsError("sandbox encryption needs a client secret (the AES key)")
+
+    @property
+    def bucket_size(self) -> int:
+        """The burst of the rate limit: as given, else one second's worth of requests."""
+        if self.burst is not None:
+            return self.burst
+        return max(1, math.ceil(self.rate or 1))
 
     @property
     def oauth_enabled(self) -> bool:

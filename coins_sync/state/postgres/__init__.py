@@ -23,9 +23,9 @@ server.
 
 from __future__ import annotations
 
+from coins_sync.errors import FencedError
 from coins_sync.state.postgres.audit import PostgresAudit
 from coins_sync.state.postgres.journal import PostgresJournal
-from coins_sync.state.postgres.lock import FencedError
 from coins_sync.state.postgres.store import PostgresStateStore
 
 __all__ = ["FencedError", "PostgresAudit", "PostgresJournal", "PostgresStateStore"]

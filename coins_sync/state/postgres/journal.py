@@ -21,13 +21,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import StateError
+from coins_sync.errors import FencedError, StateError
 from coins_sync.state.audit import AuditRecord, audit_data, current_actor
 from coins_sync.state.journal import JournalRecord, Snapshot
 from coins_sync.state.model import State, utc_now
 from coins_sync.state.postgres.audit import write_audit
 from coins_sync.state.postgres.connection import driver
-from coins_sync.state.postgres.lock import HELD, FencedError, fence_cte, share_fence_cte
+from coins_sync.state.postgres.lock import HELD, fence_cte, share_fence_cte
 
 if TYPE_CHECKING:
     from coins_sync.state.postgres.store import PostgresStateStore

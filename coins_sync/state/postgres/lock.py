@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from coins_sync.errors import LockError, StateError
+from coins_sync.errors import FencedError, LockError, StateError
 from coins_sync.state.audit import current_actor, current_commit
 from coins_sync.state.model import utc_now
 from coins_sync.state.postgres.connection import Database, driver
@@ -33,10 +33,6 @@ def lock_key(schema: str, env: str) -> int:
     """The advisory lock key of one environment: a signed 64-bit hash of both names."""
     digest = hashlib.sha256(f"coins-sync\0state\0{schema}\0{env}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-class FencedError(StateError):
-    """This run no longer holds the state lock; nothing more may be written or sent."""
 
 
 HELD = """

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import StateError
+from coins_sync.errors import FencedError, StateError
 from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
 from coins_sync.state.journal import JournalKind, Outcome, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
@@ -34,7 +34,7 @@ from coins_sync.state.postgres import migrations
 from coins_sync.state.postgres.audit import PostgresAudit, read_audit
 from coins_sync.state.postgres.connection import Database, driver
 from coins_sync.state.postgres.journal import PostgresJournal
-from coins_sync.state.postgres.lock import LOCK_CHECK, FencedError, StateLock, fence_cte
+from coins_sync.state.postgres.lock import LOCK_CHECK, StateLock, fence_cte
 
 log = logging.getLogger(__name__)
 
