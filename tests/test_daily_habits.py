@@ -397,3 +397,46 @@ def test_ctrl_c_at_the_prompt_exits_130_and_sends_nothing(
         ["apply", "--api-url", sandbox.url], project, env, answer=b"n\r"
     )
     assert code == 1, seen  # a plain "no" is still exit 1
+
+
+# -- 2. plan comments that never go stale --------------------------------------------
+
+
+def test_plan_markdown_on_invalid_configs_prints_inert_problems_and_exits_1(
+    project: Path, invoke: Invoke
+) -> None:
+    from markdown_it import MarkdownIt
+
+    write(
+        project / "configs/acme.yaml",
+        "companyId: ACME\nrules:\n  - event: '@org/team <b>x</b> | y'\n    amount: 6.0\n",
+    )
+    result = invoke("plan", "--format", "markdown")
+    assert result.exit_code == 1
+    body = result.stdout
+    assert body.startswith("### coins-sync plan for `default`: the configs are invalid")
+    assert "| file | line | col | problem |" in body
+    assert "`configs/acme.yaml` | 4 |" in body
+    html = MarkdownIt("gfm-like").render(body)
+    assert "<b>" not in html  # shown as text, inside code spans
+    assert "configs/acme.yaml:4:" in result.stderr  # the log keeps the usual lines
+    text = invoke("plan")  # other formats are unchanged: nothing on stdout
+    assert text.exit_code == 1 and text.stdout == ""
+
+
+def test_plan_markdown_names_any_other_failure(project: Path, invoke: Invoke) -> None:
+    from coins_sync.configs.model import RuleKey
+    from coins_sync.state.model import State, StateEntry, serialize
+
+    key = RuleKey("ACME", "DEFAULT", "GIFT")
+    write(
+        project / "state/default.json", serialize(State("l", 1, {key: StateEntry(key, 1, "WCC1")}))
+    )
+    write(
+        project / "configs/acme.yaml",
+        "companyId: ACME\nrules:\n  - event: GIFT\n    amount: 1\n    coinConfigId: WCC2\n",
+    )
+    result = invoke("plan", "--format", "markdown")
+    assert result.exit_code == 1
+    assert result.stdout.startswith("### coins-sync plan for `default` failed")
+    assert "WCC2" in result.stdout and "```" not in result.stdout
