@@ -102,7 +102,7 @@ def apply_command(
             raise SettingsError(
                 "refusing to apply without a terminal; pass --yes. Nothing was sent"
             )
-        return click.confirm("Apply these changes?", default=False)
+        return click.confirm("Apply these changes?", default=False, err=to_err)
 
     request = ApplyRequest(
         planfile=planfile,
