@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CS := $(BIN)/coins-sync
 SANDBOX_PORT ?= 0
-export COINS_SYNC_TOKEN ?= demo-token-not-a-secret
+# The sandbox's token, for the two demos only: `make plan` and `make apply` talk to the
+# real API with the operator's environment as it is (a token there would beat the
+# COINS_SYNC_CLIENT_* credentials and be sent to the real API).
+DEMO_TOKEN := demo-token-not-a-secret
 
 .PHONY: install test lint validate demo demo-postgres plan apply bench chaos mutants audit clean wheel-check
 
@@ -49,7 +52,7 @@ DEMO_STATE := .demo/state.json
 
 demo: $(STAMP)
 	@rm -rf .demo && mkdir -p .demo
-	@set -eu; \
+	@set -eu; export COINS_SYNC_TOKEN='$(DEMO_TOKEN)'; \
 	$(CS) sandbox --port $(SANDBOX_PORT) > .demo/sandbox.log 2>&1 & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null || true' EXIT; \
 	url=""; \
@@ -75,7 +78,7 @@ demo-postgres: $(STAMP)
 	@rm -rf $(DEMO_PG) && mkdir -p $(DEMO_PG)/project
 	@cp -r configs $(DEMO_PG)/project/configs
 	@printf '[tool.coins-sync]\ndefault_environment = "demo"\n\n[tool.coins-sync.environments.demo]\nbackend = "postgres"\n' > $(DEMO_PG)/project/pyproject.toml
-	@set -eu; \
+	@set -eu; export COINS_SYNC_TOKEN='$(DEMO_TOKEN)'; \
 	cluster=$$(mktemp -d /tmp/coins-sync-demo-pg.XXXXXX); \
 	$(CS) sandbox --port $(SANDBOX_PORT) > $(DEMO_PG)/sandbox.log 2>&1 & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null || true; $(CURDIR)/$(BIN)/python $(CURDIR)/tests/pg_fixture.py stop $$cluster >/dev/null 2>&1 || true; rm -rf $$cluster' EXIT; \

@@ -24,7 +24,7 @@ from coins_sync.redact import redact
 if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.apply import ApplyReport
     from coins_sync.errors import Problem
-    from coins_sync.gitlease.lease import BranchStatus
+    from coins_sync.gitlease.status import BranchStatus
     from coins_sync.state.model import State
 
 

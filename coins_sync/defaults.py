@@ -20,6 +20,8 @@ UPDATE_THRESHOLD: Final = 0.3
 UPDATE_THRESHOLD_MIN_ENTRIES: Final = 10
 #: Requests in flight during apply and refresh (``parallelism``).
 PARALLELISM: Final = 8
+#: Seconds the pauses for the server's rate limit (429) may add up to in one run.
+MAX_WAIT: Final = 600.0
 #: Seconds to wait for a connection to the API, and for each answer.
 CONNECT_TIMEOUT: Final = 5.0
 READ_TIMEOUT: Final = 30.0

@@ -13,6 +13,7 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     │   ├── LockError          the state is locked by another holder (carries .holder)
     │   ├── StateConflictError another writer replaced the state; nothing was overwritten
     │   ├── FencedError        this run lost the PostgreSQL state lock; nothing more is written
+    │   ├── CheckpointError    a checkpoint could not be made (.unrecorded, .kept)
     │   └── ApplyStoppedError  an apply stopped early (carries .report: what was done)
     ├── StalePlanError         a saved plan no longer matches state or configs
     ├── PlanFileError          a saved plan file that cannot be read or is not a plan
@@ -26,6 +27,7 @@ Every expected failure is a :class:`CoinsSyncError`; the CLI turns it into
     └── ApiError               the coins API refused or failed (carries .status, .code)
         ├── AuthError          no credentials, token refused, or 401 after a refresh
         ├── UnreachableError   no connection on any try; nothing was sent (.address)
+        ├── RateLimitError     the run's budget for waiting out 429s is spent; not sent
         └── OutcomeUnknownError  a create or update was sent and its result is unknown
 
 Messages never contain secrets: callers pass only public values into them.
@@ -35,10 +37,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the report is apply's value; this module imports nothing of apply
-    from coins_sync.apply.report import ApplyReport
+if TYPE_CHECKING:  # type names only: this module imports nothing of coins-sync at run time
+    from coins_sync.configs.model import RuleKey
 
 
 @dataclass(frozen=True, order=True)
@@ -100,13 +103,34 @@ class FencedError(StateError):
     """This run no longer holds the state lock; nothing more may be written or sent."""
 
 
+class CheckpointError(StateError):
+    """A journal's checkpoint could not be made: the run lost its lock or its database.
+
+    ``unrecorded`` lists each result the server confirmed that the state does not hold,
+    as (key, coinConfigId), possibly none; ``kept`` is the file they were written to
+    instead (None when nothing was, or writing it failed). The message says both.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        unrecorded: Sequence[tuple[RuleKey, str]] = (),
+        kept: Path | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.unrecorded = tuple(unrecorded)
+        self.kept = kept
+
+
 class ApplyStoppedError(StateError):
     """An apply stopped early because a worker, a journal write or a checkpoint failed.
 
-    ``report`` says what was done before it stopped; its ``state`` is what was folded.
+    ``report`` (an :class:`~coins_sync.apply.report.ApplyReport`) says what was done
+    before it stopped; its ``state`` is what was folded. It is typed ``Any`` so that this
+    module imports nothing of coins-sync (no import cycle, not even for type checking).
     """
 
-    def __init__(self, message: str, report: ApplyReport) -> None:
+    def __init__(self, message: str, report: Any) -> None:
         super().__init__(message)
         self.report = report
 
@@ -176,6 +200,14 @@ class UnreachableError(ApiError):
     def __init__(self, message: str, address: str) -> None:
         super().__init__(message)
         self.address = address
+
+
+class RateLimitError(ApiError):
+    """The server kept refusing requests (429) until the run's budget for waiting on
+    its rate limit was spent; the request was not processed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=429)
 
 
 class OutcomeUnknownError(ApiError):

@@ -14,7 +14,8 @@ Shape::
     max_amount = 10000
     update_threshold = 0.3              # refuse plans updating more than this share...
     update_threshold_min_entries = 10   # ...once at least this many entries are managed
-    parallelism = 8
+    parallelism = 8                     # the most requests in flight (paced below it)
+    max_wait = 600                      # seconds apply may pause for the rate limit (429)
     backend = "file"                    # or "postgres" (team state; see README)
     pg_schema = "coins_sync"            # postgres only; DSN from COINS_SYNC_PG_DSN
 
@@ -25,6 +26,7 @@ ever read from this file; secrets come from environment variables only.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -53,8 +55,9 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def valid_schema_name(name: str) -> bool:
-    """A ``pg_schema``: a lower-case SQL identifier that needs no quoting and is not a
-    system schema (the postgres backend puts it into its SQL as it is)."""
+    """A ``pg_schema``: a lower-case SQL identifier, not a system schema. The postgres
+    backend quotes it in its SQL (so a keyword such as ``user`` works); lower case
+    keeps the quoted name the schema an unquoted one names."""
     return bool(_SCHEMA_NAME.fullmatch(name)) and not name.startswith("pg_")
 
 
@@ -74,6 +77,7 @@ class Settings:
     parallelism: int = defaults.PARALLELISM
     connect_timeout: float = defaults.CONNECT_TIMEOUT
     read_timeout: float = defaults.READ_TIMEOUT
+    max_wait: float = defaults.MAX_WAIT
     lock_timeout: float = defaults.LOCK_TIMEOUT
     allow_insecure_http: bool = False
     fold_every: int = defaults.FOLD_EVERY
@@ -170,6 +174,7 @@ _ENV_KEYS: dict[str, tuple[type, ...]] = {
     "parallelism": (int,),
     "connect_timeout": (float, int),
     "read_timeout": (float, int),
+    "max_wait": (float, int),
     "lock_timeout": (float, int),
     "allow_insecure_http": (bool,),
     "fold_every": (int,),
@@ -335,6 +340,7 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
         parallelism=values.get("parallelism", defaults.PARALLELISM),
         connect_timeout=float(values.get("connect_timeout", defaults.CONNECT_TIMEOUT)),
         read_timeout=float(values.get("read_timeout", defaults.READ_TIMEOUT)),
+        max_wait=float(values.get("max_wait", defaults.MAX_WAIT)),
         lock_timeout=float(values.get("lock_timeout", defaults.LOCK_TIMEOUT)),
         allow_insecure_http=values.get("allow_insecure_http", False),
         fold_every=values.get("fold_every", defaults.FOLD_EVERY),
@@ -368,6 +374,8 @@ def _check_ranges(s: Settings) -> None:
         )
     if s.connect_timeout <= 0 or s.read_timeout <= 0 or s.lock_timeout < 0:
         raise SettingsError(f"{where}: timeouts must be positive")
+    if not 0 <= s.max_wait < math.inf:
+        raise SettingsError(f"{where}.max_wait must be 0 or more seconds, got {s.max_wait}")
 
 
 def _article(noun: str) -> str:

@@ -74,11 +74,30 @@ GUARDS = (
     Guard(
         "booking a confirmed create on failure",
         (
-            "coins_sync.apply.*ǁLedgerǁrecord__mutmut_*",
+            "coins_sync.apply.*ǁLedgerǁ_result__mutmut_*",
             "coins_sync.state.*ǁFileJournalǁappend__mutmut_*",
         ),
     ),
-    Guard("the saved plan's environment check", ("coins_sync.plan.saved.x_check_fresh__mutmut_*",)),
+    # issue 20: C3 (the check before journaling the next create's intent) and C5 (an
+    # import sent without the send-time check)
+    Guard(
+        "the send-time check, also before an intent is journaled ahead",
+        (
+            "coins_sync.apply.*ǁSenderǁ_refusal__mutmut_*",
+            "coins_sync.apply.*ǁSenderǁ_refused__mutmut_*",
+            "coins_sync.apply.*ǁSenderǁ_then__mutmut_*",
+        ),
+    ),
+    Guard(
+        "the import's send-time check", ("coins_sync.apply.*ǁSenderǁ_import__mutmut_*",), "_refused"
+    ),
+    # issue 20: F5, F6, F7 (the fold of a journal replayed after a crash)
+    Guard("the fold of a replayed journal", ("coins_sync.state.journal.x_fold__mutmut_*",)),
+    Guard(
+        "the saved plan's read-back check", ("coins_sync.plan.saved.x_check_read_back__mutmut_*",)
+    ),
+    # also S7 (issue 20): the serial, not only the lineage
+    Guard("the saved plan's freshness check", ("coins_sync.plan.saved.x_check_fresh__mutmut_*",)),
     Guard(
         "the saved plan's consistency checks",
         ("coins_sync.plan.saved.x_check_consistent__mutmut_*",),

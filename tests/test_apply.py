@@ -263,11 +263,14 @@ def test_state_import_refuses_a_config_of_another_key(
     entries = state_of(project).entries
     meal_id, invoice_id = entries[MEAL].coin_config_id, entries[INVOICE].coin_config_id
     assert invoke("state", "rm", str(MEAL), "--yes").exit_code == 0
+    assert invoke("state", "rm", str(INVOICE), "--yes").exit_code == 0  # the server decides
 
     refused = invoke("state", "import", str(MEAL), invoice_id, "--api-url", srv.url, env=TOKEN_ENV)
     assert refused.exit_code == 1
     assert f"{invoice_id} on the server is {INVOICE}, not {MEAL}" in refused.output
     assert MEAL not in state_of(project).entries
+    back = invoke("state", "import", str(INVOICE), invoice_id, "--api-url", srv.url, env=TOKEN_ENV)
+    assert back.exit_code == 0, back.output
 
     accepted = invoke("state", "import", str(MEAL), meal_id, "--api-url", srv.url, env=TOKEN_ENV)
     assert accepted.exit_code == 0, accepted.output

@@ -127,6 +127,22 @@ def branch_tip(origin: Path) -> str:
     return git(origin, "rev-parse", f"refs/heads/{BRANCH}")
 
 
+LEASE_REF = f"refs/coins-sync/lease/{BRANCH}"
+
+
+def lease_of(origin: Path) -> str:
+    """The message of the lease commit (its own ref, not the branch), or "" when free."""
+    done = subprocess.run(
+        ["git", "log", "-1", "--format=%B", LEASE_REF],
+        cwd=origin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
 def branch_file(origin: Path, path: str) -> str:
     return git(origin, "show", f"refs/heads/{BRANCH}:{path}")
 
@@ -171,16 +187,18 @@ def test_first_run_creates_the_branch_and_the_next_run_sees_its_state(
     result = acquire(runner, "run-1")
     assert result.exit_code == 0, result.output
     assert "Took the lease on coins-sync-state for run run-1" in result.output
-    lease_message = git(origin, "log", "-1", "--format=%B", BRANCH)
+    lease_message = lease_of(origin)
     assert "Coins-Sync-Lease: held" in lease_message and "Coins-Sync-Run: run-1" in lease_message
+    seeded = branch_tip(origin)
     apply(runner, sandbox)
     pushed = push(runner)
     assert pushed.exit_code == 0, pushed.output
     state = json.loads(branch_file(origin, "state/default.json"))
     assert len(state["entries"]) == KEYS
     assert len(branch_file(origin, "state/default.audit.jsonl").splitlines()) == KEYS
-    # the state commit sits on the run's own lease: a fast-forward, nothing rewritten
-    assert "Coins-Sync-Lease: held" in git(origin, "log", "-1", "--format=%B", f"{BRANCH}~1")
+    # the state commit is a fast-forward of the branch, and the lease ref is gone
+    assert git(origin, "rev-parse", f"{BRANCH}~1") == seeded
+    assert lease_of(origin) == ""
     assert git(origin, "rev-parse", "main") == git(runner, "rev-parse", "HEAD")  # main untouched
     discard(runner)
 
@@ -217,7 +235,7 @@ def test_two_concurrent_runners_only_one_gets_the_lease(
     assert "leased by run runner-a" in refused.output and "nothing was sent" in refused.output
     assert "Traceback" not in refused.output
     # runner B stops here (the workflow never reaches apply); runner A goes on
-    assert "Coins-Sync-Run: runner-a" in git(origin, "log", "-1", "--format=%B", BRANCH)
+    assert "Coins-Sync-Run: runner-a" in lease_of(origin)
     assert len(sandbox.configs()) == before
     write_rules = (
         runner_a / "configs" / "acme.yaml"
@@ -277,7 +295,7 @@ def test_a_refused_push_keeps_the_lease_until_the_state_is_restored(
 ) -> None:
     runner = clone(origin, "run-1")
     assert acquire(runner, "run-1").exit_code == 0
-    lease = branch_tip(origin)
+    tip = branch_tip(origin)
     apply(runner, sandbox)
     hook = install_hook(origin, "pre-receive", REJECT_ALL)
     failed = push(runner)
@@ -288,7 +306,7 @@ def test_a_refused_push_keeps_the_lease_until_the_state_is_restored(
     # the hint names the environment, so it restores the same state it kept
     assert "`coins-sync git-lease restore --env default --from DIR`" in failed.output
     assert "state/default.json" in failed.output and "state/default.audit.jsonl" in failed.output
-    assert branch_tip(origin) == lease
+    assert branch_tip(origin) == tip and "Coins-Sync-Run: run-1" in lease_of(origin)
     artifact = keep_artifact(runner)  # the workflow uploads state/ on failure
     discard(runner)
     hook.unlink()  # the admin lets the state branch through again
@@ -336,7 +354,7 @@ def test_a_cancelled_job_keeps_the_lease_until_restored_from_its_artifact(
 def test_push_retries_only_its_own_fast_forward(origin: Path, sandbox: SandboxServer) -> None:
     runner = clone(origin, "flaky")
     assert acquire(runner, "flaky").exit_code == 0
-    lease = branch_tip(origin)
+    tip = branch_tip(origin)
     apply(runner, sandbox)
     counter = origin.parent / "refusals"
     install_hook(
@@ -346,7 +364,7 @@ def test_push_retries_only_its_own_fast_forward(origin: Path, sandbox: SandboxSe
     )
     pushed = push(runner)
     assert pushed.exit_code == 0, pushed.output
-    assert git(origin, "rev-parse", f"{BRANCH}~1") == lease
+    assert git(origin, "rev-parse", f"{BRANCH}~1") == tip and lease_of(origin) == ""
     assert "Coins-Sync-Lease: released" in git(origin, "log", "-1", "--format=%B", BRANCH)
     assert duplicates(sandbox) == 0
 
@@ -361,7 +379,7 @@ def test_push_never_overwrites_a_branch_that_moved_away_from_the_lease(
     assert cli_in(clone(origin, "hasty"), "git-lease", "release", "--run", "slow").exit_code == 0
     moved = branch_tip(origin)
     failed = push(runner)
-    assert failed.exit_code == 1 and "moved away from this run's lease" in failed.output
+    assert failed.exit_code == 1 and "this run's lease on coins-sync-state is gone" in failed.output
     assert branch_tip(origin) == moved
     artifact = keep_artifact(runner)
     # the released branch holds no state; a restore now needs a lease: refuse clearly
@@ -388,7 +406,7 @@ def test_restore_refuses_an_older_or_foreign_state(origin: Path, sandbox: Sandbo
     (foreign / "default.json").write_text(json.dumps(state))
     refused = cli_in(runner, "git-lease", "restore", "--from", str(foreign))
     assert refused.exit_code == 1 and "does not continue the branch's audit log" in refused.output
-    assert "Coins-Sync-Run: run-2" in git(origin, "log", "-1", "--format=%B", BRANCH)
+    assert "Coins-Sync-Run: run-2" in lease_of(origin)
     assert push(runner).exit_code == 0
 
 
@@ -458,6 +476,182 @@ def test_the_workflow_follows_the_lease_protocol_and_is_hardened() -> None:
     for line in text.splitlines():
         if re.match(r"\s+(contents|pull-requests): (read|write)", line):
             assert " # " in line, line
+
+
+def plain_commit(origin: Path, name: str, path: str = "NOTES.md") -> str:
+    """A person pushes an ordinary fast-forward commit onto the state branch."""
+    person = origin.parent / name
+    git(origin.parent, "clone", "--quiet", "--branch", BRANCH, str(origin), str(person))
+    target = person / path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(f"written by {name}\n")
+    git(person, "add", path)
+    git(person, "commit", "--quiet", "-m", f"an ordinary commit by {name}")
+    git(person, "push", "--quiet", "origin", BRANCH)
+    return git(person, "rev-parse", "HEAD")
+
+
+def test_an_ordinary_commit_on_the_branch_leaves_the_lease_held(
+    origin: Path, sandbox: SandboxServer
+) -> None:
+    full_run(origin, sandbox, "run-0")  # the branch exists and is free
+    (origin.parent / "more").mkdir()
+    runner_a = clone(origin, "run-a")
+    assert acquire(runner_a, "run-a").exit_code == 0
+    ordinary = plain_commit(origin, "person")
+    assert branch_tip(origin) == ordinary
+
+    # B is refused before anything is sent: the lease belongs to A, not to the tip
+    refused = job(origin, sandbox, "run-b")
+    assert refused.exit_code == 1 and "leased by run run-a" in refused.output
+    status = json.loads(cli_in(runner_a, "git-lease", "status", "--format", "json").output)
+    assert status["lease"] == "held" and status["holder"]["run"] == "run-a"
+
+    # A's push lands on top of the person's commit, which stays in the history
+    rules = (runner_a / "configs/acme.yaml").read_text() + "  - event: GIFT\n    amount: 2\n"
+    (runner_a / "configs/acme.yaml").write_text(rules)
+    apply(runner_a, sandbox)
+    pushed = push(runner_a)
+    assert pushed.exit_code == 0, pushed.output
+    assert git(origin, "rev-parse", f"{BRANCH}~1") == ordinary
+    assert branch_file(origin, "NOTES.md") == "written by person"
+    assert len(json.loads(branch_file(origin, "state/default.json"))["entries"]) == KEYS + 1
+    assert lease_of(origin) == ""
+    assert len(sandbox.configs()) == KEYS + 1 and duplicates(sandbox) == 0
+
+
+def test_restore_still_works_after_an_ordinary_commit_on_the_branch(
+    origin: Path, sandbox: SandboxServer
+) -> None:
+    runner = clone(origin, "cancelled")
+    assert acquire(runner, "cancelled").exit_code == 0
+    apply(runner, sandbox)
+    artifact = keep_artifact(runner)  # cancelled before git-lease push
+    discard(runner)
+    ordinary = plain_commit(origin, "person")
+
+    refused = job(origin, sandbox, "next")
+    assert refused.exit_code == 1 and "leased by run cancelled" in refused.output
+    assert duplicates(sandbox) == 0
+
+    restored = cli_in(
+        clone(origin, "admin"),
+        "git-lease",
+        "restore",
+        "--from",
+        str(artifact),
+        "--run",
+        "cancelled",
+    )
+    assert restored.exit_code == 0, restored.output
+    assert git(origin, "rev-parse", f"{BRANCH}~1") == ordinary and lease_of(origin) == ""
+    assert len(json.loads(branch_file(origin, "state/default.json"))["entries"]) == KEYS
+
+    full_run(origin, sandbox, "after")
+    assert len(sandbox.configs()) == KEYS and duplicates(sandbox) == 0
+
+
+def test_a_commit_that_changes_the_state_during_the_lease_is_named_on_push(
+    origin: Path, sandbox: SandboxServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    full_run(origin, sandbox, "run-0")
+    runner = clone(origin, "run-a")
+    assert acquire(runner, "run-a").exit_code == 0
+    plain_commit(origin, "person", "state/default.audit.jsonl")
+    apply(runner, sandbox)
+    pushed = push(runner)
+    assert pushed.exit_code == 0, pushed.output
+    assert "changed state/default.audit.jsonl" in pushed.output + caplog.text
+    # the run's own audit log is on the branch, not the hand-made one
+    assert "written by person" not in branch_file(origin, "state/default.audit.jsonl")
+
+
+def test_a_lease_commit_of_the_older_protocol_at_the_tip_still_holds(
+    origin: Path, sandbox: SandboxServer
+) -> None:
+    full_run(origin, sandbox, "run-0")
+    person = origin.parent / "old-client"
+    git(origin.parent, "clone", "--quiet", "--branch", BRANCH, str(origin), str(person))
+    git(
+        person,
+        "commit",
+        "--quiet",
+        "--allow-empty",
+        "-m",
+        "coins-sync lease: run old-1\n\nheld\n\nCoins-Sync-Lease: held\nCoins-Sync-Run: old-1",
+    )
+    git(person, "push", "--quiet", "origin", BRANCH)
+    refused = job(origin, sandbox, "new-1")
+    assert refused.exit_code == 1 and "leased by run old-1" in refused.output
+    released = cli_in(clone(origin, "admin"), "git-lease", "release", "--run", "old-1")
+    assert released.exit_code == 0, released.output
+    full_run(origin, sandbox, "new-2")
+    assert len(sandbox.configs()) == KEYS and duplicates(sandbox) == 0
+
+
+def test_pull_copies_the_branch_state_for_a_local_plan_and_guards_local_results(
+    origin: Path, sandbox: SandboxServer
+) -> None:
+    full_run(origin, sandbox, "run-0")
+    laptop = clone(origin, "laptop")
+    pulled = cli_in(laptop, "git-lease", "pull")
+    assert pulled.exit_code == 0, pulled.output
+    assert "Pulled the state of coins-sync-state" in pulled.output
+    assert json.loads((laptop / "state/default.json").read_text()) == json.loads(
+        branch_file(origin, "state/default.json")
+    )
+    assert "(no changes)" in cli_in(laptop, "plan").output
+    # a local journal may hold results the branch lacks: never replaced
+    (laptop / "state/default.journal.jsonl").write_text("")
+    refused = cli_in(laptop, "git-lease", "pull")
+    assert refused.exit_code == 1 and "default.journal.jsonl holds results" in refused.output
+    assert lease_of(origin) == ""  # pull takes no lease
+
+
+def test_the_git_lease_refuses_an_environment_whose_state_is_in_postgres(origin: Path) -> None:
+    runner = clone(origin, "pg-runner")
+    (runner / "pyproject.toml").write_text(
+        '[tool.coins-sync]\n[tool.coins-sync.environments.team]\nbackend = "postgres"\n'
+    )
+    refused = cli_in(runner, "git-lease", "acquire", "--env", "team")
+    assert refused.exit_code == 1 and "the git lease does not apply to it" in refused.output
+    assert lease_of(origin) == "" and "Traceback" not in refused.output
+
+
+def test_a_fresh_clone_never_plans_creates_from_an_empty_state(
+    origin: Path, sandbox: SandboxServer
+) -> None:
+    full_run(origin, sandbox, "run-0")  # the state lives on coins-sync-state, not on main
+    laptop = clone(origin, "laptop")
+    assert not (laptop / "state/default.json").exists()
+    planned = cli_in(laptop, "plan")
+    assert planned.exit_code == 1
+    assert "git branch coins-sync-state (origin/coins-sync-state) holds it" in planned.output
+    assert "`coins-sync git-lease pull`" in planned.output and "to create" not in planned.output
+    applied = cli_in(laptop, "apply", "--yes", "--api-url", sandbox.url)
+    assert applied.exit_code == 1 and "git-lease pull" in applied.output
+    assert len(sandbox.configs()) == KEYS and duplicates(sandbox) == 0
+    assert not (laptop / "state/default.json").exists()
+
+    assert cli_in(laptop, "git-lease", "pull").exit_code == 0
+    assert "(no changes)" in cli_in(laptop, "plan").output
+
+
+def test_the_fresh_clone_guard_names_the_configured_branch(
+    origin: Path, sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COINS_SYNC_STATE_BRANCH", "team-state")
+    runner = clone(origin, "run-0")
+    assert cli_in(runner, "git-lease", "acquire", "--run-id", "run-0").exit_code == 0
+    apply(runner, sandbox)
+    assert push(runner).exit_code == 0
+    laptop = clone(origin, "laptop")
+    planned = cli_in(laptop, "plan")
+    assert planned.exit_code == 1 and "git branch team-state (origin/team-state)" in planned.output
+    assert "`coins-sync git-lease pull --branch team-state`" in planned.output
+    # a clone without the branch plans creates from an empty state as before
+    monkeypatch.setenv("COINS_SYNC_STATE_BRANCH", "coins-sync-state")
+    assert cli_in(laptop, "plan").exit_code == 0
 
 
 def test_every_git_lease_subcommand_has_help_examples() -> None:

@@ -182,7 +182,9 @@ rules:
 """
 
 
-@pytest.mark.parametrize("name", ["coins-sync.yml", "coins-sync-postgres.yml"])
+@pytest.mark.parametrize(
+    "name", [".github/workflows/coins-sync.yml", "docs/workflows/coins-sync-postgres.yml"]
+)
 def test_the_workflow_comments_the_problems_of_invalid_configs(
     name: str, project: Path, tmp_path: Path
 ) -> None:
@@ -195,7 +197,7 @@ def test_the_workflow_comments_the_problems_of_invalid_configs(
 
     from markdown_it import MarkdownIt
 
-    workflow = yaml.safe_load((REPO / ".github/workflows" / name).read_text())
+    workflow = yaml.safe_load((REPO / name).read_text())
     step = next(s for s in workflow["jobs"]["plan"]["steps"] if s.get("id") == "plan")
     write(project / "configs" / "acme.yaml", INVALID)
     (project / "plan.md").write_text("### coins-sync plan for `prod`\n\nthe last push's plan\n")
@@ -223,13 +225,15 @@ def test_the_workflow_comments_the_problems_of_invalid_configs(
     assert "acme.yaml:4" in done.stderr  # the log keeps the plain problems
 
 
-@pytest.mark.parametrize("name", ["coins-sync.yml", "coins-sync-postgres.yml"])
+@pytest.mark.parametrize(
+    "name", [".github/workflows/coins-sync.yml", "docs/workflows/coins-sync-postgres.yml"]
+)
 def test_the_workflow_failure_path_pastes_no_raw_stderr(name: str, project: Path) -> None:
     import os
     import subprocess
     import sys
 
-    workflow = yaml.safe_load((REPO / ".github/workflows" / name).read_text())
+    workflow = yaml.safe_load((REPO / name).read_text())
     step = next(s for s in workflow["jobs"]["plan"]["steps"] if s.get("id") == "plan")
     # a broken pyproject.toml fails before any plan can be made: nothing on stdout
     write(project / "pyproject.toml", "[tool.coins-sync]\nsecret_ish = 'x'\n")

@@ -52,7 +52,8 @@ def test_an_unknown_outcome_in_the_postgres_rescue_file_is_reported_not_a_crash(
     with store.lock("test"):
         written = store.write(State("lin", 0, {KEY: StateEntry(KEY, 6, "WCC1")}))
     good = JournalRecord(JournalKind.RESULT, KEY, 8, Outcome.UPDATED, "WCC1", "t")
-    rescue.write_bytes(bogus_line(written.lineage).encode() + good.to_line(written.lineage))
+    line = good.to_line(written.lineage, written.serial)  # written under the current serial
+    rescue.write_bytes(bogus_line(written.lineage).encode() + line)
     with store.lock("test"):
         state, messages = store.recover()
     assert any("rescue.jsonl:1: garbled record" in m and "bogus" in m for m in messages)

@@ -266,3 +266,32 @@ def test_saved_plan_with_an_update_and_an_orphan_applies(
     assert result.exit_code == 0, result.output
     assert sandbox.stats["patches"] == 1
     assert {c["event"]: c["amount"] for c in sandbox.configs()} == {"MEAL": 7, "FUEL": 3}
+
+
+# --- the state a plan was made against: its serial, not only its lineage ---------------
+
+
+def test_saved_plan_for_an_older_serial_of_the_same_state_is_refused(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    """The state moved on (a `git pull` brought serial + 1 of the same lineage) while
+    nothing the plan lists changed. The plan is still stale: it was reviewed against
+    another state. (Mutant S7 compared the lineage only.)"""
+    write(project / "configs/acme.yaml", RULES)
+    applied = apply(invoke, sandbox, "--yes")
+    assert applied.exit_code == 0, applied.output
+    write(project / "configs/acme.yaml", RULES + "  - event: OTHER\n    amount: 1\n")
+    saved = invoke("plan", "--out", "plan.json")
+    assert saved.exit_code == 0, saved.output
+    path = project / "state/default.json"
+    state = json.loads(path.read_text())
+    serial = state["serial"]
+    write(path, json.dumps({**state, "serial": serial + 1}))
+    before = sent(sandbox)
+
+    result = apply(invoke, sandbox, "plan.json", "--yes")
+    assert result.exit_code == 1, result.output
+    assert "stale plan" in result.output
+    assert f"serial {serial} " in result.output and f"serial {serial + 1} " in result.output
+    assert sent(sandbox) == before
+    assert len(sandbox.configs()) == 2

@@ -26,7 +26,7 @@ def test_concurrent_appends_are_each_committed_before_they_return(
     with store.lock("test"):
         state, _ = store.recover()
         state = store.write(state)
-        store.audit_log({})
+        audit = store.audit_log({})
         journal = store.journal(state)
 
         def worker(n: int) -> None:
@@ -51,7 +51,7 @@ def test_concurrent_appends_are_each_committed_before_they_return(
                     ):
                         problems.append(f"{key}: intent not committed when append returned")
                     config_id = f"WCC{n:02d}{i:03d}"
-                    journal.stash(AuditRecord("create", key, "created", None, 5, config_id))
+                    audit.record(AuditRecord("create", key, "created", None, 5, config_id))
                     journal.append(
                         JournalRecord(JournalKind.RESULT, key, 5, "created", config_id, utc_now())
                     )

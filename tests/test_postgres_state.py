@@ -324,8 +324,8 @@ def test_push_pull_and_lineage_checks(
 def test_schema_sql_prints_the_migrations(invoke: Invoke) -> None:
     result = invoke("state", "schema-sql", "--schema", "rewards")
     assert result.exit_code == 0
-    assert "CREATE TABLE rewards.environment" in result.output
-    assert "INSERT INTO rewards.schema_migrations" in result.output
+    assert 'CREATE TABLE "rewards".environment' in result.output
+    assert 'INSERT INTO "rewards".schema_migrations' in result.output
     assert invoke("state", "schema-sql", "--schema", "Bad-Name").exit_code == 1
 
 
@@ -413,3 +413,33 @@ def test_force_unlock_takes_the_lock_id_the_refusal_names(
         again = invoke("state", "force-unlock", lock_id, "--yes")
         assert again.exit_code == 1 and "nobody holds it" in again.output
     assert invoke("apply", "--yes", env=token()).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "dsn, secret",
+    [
+        ("postgresql://bob:hun%ter2-secret@/x?host=/nonexistent-socket-dir", "ter2-secret"),
+        (
+            "host=/nonexistent-socket-dir user=bob password=hunter2 leaked-part dbname=x",
+            "leaked-part",
+        ),
+    ],
+    ids=["url-with-percent", "key-value-with-space"],
+)
+def test_an_unparsable_dsn_is_refused_without_echoing_it(
+    project: Path, invoke: Invoke, monkeypatch: pytest.MonkeyPatch, dsn: str, secret: str
+) -> None:
+    """libpq's parse error quotes the connection string (the password, often)."""
+    write(
+        project / "pyproject.toml",
+        '[tool.coins-sync.environments.default]\nbackend = "postgres"\n',
+    )
+    write(project / "configs" / "cekek.yaml", RULES)
+    monkeypatch.setenv("COINS_SYNC_PG_DSN", dsn)
+    apply = ["apply", "--yes", "--api-url", "http://127.0.0.1:9"]
+    for command in (["state", "list"], ["plan"], apply, ["report"]):
+        result = invoke(*command, env=token())
+        assert result.exit_code == 1, (command, result.output)
+        assert secret not in result.output, (command, result.output)
+        assert "COINS_SYNC_PG_DSN" in result.output and "cannot be parsed" in result.output
+        assert "Traceback" not in result.output

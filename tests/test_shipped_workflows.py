@@ -15,7 +15,9 @@ import yaml
 
 from tests.conftest import REPO
 
-WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.yml"))
+ACTIVE = sorted((REPO / ".github/workflows").glob("*.y*ml"))
+TEMPLATES = sorted((REPO / "docs/workflows").glob("*.y*ml"))
+WORKFLOWS = ACTIVE + TEMPLATES
 PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
 
 
@@ -24,8 +26,22 @@ def _steps(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return [(name, step) for name, job in workflow["jobs"].items() for step in job.get("steps", [])]
 
 
-def test_there_are_workflows() -> None:
-    assert {p.name for p in WORKFLOWS} >= {"coins-sync.yml", "coins-sync-postgres.yml"}
+def test_one_workflow_is_active_and_the_postgres_one_is_a_template() -> None:
+    # two active workflows would both apply on the same push (issue 19)
+    assert [p.name for p in ACTIVE] == ["coins-sync.yml"]
+    assert [p.name for p in TEMPLATES] == ["coins-sync-postgres.yml"]
+    for path in WORKFLOWS:
+        assert "never keep" in path.read_text().lower() or "keep exactly one" in (
+            path.read_text().lower()
+        ), path.name
+
+
+def test_the_postgres_template_refuses_an_environment_of_another_backend() -> None:
+    workflow = yaml.safe_load(TEMPLATES[0].read_text())
+    runs = [str(step.get("run", "")) for step in workflow["jobs"]["apply"]["steps"]]
+    guard = next(i for i, run in enumerate(runs) if 'backend != "postgres"' in run)
+    assert guard < next(i for i, run in enumerate(runs) if "coins-sync apply" in run)
+    assert "sys.exit(" in runs[guard]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)

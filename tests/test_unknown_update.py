@@ -15,7 +15,9 @@ from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.errors import ApiError, OutcomeUnknownError
 from coins_sync.sandbox import SandboxServer
+from coins_sync.settings import load_settings
 from coins_sync.state.model import State, parse_state, serialize
+from coins_sync.workspace import Workspace
 from tests.conftest import SANDBOX_TOKEN, Invoke, write
 
 TOKEN = SANDBOX_TOKEN  # what the `servers` sandboxes accept
@@ -109,19 +111,29 @@ def test_response_code_1_is_a_plain_failure(client_for: Callable[..., CoinsClien
 # --- end to end: stored, answer lost, configs reverted --------------------------------
 
 
-def state_of(project: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((project / "state/default.json").read_text())
-    return data
-
-
 def server_amount(srv: SandboxServer) -> int:
     (config,) = srv.configs()
     return int(config["amount"])
 
 
+@pytest.fixture(params=["file", "postgres"])
+def backend(request: pytest.FixtureRequest, project: Path) -> Workspace:
+    """The project's environment on each state backend: the same scenario runs against
+    the state file and against PostgreSQL (a fresh database of the session's cluster).
+    Returns the workspace the CLI commands use, for reading state and audit back."""
+    if request.param == "postgres":
+        request.getfixturevalue("pg_dsn")  # COINS_SYNC_PG_DSN points at a new database
+        write(
+            project / "pyproject.toml",
+            '[tool.coins-sync]\ndefault_environment = "team"\n\n'
+            '[tool.coins-sync.environments.team]\nbackend = "postgres"\n',
+        )
+    return Workspace(load_settings(project))
+
+
 @pytest.mark.usefixtures("fast_retries")
 def test_lost_patch_answer_then_revert_is_not_no_changes(
-    project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
+    project: Path, backend: Workspace, invoke: Invoke, servers: Callable[..., SandboxServer]
 ) -> None:
     data = project / "sandbox.json"
     good = servers(data_file=data)
@@ -136,8 +148,10 @@ def test_lost_patch_answer_then_revert_is_not_no_changes(
     assert done.exit_code == 1, done.output
     assert "outcome unknown" in done.output
     assert server_amount(lossy) == 9
-    (entry,) = state_of(project)["entries"]
-    assert (entry["amount"], entry["pendingAmount"]) == (6, 9)
+    entry = backend.read_state().entries[KEY]
+    assert (entry.amount, entry.pending) == (6, 9)
+    uncertain = [r for r in backend.read_audit() if r["outcome"] == "uncertain"]
+    assert [(r["action"], r["after"]) for r in uncertain] == [("update", 9)]
 
     write(project / "configs/acme.yaml", rules(6))  # the user reverts
     gets = lossy.stats["gets"]
@@ -162,8 +176,8 @@ def test_lost_patch_answer_then_revert_is_not_no_changes(
     again = invoke("apply", "--api-url", fixed.url, "--yes", env=ENV)
     assert again.exit_code == 0, again.output
     assert server_amount(fixed) == 6
-    (entry,) = state_of(project)["entries"]
-    assert entry["amount"] == 6 and "pendingAmount" not in entry  # a confirmed PATCH clears it
+    entry = backend.read_state().entries[KEY]
+    assert (entry.amount, entry.pending) == (6, None)  # a confirmed PATCH clears it
     assert invoke("plan", "--detailed-exitcode").exit_code == 0
 
 
@@ -183,7 +197,7 @@ def test_pending_amount_round_trips_and_is_checked() -> None:
 
 @pytest.mark.usefixtures("fast_retries")
 def test_apply_records_what_it_read_back_even_with_nothing_to_send(
-    project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
+    project: Path, backend: Workspace, invoke: Invoke, servers: Callable[..., SandboxServer]
 ) -> None:
     """The PATCH was stored but its answer lost; the configs still want that amount. The
     next apply sends nothing, yet records the server's amount and clears the mark, so
@@ -197,16 +211,16 @@ def test_apply_records_what_it_read_back_even_with_nothing_to_send(
     write(project / "configs/acme.yaml", rules(9))
     assert invoke("apply", "--api-url", lossy.url, "--yes", env=ENV).exit_code == 1
     lossy.stop()
-    (entry,) = state_of(project)["entries"]
-    assert (entry["amount"], entry["pendingAmount"]) == (6, 9)
+    entry = backend.read_state().entries[KEY]
+    assert (entry.amount, entry.pending) == (6, 9)
 
     fixed = servers(data_file=data)
     done = invoke("apply", "--api-url", fixed.url, "--yes", env=ENV)
     assert done.exit_code == 0, done.output
     assert "Nothing to apply" in done.output
     assert fixed.stats["patches"] == 0  # nothing was sent
-    (entry,) = state_of(project)["entries"]
-    assert entry["amount"] == 9 and "pendingAmount" not in entry
+    entry = backend.read_state().entries[KEY]
+    assert (entry.amount, entry.pending) == (9, None)
     gets = fixed.stats["gets"]
     assert invoke("plan", "--api-url", fixed.url, "--detailed-exitcode", env=ENV).exit_code == 0
     assert fixed.stats["gets"] == gets  # nothing left to read back

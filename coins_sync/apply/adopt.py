@@ -1,4 +1,6 @@
-"""Bulk adoption: ``state import --from FILE`` records many existing configs at once.
+"""Adoption: ``state import KEY ID`` records one existing config, ``state import --from
+FILE`` many at once. Both refuse, before any call, an id or a key that the state already
+records otherwise (:func:`refusal`, the check a rule's ``coinConfigId`` gets too).
 
 The file is CSV (header ``companyId,configuration,event,coinConfigId``) or JSON lines
 (one object with those four fields a line). Every id is read back (GET) with bounded
@@ -15,13 +17,16 @@ import json
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
-from coins_sync.errors import ApiError, CoinsSyncError, ConfigError, Problem
-from coins_sync.state.model import State, StateEntry
+from coins_sync.errors import ApiError, CoinsSyncError, ConfigError, Problem, StateError
+from coins_sync.state.audit import AuditAction, AuditRecord
+from coins_sync.state.journal import Outcome
+from coins_sync.state.model import RecordedIds, State, StateEntry
+from coins_sync.workspace import Workspace
 
 FIELDS = ("companyId", "configuration", "event", "coinConfigId")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -45,6 +50,100 @@ class BulkResult:
     imported: list[tuple[ImportRow, StateEntry]] = field(default_factory=list)
     failed: list[tuple[ImportRow, str]] = field(default_factory=list)
     state: State | None = None
+
+
+def import_one(
+    workspace: Workspace,
+    key: RuleKey,
+    coin_config_id: str,
+    fetch: Callable[[str], RemoteConfig],
+    command: str,
+) -> tuple[State, StateEntry]:
+    """``state import KEY ID``: record an existing server config as ``key`` after
+    checking that the state holds neither under anything else (:func:`refusal`, no call
+    then) and that the server really holds ``key`` there.
+
+    This is how an uncertain create is resolved when it did reach the server, and how
+    configs made by hand come under management. The audit log records it.
+    """
+    store = workspace.store
+    with store.lock(command, workspace.settings.lock_timeout):
+        state, _ = store.recover()
+        reason = refusal(RecordedIds(state), key, coin_config_id)
+        if reason is not None:
+            raise StateError(reason)
+        remote = fetch(coin_config_id)
+        if remote.key != key:
+            raise StateError(
+                f"config {coin_config_id} on the server is {remote.key}, not {key}; "
+                "nothing was recorded"
+            )
+        entry = StateEntry(key, remote.amount, remote.coin_config_id)
+        written = store.write(state.with_entry(entry))
+    workspace.record_audit(
+        AuditRecord(
+            AuditAction.IMPORT, key, Outcome.IMPORTED, None, entry.amount, entry.coin_config_id
+        )
+    )
+    return written, entry
+
+
+def import_many(
+    workspace: Workspace,
+    rows: Sequence[ImportRow],
+    fetch: Callable[[str], RemoteConfig],
+    command: str,
+    on_tick: Callable[[int, int, int], None] | None = None,
+) -> BulkResult:
+    """``state import --from FILE``: record every row whose id the server confirms as
+    its key, in one state write.
+
+    Takes the lock; GETs with the environment's parallelism. A row that fails is
+    reported in the result and never keeps a matching row from being recorded.
+    """
+    store = workspace.store
+    result = BulkResult()
+    with store.lock(command, workspace.settings.lock_timeout):
+        state, _ = store.recover()
+        todo, reasons = check_rows(rows, state)
+        for row, reason in zip(rows, reasons, strict=True):
+            if reason:
+                result.failed.append((row, reason))
+        for row, got in fetch_all(todo, fetch, workspace.settings.parallelism, on_tick):
+            if isinstance(got, StateEntry):
+                result.imported.append((row, got))
+            else:
+                result.failed.append((row, got))
+        if result.imported:
+            entries = dict(state.entries)
+            uncertain = dict(state.uncertain)
+            for _, entry in result.imported:
+                entries[entry.key] = entry
+                uncertain.pop(entry.key, None)
+            state = store.write(replace(state, entries=entries, uncertain=uncertain))
+        result.state = state
+    order = {id(row): index for index, row in enumerate(rows)}
+    result.failed.sort(key=lambda item: order[id(item[0])])
+    workspace.record_audit(
+        *(
+            AuditRecord(
+                AuditAction.IMPORT,
+                row.key,
+                Outcome.IMPORTED,
+                None,
+                entry.amount,
+                row.coin_config_id,
+            )
+            for row, entry in result.imported
+        ),
+        *(
+            AuditRecord(
+                AuditAction.IMPORT, row.key, Outcome.FAILED, None, None, row.coin_config_id, reason
+            )
+            for row, reason in result.failed
+        ),
+    )
+    return result
 
 
 def read_rows(path: Path, shown: str) -> list[ImportRow]:
@@ -134,14 +233,13 @@ def _json_lines(text: str, shown: str) -> tuple[list[ImportRow], list[Problem]]:
 
 def check_rows(rows: Sequence[ImportRow], state: State) -> tuple[list[ImportRow], list[str]]:
     """The rows worth a GET, and why each other row is refused (without a call)."""
-    owner = {entry.coin_config_id: key for key, entry in state.entries.items()}
+    recorded = RecordedIds(state)
     first_key: dict[RuleKey, ImportRow] = {}
     first_id: dict[str, ImportRow] = {}
     todo: list[ImportRow] = []
     reasons: list[str] = []
     for row in rows:
         reason = None
-        entry = state.entries.get(row.key)
         if row.key in first_key:
             reason = f"{row.key} is listed again (first at {first_key[row.key].where})"
         elif row.coin_config_id in first_id:
@@ -149,20 +247,26 @@ def check_rows(rows: Sequence[ImportRow], state: State) -> tuple[list[ImportRow]
                 f"{row.coin_config_id} is listed again (first at "
                 f"{first_id[row.coin_config_id].where})"
             )
-        elif entry is not None and entry.coin_config_id != row.coin_config_id:
-            reason = (
-                f"{row.key} is already recorded as {entry.coin_config_id}, not "
-                f"{row.coin_config_id}; run `coins-sync state rm {row.key}` first if that "
-                "record is wrong"
-            )
-        elif owner.get(row.coin_config_id, row.key) != row.key:
-            reason = f"{row.coin_config_id} is already recorded as {owner[row.coin_config_id]}"
+        else:
+            reason = refusal(recorded, row.key, row.coin_config_id)
         first_key.setdefault(row.key, row)
         first_id.setdefault(row.coin_config_id, row)
         reasons.append(reason or "")
         if reason is None:
             todo.append(row)
     return todo, reasons
+
+
+def refusal(recorded: RecordedIds, key: RuleKey, coin_config_id: str) -> str | None:
+    """Why an import of ``coin_config_id`` as ``key`` is refused before any call, with
+    the way out; None when it may be read back. Both ``state import`` routes use it."""
+    reason = recorded.conflict(key, coin_config_id)
+    if reason is None:
+        return None
+    return (
+        f"{reason}; nothing was recorded. Run `coins-sync state rm KEY` first for the "
+        "record that is wrong"
+    )
 
 
 def fetch_all(

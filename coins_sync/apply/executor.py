@@ -126,14 +126,14 @@ class Executor:
                 self._probe_taken = True
                 return True
         while not self._probed.wait(0.2):
-            if self.stop.is_set():
+            if self.stopping():
                 return False
-        return not self.stop.is_set()
+        return not self.stopping()
 
     def _take(self, queue: Iterator[Change]) -> Change | None:
         """The next change to send; None when the queue is empty or the run stops."""
         with self._queue_lock:
-            return None if self.stop.is_set() else next(queue, None)
+            return None if self.stopping() else next(queue, None)
 
     def _work_on(self, queue: Iterator[Change], errors: list[BaseException]) -> None:
         if not self._wait_for_probe():
@@ -141,7 +141,7 @@ class Executor:
         change = self._take(queue)
         intent: JournalRecord | None = None  # change's intent, journaled ahead
         while change is not None:
-            if self.stop.is_set():
+            if self.stopping():
                 break
             ahead = Ahead(lambda: self._take(queue))
             sent, intent = intent, None  # from here on, sent is never closed as not sent
@@ -172,14 +172,22 @@ class Executor:
                 self.stop.set()
 
     def interrupt(self, signal_name: str = "") -> None:
-        """Stop sending: requests in flight finish and are recorded. Safe in a signal
-        handler: a second call (a second signal while draining) returns at once instead of
-        re-entering ``stop.set()``, so nothing already arrived is lost."""
+        """Stop sending: requests in flight finish and are recorded.
+
+        Safe in a signal handler, whenever the signal arrives: it only sets two plain
+        attributes and takes no lock. (Setting ``stop`` here could deadlock: the handler
+        runs in the main thread, which may be inside ``stop.set()`` holding the event's
+        lock.) Workers see the interrupt before each send; the waiting thread turns it
+        into ``stop`` at its next tick (:meth:`announce_stop`). A second call returns at
+        once, so nothing already arrived is lost."""
         if self._interrupted:
             return
-        self._interrupted = True
         self.signal_name = signal_name
-        self.stop.set()
+        self._interrupted = True
+
+    def stopping(self) -> bool:
+        """Whether the run sends nothing more: stopped, or interrupted."""
+        return self._interrupted or self.stop.is_set()
 
     @property
     def interrupted(self) -> bool:
@@ -190,8 +198,10 @@ class Executor:
         return self._all_done.wait(timeout)
 
     def announce_stop(self) -> None:
-        """Once the run is stopping, call ``on_stop`` (once). Call from the waiting
-        thread, never from a signal handler."""
+        """Once the run is stopping (an interrupt included), set ``stop`` and call
+        ``on_stop`` (once). Call from the waiting thread, never from a signal handler."""
+        if self._interrupted and not self.stop.is_set():
+            self.stop.set()
         if self.stop.is_set() and not self._stop_announced:
             self._stop_announced = True
             if self.on_stop is not None:
@@ -265,7 +275,7 @@ class Executor:
         except Exception as e:
             log.debug("final checkpoint failed", exc_info=True)
             fold_error = e
-            self.ledger.save_unfolded()
+            self.ledger.save_unfolded(e)
         finally:
             self.ledger.close()
         self.report.state = self.ledger.base

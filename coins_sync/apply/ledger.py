@@ -25,7 +25,7 @@ from typing import TypeGuard
 
 from coins_sync.apply.report import ApplyReport
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import StateError
+from coins_sync.errors import CheckpointError, StateError
 from coins_sync.plan.reconcile import Change
 from coins_sync.state.audit import AuditAction, AuditRecord, AuditSink
 from coins_sync.state.journal import (
@@ -348,9 +348,15 @@ class Ledger:
             log.error("%s", e)
             self.audit_failures.append(e)
 
-    def save_unfolded(self) -> None:
-        """The final fold failed: list every confirmed id and try the rescue file."""
+    def save_unfolded(self, error: BaseException | None = None) -> None:
+        """The final fold failed with ``error``: list every confirmed id the state may
+        lack, and try the rescue file. A :class:`CheckpointError` knows exactly which
+        results are not in the state and where they are kept instead."""
         report = self.report
+        if isinstance(error, CheckpointError):
+            report.unrecorded = list(error.unrecorded)
+            report.rescue = error.kept
+            return
         report.unrecorded = [
             (record.key, record.coin_config_id)
             for record in self._results

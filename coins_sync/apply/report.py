@@ -9,7 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import ApplyStoppedError, CoinsSyncError, StateConflictError
+from coins_sync.errors import (
+    ApplyStoppedError,
+    CheckpointError,
+    CoinsSyncError,
+    StateConflictError,
+)
 from coins_sync.state.model import State
 
 
@@ -110,6 +115,8 @@ def stopped_error(
         parts.append(first)
     if fold_error is None:
         parts.append("Every result confirmed so far is recorded in the state")
+    elif isinstance(fold_error, CheckpointError):
+        parts.append(describe(fold_error))  # it says what is recorded, and where the rest is
     else:
         what = (
             "apply did not overwrite the state"

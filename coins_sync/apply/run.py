@@ -1,6 +1,8 @@
 """One apply run: plan or load a saved plan, confirm, execute, all under the state lock.
 
-What is promised: the workers are always stopped and joined before the lock is released
+What is promised: every way in reads back the updates whose outcome is unknown before
+any plan is taken or checked (one pipeline; the plan sources only choose where the
+plan comes from); the workers are always stopped and joined before the lock is released
 and the client closed, whatever raised; SIGINT and SIGTERM stop new sends instead of
 ending the process at an arbitrary point; a missing state is not started afresh while
 another state file already records rules under the same name.
@@ -20,14 +22,18 @@ from typing import Any, Protocol
 from coins_sync.apply.executor import Executor, to_send
 from coins_sync.apply.report import ApplyReport, describe
 from coins_sync.apply.send import CoinsApi
+from coins_sync.configs.model import ConfigSet
 from coins_sync.enkash import RemoteConfig
 from coins_sync.errors import StateError
+from coins_sync.plan.online import Settled, plan_refreshed, plan_settled, settle, unverified
 from coins_sync.plan.reconcile import Plan
-from coins_sync.plan.saved import check_consistent, check_fresh, load_plan
+from coins_sync.plan.saved import check_consistent, check_fresh, check_read_back, load_plan
 from coins_sync.plan.subset import Subset
 from coins_sync.state.audit import AuditSink
+from coins_sync.state.elsewhere import states_elsewhere
 from coins_sync.state.file import FileStateStore
-from coins_sync.workspace import Workspace, unverified
+from coins_sync.state.model import State
+from coins_sync.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +129,24 @@ class ApplyRequest:
     only: Subset = field(default_factory=Subset)
 
 
+class LazyApi:
+    """The API client of one run, made on first use (an apply with nothing pending and
+    nothing to send makes no client) and closed at the end."""
+
+    def __init__(self, factory: Callable[[], ClosableApi]) -> None:
+        self._factory = factory
+        self._api: ClosableApi | None = None
+
+    def __call__(self) -> ClosableApi:
+        if self._api is None:
+            self._api = self._factory()
+        return self._api
+
+    def close(self) -> None:
+        if self._api is not None:
+            self._api.close()
+
+
 def run_apply(
     workspace: Workspace,
     api_factory: Callable[[], ClosableApi],
@@ -134,75 +158,130 @@ def run_apply(
 ) -> tuple[Plan, ApplyReport | None]:
     """Plan (or load a saved plan), confirm, and execute, all under the state lock.
 
+    One pipeline for every way in: recover the state, read back the pending updates
+    (:func:`settle_pending`), then take the plan from its source (:func:`plan_from`:
+    a saved plan, ``--refresh`` or the offline plan of the settled state), check it,
+    confirm and execute. A plan source only ever sees a :class:`Settled` state.
+
     Returns the plan and the report; the report is None when nothing was sent because
     there was nothing to do or the user declined.
     """
-    settings = workspace.settings
     store = workspace.store
-    api: ClosableApi | None = None
+    api = LazyApi(api_factory)
     try:
-        with store.lock(request.command, settings.lock_timeout):
-            state, _ = store.recover()
+        with store.lock(request.command, workspace.settings.lock_timeout):
+            recovered, _ = store.recover()
             configs = workspace.load_configs()
-            if request.planfile is not None:
-                the_plan = load_plan(request.planfile)
-                check_fresh(the_plan, settings.env, state, configs)
-                the_plan = check_consistent(the_plan, state, configs)
-            elif request.refresh:
-                api = api_factory()
-                the_plan = workspace.plan(
-                    state, configs, refresh_with=api, on_tick=on_read, only=request.only
-                )
-            elif unverified(state):  # read back the updates whose outcome is unknown
-                api = api_factory()
-                settled, _ = workspace.settle(state, api)
-                if settled.content() != state.content():
-                    # what the server holds is recorded even when nothing is sent, so
-                    # the mark does not outlive the doubt (and each plan's GETs with it)
-                    state = store.write(settled)
-                the_plan = workspace.plan(state, configs, verify_with=api, only=request.only)
-            else:
-                the_plan = workspace.plan(state, configs, only=request.only)
+            settled = settle_pending(workspace, recovered, api)
+            the_plan = plan_from(workspace, request, settled, configs, api, on_read)
             the_plan.raise_if_unsafe(workspace.safety, force=request.force)
+            workspace.refuse_fresh_clone(the_plan, request.force)
             if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
                 return the_plan, None
-            api = api or api_factory()
-            if not state.exists:
-                elsewhere = [] if request.force else workspace.states_elsewhere()
-                if elsewhere:
-                    raise StateError(
-                        f"the state {store.describe()} does not exist yet, but "
-                        f"{elsewhere[0]} already records rules under the same name; "
-                        "starting a new, empty state would create every rule again. "
-                        "Run from the project folder, or pass --state with the existing "
-                        "file. Nothing was sent. (--force starts a new state anyway.)"
-                    )
-                state = store.write(state)  # fixes the lineage the journal is tied to
+            state = start_state(workspace, settled.state, request.force)
             executor = Executor(
-                api,
+                api(),
                 store.journal(state),
                 state,
                 desired={rule.key: rule.amount for rule in configs.rules},
-                parallelism=request.parallelism or settings.parallelism,
-                fold_every=settings.fold_every,
+                parallelism=request.parallelism or workspace.settings.parallelism,
+                fold_every=workspace.settings.fold_every,
                 audit=audit,
-                on_stop=api.cancel,
+                on_stop=api().cancel,
                 rescue=store.write_rescue if isinstance(store, FileStateStore) else None,
             )
-            with sigint_stops(executor):
-                try:
-                    threads = executor.start(the_plan, retry_uncertain=request.retry_uncertain)
-                    wait(executor, threads, on_tick)
-                except BaseException:
-                    # the workers are stopped and joined before the lock is released and
-                    # the client closed; what they did is folded, then the error goes on
-                    try:
-                        executor.finish()
-                    except Exception as e:
-                        log.error("%s", describe(e))
-                    raise
-                report = executor.finish()
-            return the_plan, report
+            return the_plan, execute(executor, the_plan, request.retry_uncertain, on_tick)
     finally:
-        if api is not None:
-            api.close()
+        api.close()
+
+
+def settle_pending(workspace: Workspace, state: State, api: LazyApi) -> Settled:
+    """Read back every update whose outcome is unknown (one GET each), and record what
+    the server holds even when nothing is sent, so the mark does not outlive the doubt
+    (and each plan's GETs with it). Makes no client when nothing is pending."""
+    if not unverified(state):
+        return Settled.unread(state)
+    settled = settle(state, api(), workspace.settings.parallelism)
+    if not settled.changed:
+        return settled
+    return Settled(state, workspace.store.write(settled.state), settled.drift)
+
+
+def plan_from(
+    workspace: Workspace,
+    request: ApplyRequest,
+    settled: Settled,
+    configs: ConfigSet,
+    api: LazyApi,
+    on_read: Callable[[int, int, int], None] | None = None,
+) -> Plan:
+    """The plan to apply, from its source: a saved plan (checked against the state it
+    was made from and the settled one), ``--refresh``, or the offline plan; with
+    ``--only``, of the subset alone (plan/subset.py)."""
+    if request.planfile is not None:
+        return saved_plan(request.planfile, workspace.settings.env, settled, configs)
+    context = workspace.context(settled.state, configs)
+    only = request.only
+    if only:
+        only.check_matches(configs, settled.state)
+    part, rules = only.settled(settled), only.configs(configs).rules
+    if request.refresh:
+        width = workspace.settings.parallelism
+        the_plan = plan_refreshed(rules, part.state, context, api(), width, on_read)
+    else:
+        the_plan = plan_settled(rules, part, context)
+    return only.widen(the_plan, settled.state) if only else the_plan
+
+
+def saved_plan(path: Path, env: str, settled: Settled, configs: ConfigSet) -> Plan:
+    """A ``plan --out`` file, refused unless it was made for this environment, from the
+    state as it was read (``settled.before``) and these configs, and unless what it
+    assumed of the updates read back just now is what the server holds."""
+    saved = load_plan(path)
+    check_fresh(saved, env, settled.before, configs)
+    checked = check_consistent(saved, settled.before, configs)
+    check_read_back(saved, settled)
+    return checked
+
+
+def start_state(workspace: Workspace, state: State, force: bool) -> State:
+    """The state the journal is tied to: written first when it does not exist yet, and
+    then only when no state file of the same name elsewhere records rules."""
+    if state.exists:
+        return state
+    settings = workspace.settings
+    elsewhere = (
+        []
+        if force or settings.backend != "file"
+        else states_elsewhere(settings.state, settings.root)
+    )
+    if elsewhere:
+        raise StateError(
+            f"the state {workspace.store.describe()} does not exist yet, but "
+            f"{elsewhere[0]} already records rules under the same name; "
+            "starting a new, empty state would create every rule again. "
+            "Run from the project folder, or pass --state with the existing "
+            "file. Nothing was sent. (--force starts a new state anyway.)"
+        )
+    return workspace.store.write(state)  # fixes the lineage the journal is tied to
+
+
+def execute(
+    executor: Executor,
+    the_plan: Plan,
+    retry_uncertain: bool,
+    on_tick: Callable[[int, int, int], None] | None,
+) -> ApplyReport:
+    """Send the plan's changes. The workers are stopped and joined before this returns
+    or raises; what they did is folded, then an error goes on."""
+    with sigint_stops(executor):
+        try:
+            threads = executor.start(the_plan, retry_uncertain=retry_uncertain)
+            wait(executor, threads, on_tick)
+        except BaseException:
+            try:
+                executor.finish()
+            except Exception as e:
+                log.error("%s", describe(e))
+            raise
+        return executor.finish()

@@ -17,7 +17,13 @@ from coins_sync.apply.ledger import Ledger
 from coins_sync.apply.report import ApplyReport
 from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import RemoteConfig
-from coins_sync.errors import ApiError, AuthError, OutcomeUnknownError, UnreachableError
+from coins_sync.errors import (
+    ApiError,
+    AuthError,
+    OutcomeUnknownError,
+    RateLimitError,
+    UnreachableError,
+)
 from coins_sync.plan.reconcile import Action, Change
 from coins_sync.state.audit import AuditAction
 from coins_sync.state.journal import JournalRecord
@@ -212,12 +218,12 @@ class Sender:
             ahead.intent = ahead_intent
 
     def _stop_if_hopeless(self, error: ApiError) -> None:
-        """A refused credential or an API that cannot be reached fails every call the
-        same way: stop at the first one, so one clear error is reported, not one per key.
-        An outcome made unknown by such a failure (a PATCH whose retry got a 401) stops
-        the run too."""
+        """A refused credential, an API that cannot be reached, or a spent budget for
+        waiting on the rate limit fails every call the same way: stop at the first one,
+        so one clear error is reported, not one per key. An outcome made unknown by such
+        a failure (a PATCH whose retry got a 401) stops the run too."""
         cause = error.__cause__ if isinstance(error, OutcomeUnknownError) else error
-        if isinstance(cause, AuthError | UnreachableError):
+        if isinstance(cause, AuthError | UnreachableError | RateLimitError):
             with self._lock:
                 if self.report.stopped_by is None:
                     self.report.stopped_by = str(cause)

@@ -40,6 +40,16 @@ if TYPE_CHECKING:  # the apply package loads only when apply runs
     help="Requests in flight at once (default: the environment's, 8).",
 )
 @click.option(
+    "--max-wait",
+    type=click.FloatRange(min=0, max=86_400),
+    default=None,
+    metavar="SECONDS",
+    help=(
+        "How long, in all, to pause for the server's rate limit (HTTP 429) before the "
+        "rest fails (default: the environment's max_wait, 600)."
+    ),
+)
+@click.option(
     "--retry-uncertain",
     is_flag=True,
     help="Send again creates whose earlier outcome is unknown (may duplicate them).",
@@ -55,6 +65,7 @@ def apply_command(
     planfile: Path | None,
     yes: bool,
     parallelism: int | None,
+    max_wait: float | None,
     retry_uncertain: bool,
     force: bool,
     refresh: bool,
@@ -67,6 +78,8 @@ def apply_command(
     `plan --out`), applies exactly that plan without asking (the saved plan was the
     review), and refuses it if the state or the configs changed since. Creates are
     journaled before they are sent, so an interrupted apply never loses or repeats one.
+    When the server limits the request rate (HTTP 429), apply paces itself to it, with
+    at most --parallelism requests in flight.
 
     \b
     Examples:
@@ -119,7 +132,7 @@ def apply_command(
     try:
         the_plan, report = run_apply(
             workspace,
-            lambda: make_client(settings, parallelism),
+            lambda: make_client(settings, parallelism, max_wait),
             request,
             confirm,
             on_tick=progress,

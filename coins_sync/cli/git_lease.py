@@ -35,6 +35,7 @@ def git_lease() -> None:
       coins-sync git-lease acquire --env prod && coins-sync apply --env prod --yes
       coins-sync git-lease push --env prod
       coins-sync git-lease restore --env prod --from ./coins-sync-state-1234
+      coins-sync git-lease pull --env prod && coins-sync plan --env prod
     """
 
 
@@ -56,9 +57,17 @@ def lease_options(func: F) -> F:
 
 
 def lease_from(env_name: str | None, state_path: Path | None, branch: str, remote: str) -> GitLease:
+    from coins_sync.errors import GitLeaseError
     from coins_sync.gitlease import GitLease
 
     settings = resolve_settings(env_name, None, state_path, None)
+    if settings.backend != "file":
+        raise GitLeaseError(
+            f"environment {settings.env!r} keeps its state in {settings.backend} "
+            f'(backend = "{settings.backend}"), not in a file on a git branch: the git '
+            "lease does not apply to it, and nothing was taken or sent. Use the "
+            "postgres workflow (docs/workflows/coins-sync-postgres.yml) for it"
+        )
     return GitLease(settings.state, branch=branch, remote=remote, env=settings.env)
 
 
@@ -210,4 +219,22 @@ def git_lease_status(
     """
     status = lease_from(env_name, state_path, branch, remote).fetch()
     console.out(console.lease_status(status, fmt))
+    return EXIT_OK
+
+
+@git_lease.command("pull")
+@lease_options
+def git_lease_pull(env_name: str | None, state_path: Path | None, branch: str, remote: str) -> int:
+    """Copy the state branch's state here for a local plan; takes no lease.
+
+    Refuses to replace a local journal or rescue file, or a local state of another
+    lineage or a newer serial. Apply only under a lease (CI), never from this copy.
+    """
+    lease = lease_from(env_name, state_path, branch, remote)
+    status, written = lease.pull()
+    held = f"; {status.describe()}" if status.holder is not None else ""
+    console.out(
+        f"Pulled the state of {branch} (commit {str(status.tip)[:12]}) into "
+        f"{lease.store.path}: {len(written)} file(s){held}."
+    )
     return EXIT_OK

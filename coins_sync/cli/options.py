@@ -208,8 +208,12 @@ def confirm_or_refuse(yes: bool, question: str, refusal: str) -> None:
     click.confirm(question, abort=True)
 
 
-def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClient:
-    """The API client for an environment; credentials come from the environment only."""
+def make_client(
+    settings: Settings, parallelism: int | None = None, max_wait: float | None = None
+) -> CoinsClient:
+    """The API client for an environment; credentials come from the environment only.
+    ``parallelism`` and ``max_wait`` override the environment's (``--parallelism``,
+    ``--max-wait``)."""
     from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 
     width = parallelism or settings.parallelism
@@ -219,6 +223,8 @@ def make_client(settings: Settings, parallelism: int | None = None) -> CoinsClie
         read_timeout=settings.read_timeout,
         encryption=None if settings.encryption is Encryption.NONE else settings.encryption,
         max_connections=max(width, 4),
+        parallelism=width,
+        max_wait=settings.max_wait if max_wait is None else max_wait,
     )
     credentials = Credentials.from_env(os.environ)
     http = make_http_client(options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,11 +19,13 @@ from coins_sync.cli.options import (
     with_workspace,
 )
 from coins_sync.errors import AuthError, CoinsSyncError, ConfigError, SettingsError
-from coins_sync.plan.reconcile import Plan
+from coins_sync.plan.online import unverified
+from coins_sync.plan.reconcile import Action, Plan
 from coins_sync.plan.render import RENDERERS, render
-from coins_sync.plan.saved import refuse_state_target, save_plan
+from coins_sync.plan.saved import save_plan
 from coins_sync.plan.subset import Subset
-from coins_sync.workspace import Workspace, unverified
+from coins_sync.state.model import State
+from coins_sync.workspace import Workspace
 
 
 @click.command("plan")
@@ -97,17 +100,22 @@ def _plan(
     only: Subset,
 ) -> int:
     if out is not None:
-        refuse_state_target(out, workspace.settings.state)
+        from coins_sync.state.file import refuse_bookkeeping_target
+
+        refuse_bookkeeping_target(out, workspace.settings.state, "the plan", "--out")
     unread = 0
+    state = workspace.read_state()
     if refresh:
         progress = console.Progress(verb="read")
         try:
             with make_client(workspace.settings) as client:
-                the_plan = workspace.plan(refresh_with=client, on_tick=progress, only=only)
+                the_plan = workspace.plan(state, refresh_with=client, on_tick=progress, only=only)
         finally:
             progress.close()
     else:
-        the_plan, unread = plan_verified(workspace, only)
+        the_plan, unread = plan_verified(workspace, state, only)
+    workspace.refuse_fresh_clone(the_plan, force)
+    the_plan = while_applying(workspace, the_plan, state)
     click.echo(render(the_plan, fmt, colour=console.use_colour() and fmt == "text"), nl=False)
     the_plan.raise_if_unsafe(workspace.safety, force=force)
     if out is not None:
@@ -119,11 +127,24 @@ def _plan(
     return EXIT_OK
 
 
-def plan_verified(workspace: Workspace, only: Subset | None = None) -> tuple[Plan, int]:
+def while_applying(workspace: Workspace, the_plan: Plan, state: State) -> Plan:
+    """A plan made while an apply holds the lock: it names the holder, and the creates
+    that apply has journaled but not answered yet are in flight, not uncertain."""
+    holder = workspace.store.lock_holder()
+    if holder is None:
+        return the_plan
+    flying = {key for key, item in state.uncertain.items() if item.open}
+    in_flight = tuple(c.key for c in the_plan.of(Action.UNCERTAIN) if c.key in flying)
+    return replace(the_plan, lock_holder=holder, in_flight=in_flight)
+
+
+def plan_verified(
+    workspace: Workspace, state: State | None = None, only: Subset | None = None
+) -> tuple[Plan, int]:
     """The offline plan, with each entry of an update whose outcome is unknown read back
     (one GET each) when the API can be reached; else a warning names them. Returns the
     plan and how many such entries could not be read back."""
-    state = workspace.read_state()
+    state = state or workspace.read_state()
     pending = unverified(state)
     if not pending:
         return workspace.plan(state, only=only), 0

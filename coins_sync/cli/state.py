@@ -67,7 +67,9 @@ def state_rm(workspace: Workspace, key: str, yes: bool) -> int:
     """
     rule_key = parse_key(key)
     confirm_or_refuse(yes, f"Forget {rule_key} in {workspace.store.describe()}?", _NO_TERMINAL)
-    written, _ = workspace.forget(rule_key, command=f"state rm {rule_key}")
+    from coins_sync.edits import forget
+
+    written, _ = forget(workspace, rule_key, command=f"state rm {rule_key}")
     console.out(f"Forgot {rule_key} (state serial {written.serial}).")
     return EXIT_OK
 
@@ -104,10 +106,12 @@ def state_import(
         return import_file(workspace, source)
     if key is None or coin_config_id is None:
         raise click.UsageError("give KEY and COIN_CONFIG_ID, or --from FILE")
+    from coins_sync.apply.adopt import import_one
+
     rule_key = parse_key(key)
     with make_client(workspace.settings) as client:
-        written, entry = workspace.import_entry(
-            rule_key, coin_config_id, client.get, command=f"state import {rule_key}"
+        written, entry = import_one(
+            workspace, rule_key, coin_config_id, client.get, command=f"state import {rule_key}"
         )
     console.out(
         f"Imported {rule_key} as {entry.coin_config_id} (amount {entry.amount}; "
@@ -118,15 +122,19 @@ def state_import(
 
 def import_file(workspace: Workspace, source: Path) -> int:
     """``state import --from FILE``: record every matching row, report every other."""
-    from coins_sync.apply.adopt import read_rows
+    from coins_sync.apply.adopt import import_many, read_rows
     from coins_sync.configs.discovery import display_path
 
     rows = read_rows(source, display_path(source))
     progress = console.Progress(verb="checked")
     try:
         with make_client(workspace.settings) as client:
-            result = workspace.import_many(
-                rows, client.get, command=f"state import --from {source}", on_tick=progress
+            result = import_many(
+                workspace,
+                rows,
+                client.get,
+                command=f"state import --from {source}",
+                on_tick=progress,
             )
     finally:
         progress.close()
@@ -174,7 +182,9 @@ def state_push(workspace: Workspace, source: Path, yes: bool, force: bool) -> in
             _NO_TERMINAL,
         )
 
-    written = workspace.push_state(source, force, confirm)
+    from coins_sync.edits import push_state
+
+    written = push_state(workspace, source, force, confirm)
     console.out(
         f"Pushed {len(written.entries)} entries and {len(written.uncertain)} uncertain from "
         f"{source} to {store.describe()} (lineage {written.lineage}, serial {written.serial})."
@@ -198,9 +208,11 @@ def state_pull(workspace: Workspace, target: Path) -> int:
     Example:
       coins-sync state pull --env team --to backup/team.json
     """
+    from coins_sync.state.file import refuse_bookkeeping_target
     from coins_sync.state.files import atomic_write
     from coins_sync.state.model import serialize
 
+    refuse_bookkeeping_target(target, workspace.settings.state, "the state", "--to")
     current = workspace.read_state()
     if not current.exists:
         raise StateError(f"{workspace.store.describe()} holds no state yet; nothing to pull")

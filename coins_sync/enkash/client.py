@@ -53,6 +53,7 @@ from coins_sync.enkash.credentials import (
     Credentials,
     auth_mode,
 )
+from coins_sync.enkash.pacing import Answer, Pacer
 from coins_sync.enkash.retry import Retry, RetryPolicy, classify, transport_failure
 from coins_sync.enkash.wire import (
     CONFIG_PATH,
@@ -94,9 +95,13 @@ _PATCH_UNKNOWN = "the server may or may not have applied the update; the next pl
 class ClientOptions:
     """Per-environment client settings; none of them is secret.
 
-    ``max_retries`` counts attempts after the first, for the retryable cases only.
-    ``backoff_*`` bound the jittered waits between them; a server's ``Retry-After`` is
-    honoured as given up to ``retry_after_max``, and a longer one ends the call.
+    ``max_retries`` counts attempts after the first, for the retryable cases only; a
+    429 is not one of them: it is paced (see :mod:`~coins_sync.enkash.pacing`), and
+    the pauses of the client add up to at most ``max_wait`` seconds. ``parallelism`` is
+    the most requests in flight at once. ``backoff_*`` bound the jittered waits between
+    retries (and the pause after a 429 without ``Retry-After``); a server's
+    ``Retry-After`` is honoured as given up to ``retry_after_max``, and a longer one
+    ends the call.
     Invalid values raise :class:`~coins_sync.errors.SettingsError`.
     """
 
@@ -110,6 +115,8 @@ class ClientOptions:
     retry_after_max: float = 60.0
     max_response_bytes: int = 1_000_000
     max_connections: int = 32
+    parallelism: int = defaults.PARALLELISM
+    max_wait: float = defaults.MAX_WAIT
 
     def __post_init__(self) -> None:
         if not isinstance(self.api_url, str):
@@ -126,6 +133,7 @@ class ClientOptions:
             "read_timeout": self.read_timeout,
             "max_response_bytes": self.max_response_bytes,
             "max_connections": self.max_connections,
+            "parallelism": self.parallelism,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -134,6 +142,8 @@ class ClientOptions:
             raise SettingsError(f"max_retries must be 0 or more, not {self.max_retries!r}")
         if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
             raise SettingsError("backoff needs 0 <= backoff_initial <= backoff_max")
+        if not 0 <= self.max_wait < math.inf:
+            raise SettingsError(f"max_wait must be 0 or more and finite, not {self.max_wait!r}")
         if not 0 <= self.retry_after_max < math.inf:
             raise SettingsError(
                 f"retry_after_max must be 0 or more and finite, not {self.retry_after_max!r}"
@@ -231,6 +241,15 @@ class CoinsClient:
             messages=self._messages,
             sleep=sleep,
         )
+        self._pacer = Pacer(
+            options.parallelism,
+            max_wait=options.max_wait,
+            backoff_initial=options.backoff_initial,
+            backoff_max=options.backoff_max,
+            clock=clock,
+            sleep=self._policy.sleep,
+        )
+        self._summarized = False
         self._auth = TokenAuth(
             credentials,
             self._mode,
@@ -265,10 +284,17 @@ class CoinsClient:
         wire finishes as usual. Safe from any thread; :meth:`close` does it first, so a
         close never waits behind a token fetch's retries."""
         self._policy.cancel()
+        self._pacer.cancel()
 
     def close(self) -> None:
-        """Close the HTTP clients and forget the token."""
+        """Close the HTTP clients and forget the token; log how the run was paced, if
+        the server refused requests (one line, see :meth:`Pacer.summary`)."""
         self.cancel()
+        if not self._summarized:
+            self._summarized = True
+            summary = self._pacer.summary()
+            if summary is not None:
+                log.warning("%s", summary)
         self._auth.close()
         try:
             self._http.close()
@@ -388,11 +414,13 @@ class CoinsClient:
             ) from e
         except OutcomeUnknownError:
             raise
-        except AuthError:
-            raise
         except ApiError as e:
-            # this attempt (a 5xx) or an earlier one may have been applied
-            if method == "PATCH" and (state.maybe_applied or (e.status or 0) >= 500):
+            # An earlier attempt may have been applied (it timed out, or got a 5xx), or
+            # this one (a 5xx): whatever ends the call now, a refused or unrefreshable
+            # token included, the server may hold the new amount. A token failure is no
+            # answer of the PATCH itself, so only an earlier attempt makes it unknown.
+            this_one = not isinstance(e, AuthError) and (e.status or 0) >= 500
+            if method == "PATCH" and (state.maybe_applied or this_one):
                 raise OutcomeUnknownError(f"{e}; {_PATCH_UNKNOWN}", e.status, e.code) from e
             raise
         return self._wire.parse_config(reply, what, create)
@@ -407,7 +435,7 @@ class CoinsClient:
     ) -> Reply:
         what = f"{method} {path}"
         try:
-            reply = self._exchange(method, path, content, create, state.auth)
+            reply = self._paced(method, path, content, create, state.auth)
             if reply.status == 401:
                 if self._auth.static:
                     raise self._messages.fail(
@@ -421,6 +449,32 @@ class CoinsClient:
         except Retry as e:
             state.maybe_applied = state.maybe_applied or e.maybe_applied
             raise
+
+    def _paced(
+        self, method: str, path: str, content: bytes | None, create: bool, auth: CallAuth
+    ) -> Reply:
+        """One exchange when the pacer lets it go; a 429 is sent again after the shared
+        pause, for as long as the run's budget lasts (it was not processed). A 429 that
+        asks for more than ``retry_after_max`` is returned, for :func:`classify`."""
+        pacer = self._pacer
+        while True:
+            started = pacer.acquire(f"{method} {path}")
+            try:
+                reply = self._exchange(method, path, content, create, auth)
+            except BaseException:
+                pacer.done(started, Answer.FAILED)
+                raise
+            if reply.status != 429:
+                pacer.done(started, Answer.OK)
+                return reply
+            if create and self._wire.named_id(reply):
+                # a refusal that names an id may have created it: never paced and resent
+                pacer.done(started, Answer.FAILED)
+                return reply
+            if self._policy.too_long_to_wait(reply.retry_after):
+                pacer.done(started, Answer.FAILED)
+                return reply
+            pacer.done(started, Answer.REFUSED, reply.retry_after)  # raises once spent
 
     def _exchange(
         self, method: str, path: str, content: bytes | None, create: bool, auth: CallAuth

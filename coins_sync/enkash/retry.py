@@ -104,6 +104,10 @@ class RetryPolicy:
     def _pause(self, seconds: float) -> None:
         self._cancelled.wait(seconds)
 
+    def sleep(self, seconds: float) -> None:
+        """Wait as between retries: the injected sleep, else one that :meth:`cancel` ends."""
+        self._sleep(seconds)
+
     def retrying(self, what: str, doing: str) -> tenacity.Retrying:
         """Retries of :class:`Retry` failures only, with jittered backoff, each one logged."""
         attempts = self.attempts
@@ -223,6 +227,14 @@ def classify(reply: Reply, what: str, create: bool, wire: Wire, policy: RetryPol
         raise fail(ApiError, f"{what}: HTTP {status} but {reply.problem}", status=status)
     message, code = wire.server_message(reply)
     said = f": {message}" if message else ""
+    named = wire.named_id(reply) if create and 400 <= status < 500 else ""
+    if named:  # an answer that names an id is never "surely not created", nor resent
+        raise fail(
+            OutcomeUnknownError,
+            f"{what}: HTTP {status}{said}; the config may have been created{named}",
+            status=status,
+            code=code,
+        )
     if status == 429:
         if policy.too_long_to_wait(reply.retry_after):
             refused = policy.wait_refused(reply.retry_after)

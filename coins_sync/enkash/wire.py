@@ -249,6 +249,15 @@ class Wire:
                 if isinstance(message, str) and message.strip()
                 else ""
             )
+            named = self.id_note(doc) if create else ""
+            if named:  # an answer that names an id is never "surely not created"
+                raise fail(
+                    OutcomeUnknownError,
+                    f"{what}: the API answered response_code {code}{said}, but the config "
+                    f"may have been created{named}",
+                    status=status,
+                    code=code,
+                )
             raise fail(
                 ApiError,
                 f"{what}: the API refused (response_code {code}){said}",

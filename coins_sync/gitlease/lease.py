@@ -5,22 +5,26 @@ is refused, a rebase conflicts, or the runner is cancelled in between. The next 
 then plans from the old state and creates the same configs again. The lease protocol
 closes that gap with nothing but ``git push`` as a compare-and-swap:
 
-1. ``acquire``: fetch the state branch; refuse if its tip is a lease commit (another
-   run holds it). Otherwise commit a lease naming this run on top of the tip and push
-   it, expecting the tip we fetched (``--force-with-lease=<ref>:<sha>`` on a commit
-   whose parent is that sha: a fast-forward or nothing). Exactly one run wins; the
-   loser stops before anything is sent. The branch's state files are then copied
-   into the working tree.
-2. ``push``: after apply, commit the state files (state, backup, journal,
-   audit log, rescue file)
-   on top of this run's own lease and push that fast-forward, retrying only it.
+1. ``acquire``: fetch the state branch and its lease ref
+   (``refs/coins-sync/lease/<branch>``); refuse if the lease ref exists (another run
+   holds it). Otherwise push a lease commit naming this run to the lease ref, expecting
+   it absent (``--force-with-lease=<ref>:``). Exactly one run wins; the loser stops
+   before anything is sent. The branch's state files are then copied into the working
+   tree.
+2. ``push``: after apply, commit the state files (state, backup, journal, audit log,
+   rescue file) on top of the branch's tip and, in one atomic push, move the branch to
+   that commit and delete this run's lease ref, expecting both as fetched. A commit
+   someone pushed on the branch meanwhile is kept underneath; only this run's own
+   lease is ever ended.
 3. If that push fails, the lease stays: every later ``acquire`` refuses until a person
    restores the files the failed run kept (``restore --from DIR``), or, when that run
    provably sent nothing, releases its lease (``release --run RUN``).
 
-The lease is "the branch tip is a commit with the trailer ``Coins-Sync-Lease: held``".
-A commit a person pushes on top of it by hand also ends the lease. Only ``git`` is
-used, through subprocesses with a timeout and no terminal prompts.
+The lease is the lease ref, owned by its run: no ordinary commit on the branch (a
+person's fix, a merge, a revert) can end it. Only ``git`` is used, through
+subprocesses with a timeout and no terminal prompts. A branch whose tip is a lease
+commit of the older protocol (trailer ``Coins-Sync-Lease: held``, no lease ref) still
+reads as held, and ``restore``/``release`` end it.
 """
 
 from __future__ import annotations
@@ -29,105 +33,27 @@ import contextlib
 import json
 import logging
 import os
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from enum import Enum
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from coins_sync.errors import GitLeaseError, LeaseHeldError, LeasePushError, StateError
+from coins_sync.errors import GitLeaseError, LeaseHeldError, LeasePushError
 from coins_sync.gitlease.git import Git, commit_message, parse_trailers
+from coins_sync.gitlease.restore import check_restored, read_kept
+from coins_sync.gitlease.status import BranchStatus, LeaseState, RunInfo, holder_from
 from coins_sync.state.audit import audit_path_for, current_actor
 from coins_sync.state.file import FileStateStore
 from coins_sync.state.files import atomic_write
-from coins_sync.state.journal import parse_journal
-from coins_sync.state.model import parse_state, utc_now
+from coins_sync.state.model import utc_now
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BRANCH = "coins-sync-state"
 DEFAULT_REMOTE = "origin"
 TRAILER = "Coins-Sync-Lease"
-
-
-class LeaseState(Enum):
-    MISSING = "missing"  # the branch does not exist yet
-    FREE = "free"
-    HELD = "held"
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """Who takes a lease: written into the lease commit for the people who read it."""
-
-    run: str
-    actor: str
-    commit: str
-    at: str
-
-    @classmethod
-    def current(cls, environ: Mapping[str, str], run: str | None, commit: str) -> RunInfo:
-        if not run:
-            gh_run, attempt = environ.get("GITHUB_RUN_ID"), environ.get("GITHUB_RUN_ATTEMPT")
-            if gh_run:
-                run = f"{gh_run}-{attempt}" if attempt else gh_run
-            else:
-                run = f"local-{socket.gethostname()}-{os.getpid()}"
-        return cls(
-            run=_one_line(run), actor=_one_line(current_actor(environ)), commit=commit, at=utc_now()
-        )
-
-    def trailers(self) -> dict[str, str]:
-        return {
-            "Coins-Sync-Run": self.run,
-            "Coins-Sync-Actor": self.actor,
-            "Coins-Sync-Commit": self.commit,
-            "Coins-Sync-At": self.at,
-        }
-
-    def describe(self) -> str:
-        return f"run {self.run} (by {self.actor} at {self.at}, main commit {self.commit[:12]})"
-
-
-@dataclass(frozen=True)
-class BranchStatus:
-    """The state branch as fetched: its tip and, when leased, the run that holds it."""
-
-    branch: str
-    state: LeaseState
-    tip: str | None
-    holder: RunInfo | None
-
-    def describe(self) -> str:
-        if self.state is LeaseState.MISSING:
-            return f"branch {self.branch} does not exist yet; the first acquire creates it"
-        if self.state is LeaseState.HELD and self.holder is not None:
-            return f"branch {self.branch} is leased by {self.holder.describe()}"
-        return f"branch {self.branch} is free (tip {str(self.tip)[:12]})"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "branch": self.branch,
-            "lease": self.state.value,
-            "tip": self.tip,
-            "holder": None if self.holder is None else self.holder.__dict__,
-        }
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split()) or "unknown"
-
-
-def _holder_from(trailers: Mapping[str, str]) -> RunInfo:
-    return RunInfo(
-        run=trailers.get("Coins-Sync-Run", "unknown"),
-        actor=trailers.get("Coins-Sync-Actor", "unknown"),
-        commit=trailers.get("Coins-Sync-Commit", "unknown"),
-        at=trailers.get("Coins-Sync-At", "unknown"),
-    )
+LEASE_REFS = "refs/coins-sync/lease/"
 
 
 class GitLease:
@@ -152,7 +78,10 @@ class GitLease:
         self.branch = branch
         self.remote = remote
         self.ref = f"refs/heads/{branch}"
-        self.tracking = f"refs/coins-sync/{branch}"
+        self.lease_ref = f"{LEASE_REFS}{branch}"
+        # where fetch puts both in this clone: private refs, never a branch of its own
+        self.tracking = f"refs/coins-sync/fetched/state/{branch}"
+        self.lease_tracking = f"refs/coins-sync/fetched/lease/{branch}"
         done = self.git.run("rev-parse", "--show-toplevel", "--absolute-git-dir", check=False)
         if done.returncode != 0:
             raise GitLeaseError(
@@ -183,20 +112,39 @@ class GitLease:
 
     # reading the branch -------------------------------------------------------
 
-    def fetch(self) -> BranchStatus:
-        """The branch as it is on the remote now (fetched into a private ref)."""
-        listed = self.git.out("ls-remote", "--heads", self.remote, self.ref)
-        if not listed:
-            self.git.run("update-ref", "-d", self.tracking, check=False)
-            return BranchStatus(self.branch, LeaseState.MISSING, None, None)
-        self.git.run("fetch", "--quiet", "--no-tags", self.remote, f"+{self.ref}:{self.tracking}")
-        tip = self.git.out("rev-parse", "--verify", f"{self.tracking}^{{commit}}")
-        return self._status_of(tip)
+    def _listed(self) -> dict[str, str]:
+        """The remote's branch and lease ref, as ref -> sha (absent ones left out)."""
+        listed = self.git.out("ls-remote", self.remote, self.ref, self.lease_ref)
+        found: dict[str, str] = {}
+        for line in listed.splitlines():
+            sha, _, name = line.partition("\t")
+            if name in (self.ref, self.lease_ref):
+                found[name] = sha.strip()
+        return found
 
-    def _status_of(self, tip: str) -> BranchStatus:
+    def fetch(self) -> BranchStatus:
+        """The branch and its lease as they are on the remote now (into private refs)."""
+        listed = self._listed()
+        wanted = [
+            f"+{ref}:{local}"
+            for ref, local in ((self.ref, self.tracking), (self.lease_ref, self.lease_tracking))
+            if ref in listed
+        ]
+        for ref, local in ((self.ref, self.tracking), (self.lease_ref, self.lease_tracking)):
+            if ref not in listed:
+                self.git.run("update-ref", "-d", local, check=False)
+        if wanted:
+            self.git.run("fetch", "--quiet", "--no-tags", self.remote, *wanted)
+        tip = listed.get(self.ref)
+        lease = listed.get(self.lease_ref)
+        if lease is not None:
+            trailers = parse_trailers(self.git.out("log", "-1", "--format=%B", lease))
+            return BranchStatus(self.branch, LeaseState.HELD, tip, holder_from(trailers), lease)
+        if tip is None:
+            return BranchStatus(self.branch, LeaseState.MISSING, None, None)
         trailers = parse_trailers(self.git.out("log", "-1", "--format=%B", tip))
-        if trailers.get(TRAILER) == "held":
-            return BranchStatus(self.branch, LeaseState.HELD, tip, _holder_from(trailers))
+        if trailers.get(TRAILER) == "held":  # the older protocol: the tip was the lease
+            return BranchStatus(self.branch, LeaseState.HELD, tip, holder_from(trailers))
         return BranchStatus(self.branch, LeaseState.FREE, tip, None)
 
     def _blob(self, commit: str, path: str) -> bytes | None:
@@ -227,49 +175,77 @@ class GitLease:
         done = self.git.run("commit-tree", tree, *parents, "-F", "-", stdin=message.encode())
         return done.stdout.decode().strip()
 
-    def _push(self, commit: str, expected: str | None) -> subprocess.CompletedProcess[bytes]:
-        """Compare-and-swap: move the branch to ``commit`` only if it is at ``expected``."""
+    def _push(
+        self, updates: Mapping[str, tuple[str | None, str | None]]
+    ) -> subprocess.CompletedProcess[bytes]:
+        """One atomic compare-and-swap over several refs: ``ref -> (expected, new)``;
+        None means absent (expected) or delete (new). All move, or none."""
+        leases = [f"--force-with-lease={ref}:{old or ''}" for ref, (old, _) in updates.items()]
+        specs = [f"{new or ''}:{ref}" for ref, (_, new) in updates.items()]
         return self.git.run(
-            "push",
-            "--porcelain",
-            f"--force-with-lease={self.ref}:{expected or ''}",
-            self.remote,
-            f"{commit}:{self.ref}",
-            check=False,
+            "push", "--porcelain", "--atomic", *leases, self.remote, *specs, check=False
         )
 
-    def _remote_tip(self) -> str | None:
-        listed = self.git.run("ls-remote", "--heads", self.remote, self.ref, check=False)
-        if listed.returncode != 0:
-            return None
-        text = listed.stdout.decode().split()
-        return text[0] if text else ""
-
-    def _push_on_lease(self, lease: str, commit: str, attempts: int, delay: float) -> None:
-        """Push ``commit`` (a child of ``lease``) as a fast-forward; retry only that push."""
+    def _finish(
+        self,
+        held: str | None,
+        build: Callable[[str], str],
+        what: str,
+        attempts: int,
+        delay: float,
+    ) -> str:
+        """End the lease ``held`` (the lease ref's commit; None for an older protocol's
+        lease at the tip): commit ``build(tip)`` on the branch's current tip and, in one
+        atomic push, move the branch there and delete the lease ref. A commit pushed on
+        the branch meanwhile is built upon, never overwritten; the push is retried while
+        the lease is still this one. Raises LeasePushError (the lease stays)."""
         reason = "no attempt was made"
+        status: BranchStatus | None = None
+        commit = ""
         for attempt in range(1, attempts + 1):
-            done = self._push(commit, lease)
-            if done.returncode == 0:
-                return
-            reason = Git.said(done)
-            tip = self._remote_tip()
-            if tip == commit:  # an earlier attempt landed; only its answer was lost
-                return
-            if tip is not None and tip != lease:
-                raise LeasePushError(
-                    f"branch {self.branch} moved away from this run's lease "
-                    f"(now {tip[:12] or 'deleted'}); nothing was overwritten. {reason}",
-                    kept=self.kept_files(),
-                )
+            try:
+                status = self.fetch()
+            except GitLeaseError as e:
+                reason = str(e)
+            else:
+                if held is not None and status.lease != held:
+                    raise self._moved(status, what)
+                if held is None and status.state is not LeaseState.HELD:
+                    raise self._moved(status, what)
+                if status.tip is None:
+                    raise LeasePushError(
+                        f"branch {self.branch} was deleted while run's lease was held; "
+                        f"{what} was not pushed",
+                        kept=self.kept_files(),
+                    )
+                commit = build(status.tip)
+                updates: dict[str, tuple[str | None, str | None]] = {self.ref: (status.tip, commit)}
+                if held is not None:
+                    updates[self.lease_ref] = (held, None)
+                done = self._push(updates)
+                if done.returncode == 0:
+                    return commit
+                reason = Git.said(done)
+                with contextlib.suppress(GitLeaseError):
+                    now = self._listed()
+                    if now.get(self.ref) == commit and self.lease_ref not in now:
+                        return commit  # an earlier attempt landed; only its answer was lost
             log.warning(
-                "push of the state to %s failed (attempt %d): %s", self.branch, attempt, reason
+                "push of %s to %s failed (attempt %d): %s", what, self.branch, attempt, reason
             )
             if attempt < attempts:
                 time.sleep(delay * 2 ** (attempt - 1))
         raise LeasePushError(
-            f"could not push the state to branch {self.branch} after {attempts} "
+            f"could not push {what} to branch {self.branch} after {attempts} "
             f"attempt{'s' if attempts != 1 else ''}: {reason}",
+            kept=self.kept_files(),
+        )
+
+    def _moved(self, status: BranchStatus, what: str) -> LeasePushError:
+        now = status.describe() if status.state is LeaseState.HELD else "its lease was ended"
+        return LeasePushError(
+            f"this run's lease on {self.branch} is gone ({now}); {what} was not pushed and "
+            "nothing was overwritten",
             kept=self.kept_files(),
         )
 
@@ -278,8 +254,14 @@ class GitLease:
 
     # the local record of a lease this clone holds ------------------------------
 
-    def _write_record(self, lease: str, run: RunInfo) -> None:
-        record = {"branch": self.branch, "remote": self.remote, "lease": lease, **run.__dict__}
+    def _write_record(self, lease: str, base: str, run: RunInfo) -> None:
+        record = {
+            "branch": self.branch,
+            "remote": self.remote,
+            "lease": lease,
+            "base": base,
+            **run.__dict__,
+        }
         atomic_write(self.record_path, json.dumps(record, sort_keys=True).encode())
 
     def _read_record(self) -> dict[str, str]:
@@ -310,8 +292,8 @@ class GitLease:
         commit = head.stdout.decode().strip() or self.environ.get("GITHUB_SHA", "unknown")
         run = RunInfo.current(self.environ, run_id, commit)
         body = (
-            f"Run {run.run} holds this branch and may be applying now. No other run applies\n"
-            "until it pushes its state on top of this commit, or a person restores that\n"
+            f"Run {run.run} holds the state branch {self.branch} and may be applying now.\n"
+            "No other run applies until it pushes its state, or a person restores that\n"
             f"state with `coins-sync git-lease restore --env {self.env} --from DIR`."
         )
         message = commit_message(
@@ -319,27 +301,41 @@ class GitLease:
             body,
             {TRAILER: "held", **run.trailers()},
         )
+        done: subprocess.CompletedProcess[bytes] | None = None
         with self._locked("acquire"):
             for _ in range(attempts):
                 status = self.fetch()
                 if status.state is LeaseState.HELD:
                     raise self._held(status)
-                seeding = status.state is LeaseState.MISSING
-                sources = self.files if seeding else ()
-                lease = self._commit(status.tip, sources, message)
-                done = self._push(lease, status.tip)
+                updates: dict[str, tuple[str | None, str | None]] = {}
+                base = status.tip
+                if base is None:  # the first run creates the branch with its state
+                    base = self._commit(
+                        None,
+                        self.files,
+                        commit_message(
+                            f"coins-sync state branch for {self.store.path.name}",
+                            f"The state before run {run.run}, the first to take the lease.",
+                            {TRAILER: "seeded", "Coins-Sync-Run": run.run},
+                        ),
+                    )
+                    updates[self.ref] = (None, base)
+                lease = self._commit(base, (), message)
+                updates[self.lease_ref] = (None, lease)
+                done = self._push(updates)
                 if done.returncode == 0:
-                    self._materialize(lease, remove_missing=not seeding)
-                    self._write_record(lease, run)
+                    self._materialize(base, remove_missing=status.tip is not None)
+                    self._write_record(lease, base, run)
                     log.info("took the lease on %s as %s", self.branch, lease[:12])
                     return lease, run
                 log.info("the lease push was refused (%s); looking again", Git.said(done))
             status = self.fetch()
             if status.state is LeaseState.HELD:
                 raise self._held(status)
+            said = Git.said(done) if done is not None else "no attempt was made"
             raise GitLeaseError(
                 f"could not take the lease on {self.branch} in {attempts} attempts: "
-                f"{Git.said(done)}; nothing was sent"
+                f"{said}; nothing was sent"
             )
 
     def _held(self, status: BranchStatus) -> LeaseHeldError:
@@ -364,7 +360,7 @@ class GitLease:
                     local.unlink()
 
     def push(self, attempts: int = 3, delay: float = 2.0) -> str:
-        """Push the local state on top of this clone's lease, which that ends."""
+        """Push the local state onto the branch, ending this clone's lease."""
         record = self._read_record()
         lease = record["lease"]
         message = commit_message(
@@ -377,12 +373,34 @@ class GitLease:
                 "Coins-Sync-At": utc_now(),
             },
         )
+        base = record.get("base", "")
+
+        def build(tip: str) -> str:
+            if base and tip != base:
+                self._warn_replaced(base, tip)
+            return self._commit(tip, self.files, message)
+
         with self._locked("push"):
-            commit = self._commit(lease, self.files, message)
-            self._push_on_lease(lease, commit, max(attempts, 1), delay)
+            commit = self._finish(lease, build, "the state", max(attempts, 1), delay)
         with contextlib.suppress(FileNotFoundError):
             self.record_path.unlink()
         return commit
+
+    def _warn_replaced(self, base: str, tip: str) -> None:
+        """Commits pushed on the branch during the lease that changed the state files:
+        this run's files replace them (it holds the lease); say so, never silently."""
+        paths = [path for _, path in self.files]
+        done = self.git.run("diff", "--name-only", base, tip, "--", *paths, check=False)
+        changed = done.stdout.decode("utf-8", "replace").split()
+        if changed:
+            log.warning(
+                "commits pushed on %s during this run's lease changed %s; this run's files "
+                "replace them (see `git log %s..%s`)",
+                self.branch,
+                ", ".join(changed),
+                base[:12],
+                tip[:12],
+            )
 
     def restore(self, source: Path, run_id: str | None = None, attempts: int = 3) -> str:
         """Put the files a failed run kept (``source``) on the branch, ending its lease."""
@@ -392,13 +410,22 @@ class GitLease:
         assert status.holder is not None
         if run_id is not None and run_id != status.holder.run:
             raise GitLeaseError(f"{status.describe()}, not by run {run_id}; nothing was restored")
-        found = self._restored_files(source, status.tip)
+        found = read_kept(source, self.files)
+        check_restored(
+            source, self.files, found, self.branch, lambda p: self._blob(status.tip or "", p)
+        )
         message = commit_message(
             f"coins-sync state of run {status.holder.run}, restored by "
             f"{current_actor(self.environ)}",
             f"Restored from {source.name}; the lease of run {status.holder.run} is released.",
             {TRAILER: "released", "Coins-Sync-Run": status.holder.run, "Coins-Sync-At": utc_now()},
         )
+
+        def build(tip: str) -> str:
+            if tip != status.tip:  # the branch moved: check against what it holds now
+                check_restored(source, self.files, found, self.branch, lambda p: self._blob(tip, p))
+            return self._commit(tip, self.files, message)
+
         with self._locked("restore"):
             for (local, _), data in zip(self.files, found, strict=True):
                 if data is not None:
@@ -406,47 +433,7 @@ class GitLease:
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         local.unlink()
-            commit = self._commit(status.tip, self.files, message)
-            self._push_on_lease(status.tip, commit, attempts, 1.0)
-        return commit
-
-    def _restored_files(self, source: Path, tip: str) -> list[bytes | None]:
-        """The state files in ``source`` (by name, or at their path in the branch),
-        checked against what the branch holds so that nothing older replaces it."""
-        if not source.is_dir():
-            raise GitLeaseError(f"{source}: not a folder (give the downloaded artifact's folder)")
-        found: list[bytes | None] = []
-        for local, path in self.files:
-            candidates = (source / local.name, source / path)
-            hit = next((c for c in candidates if c.is_file()), None)
-            found.append(None if hit is None else hit.read_bytes())
-        state_raw, _, journal_raw, audit_raw, _rescue = found
-        state_name = self.files[0][0].name
-        if state_raw is None:
-            raise GitLeaseError(f"{source} holds no {state_name}; nothing was restored")
-        restored = parse_state(state_raw, str(source / state_name))
-        branch_raw = self._blob(tip, self.files[0][1])
-        if branch_raw is not None:
-            current = parse_state(branch_raw, f"{self.branch}:{self.files[0][1]}")
-            if current.lineage != restored.lineage:
-                raise StateError(
-                    f"{source / state_name} has lineage {restored.lineage}, the branch "
-                    f"{current.lineage}: another environment's state? nothing was restored"
-                )
-            if restored.serial < current.serial:
-                raise StateError(
-                    f"{source / state_name} has serial {restored.serial}, older than the "
-                    f"branch's {current.serial}; nothing was restored"
-                )
-        if journal_raw is not None:
-            parse_journal(journal_raw, restored.lineage, str(source / self.files[2][0].name))
-        branch_audit = self._blob(tip, self.files[3][1])
-        if branch_audit and not (audit_raw or b"").startswith(branch_audit):
-            raise StateError(
-                f"{source / self.files[3][0].name} does not continue the branch's audit log; "
-                "nothing was restored"
-            )
-        return found
+            return self._finish(status.lease, build, "the restored state", attempts, 1.0)
 
     def release(self, run_id: str, attempts: int = 3) -> str:
         """End the lease of ``run_id`` with the branch's state unchanged (it sent nothing)."""
@@ -460,6 +447,32 @@ class GitLease:
             "Released by hand: that run sent nothing, so the state below is current.",
             {TRAILER: "released", "Coins-Sync-Run": run_id, "Coins-Sync-At": utc_now()},
         )
-        commit = self._commit(status.tip, (), message)
-        self._push_on_lease(status.tip, commit, attempts, 1.0)
-        return commit
+        return self._finish(
+            status.lease, lambda tip: self._commit(tip, (), message), "the release", attempts, 1.0
+        )
+
+    def pull(self) -> tuple[BranchStatus, list[str]]:
+        """Copy the branch's state files here for a local plan, taking no lease.
+
+        Refuses to replace local files that may hold results the branch lacks: a
+        journal or rescue file, or a state of another lineage or a newer serial."""
+        status = self.fetch()
+        if status.tip is None:
+            raise GitLeaseError(f"{status.describe()}; there is no state to pull")
+        return status, pull_files(self, status.tip)
+
+
+def pull_files(lease: GitLease, tip: str) -> list[str]:
+    """``git-lease pull``: the branch's files at ``tip`` into the working tree."""
+    from coins_sync.gitlease.restore import check_pull
+
+    written: list[str] = []
+    with lease._locked("pull"):
+        state_path = lease.files[0]
+        check_pull(lease.store, lease._blob(tip, state_path[1]), f"{lease.branch}:{state_path[1]}")
+        for local, path in lease.files:
+            data = lease._blob(tip, path)
+            if data is not None:
+                atomic_write(local, data)
+                written.append(str(local))
+    return written

@@ -17,7 +17,7 @@ from coins_sync import defaults
 from coins_sync.configs.model import Rule, RuleKey, Source
 from coins_sync.errors import AmountOutOfRangeError, PlanConflictError, TooManyUpdatesError
 from coins_sync.plan.drift import Drift, DriftField
-from coins_sync.state.model import State
+from coins_sync.state.model import RecordedIds, State
 
 
 class Action(enum.Enum):
@@ -89,6 +89,10 @@ class Plan:
     drift: tuple[Drift, ...] = ()
     new_companies: tuple[str, ...] = ()
     agreeing_ids: int = 0
+    #: who held the state lock when this plan was made (an apply running), or ""
+    lock_holder: str = ""
+    #: uncertain creates that are that apply's creates in flight, not unknown outcomes
+    in_flight: tuple[RuleKey, ...] = ()
 
     @property
     def first_contact_creates(self) -> int:
@@ -157,28 +161,20 @@ _change_key = operator.attrgetter("key")
 
 def _id_conflicts(desired: Mapping[RuleKey, Rule], state: State) -> list[str]:
     """Every rule whose ``coinConfigId`` the state records otherwise: for that key, or
-    as the id of another key."""
-    adopting = [
-        (rule, rule.coin_config_id) for rule in desired.values() if rule.coin_config_id is not None
-    ]
+    as the id of another key (the check :class:`RecordedIds` makes for every import)."""
+    adopting = [rule for rule in desired.values() if rule.coin_config_id is not None]
     if not adopting:
         return []
-    owner = {entry.coin_config_id: key for key, entry in state.entries.items()}
+    recorded = RecordedIds(state)
     problems: list[str] = []
-    for rule, config_id in adopting:
-        entry = state.entries.get(rule.key)
-        if entry is not None and entry.coin_config_id != rule.coin_config_id:
+    for rule in adopting:
+        assert rule.coin_config_id is not None
+        reason = recorded.conflict(rule.key, rule.coin_config_id)
+        if reason is not None:
             problems.append(
                 f"{rule.source}: {rule.key} has coinConfigId {rule.coin_config_id} in the "
-                f"configs, but the state records it as {entry.coin_config_id}. Fix the file, "
-                f"or run `coins-sync state rm {rule.key}` if the state is wrong"
-            )
-            continue
-        other = owner.get(config_id)
-        if other is not None and other != rule.key:
-            problems.append(
-                f"{rule.source}: {rule.key} has coinConfigId {rule.coin_config_id} in the "
-                f"configs, but the state records {rule.coin_config_id} as {other}"
+                f"configs, but {reason}. Fix the file, or run `coins-sync state rm KEY` "
+                "for the record that is wrong"
             )
     return problems
 

@@ -56,12 +56,18 @@ _SUMMARY_WORDS = (
 
 def summary_line(plan: Plan) -> str:
     counts = plan.summary()
+    flying = len(plan.in_flight)
+    counts[Action.UNCERTAIN.value] -= flying
     # like Terraform, imports are counted when there are any
     parts = [
         f"{counts[action.value]} {words}"
         for action, words in _SUMMARY_WORDS
         if action is not Action.IMPORT or counts[action.value]
     ]
+    if flying:
+        parts.insert(
+            parts.index(f"{counts[Action.UNCERTAIN.value]} uncertain") + 1, f"{flying} in flight"
+        )
     stuck = plan.needs_a_person
     if stuck:
         parts.append(
@@ -85,6 +91,21 @@ def first_contact_line(plan: Plan) -> str | None:
     )
 
 
+def lock_line(plan: Plan) -> str | None:
+    """A plan made while an apply holds the lock says so, and who holds it."""
+    if not plan.lock_holder:
+        return None
+    flying = (
+        f"; its {len(plan.in_flight)} create(s) in flight are shown as in flight"
+        if (plan.in_flight)
+        else ""
+    )
+    return (
+        f"An apply holds the state lock: {plan.lock_holder}. This plan shows what that "
+        f"apply has recorded so far{flying}; plan again when it ends."
+    )
+
+
 def partial_line(plan: Plan) -> str | None:
     """A plan made with ``--only`` says so: what lies outside it was not looked at."""
     if not plan.context.only:
@@ -101,7 +122,9 @@ def agreeing_line(plan: Plan) -> str | None:
     return f"{plan.agreeing_ids} coinConfigId(s) in the configs agree with the state."
 
 
-def _detail(change: Change) -> str:
+def _detail(change: Change, in_flight: bool = False) -> str:
+    if in_flight:
+        return f"amount {change.amount}  (in flight: the apply holding the lock is creating it)"
     if change.action is Action.UPDATE:
         return f"amount {change.before} -> {change.amount}"
     if change.action is Action.IMPORT:
@@ -127,17 +150,21 @@ def render_text(plan: Plan, colour: bool = False) -> str:
     import click  # only for styling; the renderer stays free of CLI state
 
     lines: list[str] = []
+    locked = lock_line(plan)
+    if locked:
+        lines += [locked, ""]
     if plan.drift:
         lines.append(f"Drift: {len(plan.drift)} difference(s) between the server and state:")
         lines.extend(f"  ≠ {d.describe()}" for d in plan.drift)
         lines.append("")
     shown = [c for c in plan.changes if c.action is not Action.UNCHANGED]
     width = max((len(str(c.key)) for c in shown), default=0)
-    details = [_detail(change) for change in shown]
+    flying = set(plan.in_flight)
+    details = [_detail(change, change.key in flying) for change in shown]
     sourced = [d for d, c in zip(details, shown, strict=True) if c.source]
     detail_width = max((len(d) for d in sourced), default=0)
     for change, detail in zip(shown, details, strict=True):
-        symbol = _SYMBOL[change.action]
+        symbol = "…" if change.key in flying else _SYMBOL[change.action]
         if colour:
             symbol = click.style(symbol, fg=_COLOUR[change.action], bold=True)
         text = f"{detail:<{detail_width}}  {change.source}" if change.source else detail
@@ -205,7 +232,10 @@ def render_json(plan: Plan) -> str:
     return json.dumps(plan_to_json(plan), indent=2, sort_keys=False) + "\n"
 
 
-def _md_row(change: Change) -> str:
+def _md_row(change: Change, in_flight: bool = False) -> str:
+    if in_flight:
+        key = code(str(change.key), MARKDOWN_KEY_LIMIT, cell=True)
+        return f"| … in flight | {key} | {change.amount} | |"
     if change.action is Action.UPDATE:
         amount = f"{change.before} → {change.amount}"
     else:
@@ -264,6 +294,9 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         f"**{summary_line(plan)}**",
         "",
     ]
+    locked = lock_line(plan)
+    if locked:
+        head += ["> [!NOTE]", f"> {locked}", ""]
     if plan.context.only:
         only = ", ".join(code(p, MARKDOWN_KEY_LIMIT) for p in plan.context.only[:20])
         head += [
@@ -285,9 +318,10 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
         else []
     )
     drift = [_md_drift(d) for d in plan.drift[:MARKDOWN_DRIFT_ROWS]]
-    rows = [_md_row(c) for c in plan.changes if c.action is not Action.UNCHANGED]
+    flying = set(plan.in_flight)
+    rows = [_md_row(c, c.key in flying) for c in plan.changes if c.action is not Action.UNCHANGED]
     body: list[str] = []
-    if rows and any(c.action is Action.UNCERTAIN for c in plan.changes):
+    if rows and any(c.action is Action.UNCERTAIN and c.key not in flying for c in plan.changes):
         body += [
             "> [!WARNING]",
             "> Some creates have an unknown outcome. Resolve them with "

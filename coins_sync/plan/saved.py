@@ -9,8 +9,9 @@ from typing import Any
 
 from coins_sync.configs.model import ConfigSet, Rule, RuleKey, Source
 from coins_sync.configs.schema import PLAN_SCHEMA, load_schema
-from coins_sync.errors import PlanFileError, SettingsError, StalePlanError
+from coins_sync.errors import PlanFileError, StalePlanError
 from coins_sync.plan.drift import Drift, DriftField
+from coins_sync.plan.online import Settled, unverified
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
 from coins_sync.plan.render import plan_to_json
 from coins_sync.plan.subset import Subset
@@ -143,6 +144,43 @@ def check_fresh(saved: Plan, env: str, state: State, configs: ConfigSet) -> None
     if context.configs_digest != configs.digest:
         raise StalePlanError(
             "stale plan: the configs changed since it was made. Run `coins-sync plan` again"
+        )
+
+
+def check_read_back(saved: Plan, settled: Settled) -> None:
+    """Refuse a saved plan that assumed, for an update whose outcome was unknown, other
+    than what the server was just read back to hold.
+
+    ``settled.before`` is the state the plan was made from (already checked fresh and
+    consistent). The plan assumed, for each of its pending entries, the amount its
+    amount drift names (a plan made with the read-back) or else the amount the state
+    holds (a plan made without credentials), and no missing or moved config unless its
+    drift says so.
+    """
+    found = {(d.key, d.field): d for d in settled.drift}
+    known = {(d.key, d.field): d for d in saved.drift}
+    differ: list[str] = []
+    for key, entry in sorted(unverified(settled.before).items()):
+        odd = sorted(
+            str(field)
+            for (k, field) in found
+            if k == key and field is not DriftField.AMOUNT and (k, field) not in known
+        )
+        if odd:
+            differ.append(f"{key}: {', '.join(odd)} differs on the server")
+            continue
+        now = settled.state.entries.get(key)
+        if now is None or now.pending is not None:
+            continue  # left alone (missing or moved, as the plan's drift says)
+        told = known.get((key, DriftField.AMOUNT))
+        assumed = int(told.on_server) if told is not None else entry.amount
+        if now.amount != assumed:
+            differ.append(f"{key} holds {now.amount}, the plan assumed {assumed}")
+    if differ:
+        raise StalePlanError(
+            f"stale plan: the outcome of an earlier update was unknown when it was made, "
+            f"and the server was read back now ({'; '.join(differ)}; recorded in the "
+            "state). Nothing was sent. Run `coins-sync plan` again"
         )
 
 
@@ -322,25 +360,3 @@ def _drift_skip(want: Change, drift: list[Drift]) -> bool:
 
 def _lineage(lineage: str) -> str:
     return f"lineage {lineage}" if lineage else "no state yet"
-
-
-def refuse_state_target(out: Path, state_path: Path) -> None:
-    """A saved plan must never land on the state or a file that travels with it."""
-    from coins_sync.state.audit import audit_path_for
-    from coins_sync.state.file import FileStateStore
-
-    store = FileStateStore(state_path)
-    guarded = (
-        store.path,
-        store.backup_path,
-        store.journal_path,
-        store.lock_path,
-        store.holder_path,
-        audit_path_for(store.path),
-    )
-    target = out.resolve()
-    if any(target == path.resolve() for path in guarded):
-        raise SettingsError(
-            f"refusing to write the plan onto {out}: it belongs to the state "
-            f"{state_path}; choose another --out file. Nothing was written"
-        )

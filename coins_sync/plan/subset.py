@@ -15,6 +15,7 @@ from fnmatch import fnmatchcase
 
 from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.errors import SettingsError
+from coins_sync.plan.online import Settled
 from coins_sync.plan.reconcile import Action, Plan
 from coins_sync.state.model import State
 
@@ -54,6 +55,8 @@ class Subset:
     def configs(self, configs: ConfigSet) -> ConfigSet:
         """The rules inside the subset; the digest stays the whole set's (a saved plan
         is fresh only while no rule file changed, inside the subset or not)."""
+        if not self.patterns:
+            return configs
         return replace(configs, rules=tuple(r for r in configs.rules if self.matches(r.key)))
 
     def state(self, state: State) -> State:
@@ -63,6 +66,13 @@ class Subset:
             entries={k: e for k, e in state.entries.items() if self.matches(k)},
             uncertain={k: u for k, u in state.uncertain.items() if self.matches(k)},
         )
+
+    def settled(self, settled: Settled) -> Settled:
+        """A settled state (pending updates read back) cut to the subset."""
+        if not self.patterns:
+            return settled
+        drift = tuple(d for d in settled.drift if self.matches(d.key))
+        return Settled(self.state(settled.before), self.state(settled.state), drift)
 
     def check_matches(self, configs: ConfigSet, state: State) -> None:
         """Refuse a pattern that matches no rule and no state entry: a typo must not

@@ -19,7 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coins_sync.errors import LockError, StateConflictError, StateError
+from coins_sync.errors import LockError, SettingsError, StateConflictError, StateError
+from coins_sync.state.fence import Fenced, sort_fenced
 from coins_sync.state.files import AppendLog, atomic_write, fsync_dir
 from coins_sync.state.journal import (
     JournalRecord,
@@ -50,8 +51,12 @@ class FileStateStore:
         self.backup_path = path.with_name(path.name + ".backup")
         self.journal_path = path.with_name(path.stem + ".journal.jsonl")
         #: Results an apply could not fold into the state (a newer state on disk, a full
-        #: disk): appended, never rewritten; the next command folds it in and removes it.
+        #: disk): appended, never rewritten; the next apply (or state rm/import) folds
+        #: it in, fenced (state/fence.py), and removes it.
         self.rescue_path = path.with_name(path.stem + ".rescue.jsonl")
+        #: The serial of the state this store last read for a journal or wrote: the
+        #: fence every journal and rescue line is written under.
+        self.fence: int | None = None
         self.lock_path = path.with_name(path.name + ".lock")
         self.holder_path = path.with_name(path.name + ".lock.json")
         self._lock: filelock.FileLock | None = None
@@ -93,31 +98,37 @@ class FileStateStore:
             raise StateError(f"{path}: cannot read {what}: {e}") from e
         return parse_journal(raw, state.lineage, str(path))
 
-    def _replay(self, state: State) -> JournalReplay | None:
-        """The rescue file's records, then the journal's: both folded, in that order."""
-        rescue = self._replay_file(self.rescue_path, state, "rescue file")
-        journal = self._replay_file(self.journal_path, state, "journal")
-        if rescue is None:
-            return journal
-        if journal is None:
-            return rescue
-        return JournalReplay(rescue.records + journal.records, rescue.damaged + journal.damaged)
+    def _replay(self, state: State) -> list[tuple[Path, JournalReplay, Fenced]]:
+        """The rescue file's records, then the journal's, each sorted against ``state``
+        by its fence: what folds (in that order), what is kept aside."""
+        found = []
+        for path, what in ((self.rescue_path, "rescue file"), (self.journal_path, "journal")):
+            replay = self._replay_file(path, state, what)
+            if replay is not None:
+                found.append((path, replay, sort_fenced(state, replay.records)))
+        return found
+
+    def pending(self) -> list[Path]:
+        """The journal and rescue files not folded into the state file yet."""
+        return [path for path in (self.rescue_path, self.journal_path) if path.is_file()]
 
     def read(self) -> State:
+        """The state with the journal and rescue files folded in (fenced), in memory
+        only: the files stay until a command that writes the state folds them."""
         state = self.read_stored()
-        replay = self._replay(state)
-        if replay is None:
-            return state
-        for message in replay.damaged:
-            log.warning("%s", message)
-        return fold(state, replay.records)
+        replays = self._replay(state)
+        for path, replay, fenced in replays:
+            for message in (*replay.damaged, *fenced.notes(str(path), state.serial)):
+                log.warning("%s", message)
+        return fold(state, [r for _, _, fenced in replays for r in fenced.fold])
 
     def write_rescue(self, lineage: str, records: Iterable[JournalRecord]) -> Path:
         """Append ``records`` to the rescue file beside the state (fsynced); the next
         command folds it into the state. Raises StateError when it cannot be written."""
         rescue = AppendLog(self.rescue_path, "rescue file")
         try:
-            rescue.append(b"".join(record.to_line(lineage) for record in records))
+            lines = (record.to_line(lineage, self.fence) for record in records)
+            rescue.append(b"".join(lines))
         finally:
             rescue.close()
         return self.rescue_path
@@ -140,6 +151,7 @@ class FileStateStore:
                     "refusing to overwrite"
                 )
             if current.content() == state.content():
+                self.fence = current.serial
                 return replace(state, serial=current.serial, exists=True)
             if current.serial != state.serial:
                 raise StateConflictError(
@@ -153,24 +165,26 @@ class FileStateStore:
             lineage = state.lineage or str(uuid.uuid4())
             new = replace(state, lineage=lineage, serial=state.serial + 1, exists=True)
         atomic_write(self.path, serialize(new))
+        self.fence = new.serial
         return new
 
     def recover(self) -> tuple[State, tuple[str, ...]]:
         stored = self.read_stored()
-        replay = self._replay(stored)
-        if replay is None:
+        replays = self._replay(stored)
+        if not replays:
             return stored, ()
-        folded = self.write(fold(stored, replay.records))
+        folded = self.write(fold(stored, [r for _, _, fenced in replays for r in fenced.fold]))
         # both are folded into the state just written: only now may they go. A file
-        # with damaged lines is kept aside for a person, never deleted.
-        messages: list[str] = list(replay.damaged)
-        for path in (self.rescue_path, self.journal_path):
-            if not path.exists():
-                continue
-            if any(message.startswith(f"{path}:") for message in replay.damaged):
-                aside = path.with_name(f"{path.name}.damaged-{int(time.time())}")
+        # with damaged lines, or with lines kept aside by their fence, is kept aside
+        # for a person, never deleted.
+        messages: list[str] = []
+        for path, replay, fenced in replays:
+            messages += [*replay.damaged, *fenced.notes(str(path), stored.serial)]
+            if replay.damaged or fenced.stale:
+                kind = "damaged" if replay.damaged else "stale"
+                aside = path.with_name(f"{path.name}.{kind}-{int(time.time())}")
                 os.replace(path, aside)
-                messages.append(f"damaged {path.name} kept as {aside}")
+                messages.append(f"{kind} {path.name} kept as {aside}")
             else:
                 path.unlink()
         fsync_dir(self.journal_path.parent)
@@ -179,6 +193,7 @@ class FileStateStore:
         return folded, tuple(messages)
 
     def journal(self, state: State) -> FileJournal:
+        self.fence = state.serial
         return FileJournal(self, state.lineage)
 
     # locking -------------------------------------------------------------------
@@ -243,6 +258,14 @@ class FileStateStore:
                     except OSError:
                         break
             lock.release()
+
+    def lock_holder(self) -> str | None:
+        """Who holds the lock now, without taking it (a live holder's record); None
+        when nobody does, or only a killed process left its record."""
+        if not self.lock_path.exists():
+            return None
+        holder = self._read_holder_once()
+        return holder.describe() if holder is not None and _may_be_alive(holder) else None
 
     def _nothing_written(self) -> bool:
         """True when no file of this state exists beside its lock: never written."""
@@ -333,8 +356,8 @@ class FileJournal:
         ``book_on_failure`` is set, so a result the server confirmed is kept in memory
         for the final fold rather than lost with the failed line.
         """
-        line = record.to_line(self._lineage)
         with self._log.mutex:
+            line = record.to_line(self._lineage, self._store.fence)
             try:
                 self._log.append_locked(line)
             except StateError:
@@ -357,8 +380,9 @@ class FileJournal:
         can tear only the intent's line (skipped by the replay: its create was not
         sent) or the result's, as with :meth:`append`. When the write fails, the intent
         is not booked; the next checkpoint rewrites the journal without it."""
-        lines = record.to_line(self._lineage) + intent.to_line(self._lineage)
         with self._log.mutex:
+            fence = self._store.fence
+            lines = record.to_line(self._lineage, fence) + intent.to_line(self._lineage, fence)
             try:
                 self._log.append_locked(lines)
             except StateError:
@@ -378,7 +402,7 @@ class FileJournal:
         with self._log.mutex:
             state, keep = snapshot()
             written = self._store.write(state)
-            fresh = b"".join(record.to_line(self._lineage) for record in keep)
+            fresh = b"".join(record.to_line(self._lineage, written.serial) for record in keep)
             self._log.close_locked()
             if fresh:
                 atomic_write(self._store.journal_path, fresh)
@@ -390,6 +414,50 @@ class FileJournal:
 
     def close(self) -> None:
         self._log.close()
+
+
+#: Name endings of the files that travel with a state (any environment's): journal,
+#: rescue files (file and postgres backends), audit log, lock and lock holder, backup,
+#: and the copies kept aside.
+_BOOKKEEPING = (
+    ".journal.jsonl",
+    ".rescue.jsonl",
+    ".pg-rescue.jsonl",
+    ".audit.jsonl",
+    ".lock",
+    ".lock.json",
+    ".json.backup",
+)
+
+
+def refuse_bookkeeping_target(out: Path, state_path: Path, what: str, option: str) -> None:
+    """The one check of every command that writes a file a person names (``plan --out``,
+    ``state pull --to``): never onto the state or a file that travels with it (journal,
+    rescue, audit, lock, backup), of this environment or, by its name, of any other.
+    Raises SettingsError; nothing is written."""
+    store = FileStateStore(state_path)
+    guarded = (
+        store.path,
+        store.backup_path,
+        store.journal_path,
+        store.rescue_path,
+        store.path.with_name(store.path.stem + ".pg-rescue.jsonl"),
+        store.lock_path,
+        store.holder_path,
+        store.path.with_name(store.path.stem + ".audit.jsonl"),
+    )
+    target = out.resolve()
+    name = target.name
+    if (
+        any(target == path.resolve() for path in guarded)
+        or name.endswith(_BOOKKEEPING)
+        or any(f"{end}." in name for end in _BOOKKEEPING[:3])
+    ):
+        raise SettingsError(
+            f"refusing to write {what} onto {out}: it belongs to the state "
+            f"{state_path} (its journal, rescue, audit, lock or backup file, or one kept "
+            f"aside); choose another {option} file. Nothing was written"
+        )
 
 
 def open_store(location: Path) -> FileStateStore:

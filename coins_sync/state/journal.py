@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -54,8 +54,11 @@ class JournalRecord:
     outcome: Outcome | None = None
     coin_config_id: str | None = None
     at: str = ""
+    #: the state serial the line was written under (its fence; see state/fence.py);
+    #: None for a record made in memory, or a line of an older coins-sync
+    fence: int | None = field(default=None, compare=False)
 
-    def to_line(self, lineage: str) -> bytes:
+    def to_line(self, lineage: str, serial: int | None = None) -> bytes:
         data: dict[str, Any] = {
             "kind": self.kind,
             "lineage": lineage,
@@ -67,6 +70,8 @@ class JournalRecord:
             data["outcome"] = self.outcome
         if self.coin_config_id:
             data["coinConfigId"] = self.coin_config_id
+        if serial is not None:
+            data["serial"] = serial
         return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
 
 
@@ -114,6 +119,9 @@ def _record_from(data: Any) -> JournalRecord:
     if config_id is not None and not valid_config_id(config_id):
         raise ValueError("invalid coinConfigId")
     kind = JournalKind(data["kind"])
+    fence = data.get("serial")
+    if fence is not None and type(fence) is not int:
+        raise ValueError("serial is not an integer")
     outcome = data.get("outcome")
     if kind == JournalKind.RESULT and outcome is None:
         raise ValueError("a result without an outcome")
@@ -124,6 +132,7 @@ def _record_from(data: Any) -> JournalRecord:
         outcome=None if outcome is None else Outcome(outcome),  # unknown: ValueError
         coin_config_id=config_id,
         at=str(data.get("at", "")),
+        fence=fence,
     )
 
 
@@ -146,7 +155,7 @@ def fold(state: State, records: Iterable[JournalRecord]) -> State:
             entries[record.key] = replace(entries[record.key], pending=record.amount)
     for key, intent in open_intents.items():
         if key not in entries:  # a create was sent and never answered
-            uncertain[key] = Uncertain(key, intent.amount, intent.at)
+            uncertain[key] = Uncertain(key, intent.amount, intent.at, open=True)
     return replace(state, entries=entries, uncertain=uncertain)
 
 

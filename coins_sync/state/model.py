@@ -59,6 +59,9 @@ class Uncertain:
     key: RuleKey
     amount: int
     since: str
+    #: an intent with no result yet (journal, or an open operation row), not a recorded
+    #: uncertain create: while an apply holds the lock, that apply is sending it now
+    open: bool = field(default=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {**self.key.as_dict(), "amount": self.amount, "since": self.since}
@@ -107,6 +110,31 @@ class State:
         entries = {k: v for k, v in self.entries.items() if k != key}
         uncertain = {k: v for k, v in self.uncertain.items() if k != key}
         return replace(self, entries=entries, uncertain=uncertain)
+
+
+class RecordedIds:
+    """The one check that an id may be recorded as a key, shared by every way in:
+    ``state import KEY ID``, ``state import --from FILE`` and a rule's ``coinConfigId``.
+
+    An id is recorded under one key only, and a key under one id: recording an id that
+    the state holds under another key would manage one config as two rules (and a
+    ``state rm`` of one would orphan the other's record).
+    """
+
+    def __init__(self, state: State) -> None:
+        self._entries = state.entries
+        self._owner = {entry.coin_config_id: key for key, entry in state.entries.items()}
+
+    def conflict(self, key: RuleKey, coin_config_id: str) -> str | None:
+        """Why ``coin_config_id`` cannot be recorded as ``key`` (a sentence that names
+        what the state records), or None when it can."""
+        entry = self._entries.get(key)
+        if entry is not None and entry.coin_config_id != coin_config_id:
+            return f"the state records {key} as {entry.coin_config_id}, not {coin_config_id}"
+        owner = self._owner.get(coin_config_id)
+        if owner is not None and owner != key:
+            return f"the state records {coin_config_id} as {owner}, not {key}"
+        return None
 
 
 def serialize(state: State) -> bytes:

@@ -56,6 +56,10 @@ class StateStore(Protocol):
         """Hold the exclusive lock, or raise LockError naming the holder."""
         ...
 
+    def lock_holder(self) -> str | None:
+        """Who holds the lock now, without taking it; None when nobody does."""
+        ...
+
     def recover(self) -> tuple[State, tuple[str, ...]]:
         """Fold a leftover journal into the stored state (under the lock)."""
         ...

@@ -6,7 +6,13 @@ and the audit row are one statement. A run killed at any instant leaves an open 
 SHARE, so concurrent writers never queue on it; the first write after a bump bumps the
 serial and marks the row ``dirty``, and a checkpoint bumps it again and clears the mark.
 When the database is lost after the API confirmed a change, the result goes to a local
-rescue file (and stderr); the run stops with exit 1 and the next run folds the file in.
+rescue file (and stderr); the run stops with exit 1, its checkpoint names every result
+that is only in the rescue file (:class:`CheckpointError`), and the next run folds the
+file in.
+
+This module knows the connection and the lock, not the store or the audit writer: an
+audit record reaches it as a ready JSON object (:meth:`PostgresJournal.stash`,
+:meth:`PostgresJournal.append_audit`).
 """
 
 from __future__ import annotations
@@ -18,31 +24,80 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from coins_sync.configs.model import RuleKey
-from coins_sync.errors import FencedError, StateError
-from coins_sync.state.audit import AuditRecord, audit_data, current_actor
-from coins_sync.state.journal import JournalRecord, Snapshot
+from coins_sync.errors import CheckpointError, FencedError, StateError
+from coins_sync.state.journal import CONFIRMED, JournalRecord, Outcome, Snapshot
 from coins_sync.state.model import State, utc_now
-from coins_sync.state.postgres.audit import write_audit
-from coins_sync.state.postgres.connection import driver
-from coins_sync.state.postgres.lock import HELD, fence_cte, share_fence_cte
-
-if TYPE_CHECKING:
-    from coins_sync.state.postgres.store import PostgresStateStore
+from coins_sync.state.postgres.connection import Database, driver, storable
+from coins_sync.state.postgres.lock import StateLock, fence, held_by
 
 log = logging.getLogger(__name__)
+
+#: The one statement of a group commit (``{fence}`` is the lock module's ``FENCE`` or
+#: ``SHARE_FENCE``, ``{s}`` the schema). It returns (fence rows, dirty): (1, false)
+#: wrote nothing to the state tables (retry with FENCE); (0, _) means fenced.
+WRITE = """WITH {fence},
+i AS (SELECT * FROM jsonb_to_recordset(%(intents)s::jsonb) AS i(company text,
+  configuration text, event text, amount bigint, at text)),
+r AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(company text,
+  configuration text, event text, amount bigint, outcome text,
+  config_id text, since text, write_entry boolean)),
+ins AS (INSERT INTO {s}.operation (env, run_id, company_id, configuration,
+  event, amount, intent_at) SELECT f.name, %(run)s, i.company,
+  i.configuration, i.event, i.amount, i.at FROM fence f, i WHERE f.dirty
+  RETURNING id),
+op AS (UPDATE {s}.operation AS o SET outcome = r.outcome,
+  coin_config_id = r.config_id, done_at = now() FROM r
+  WHERE o.env = %(env)s AND o.company_id = r.company
+    AND o.configuration = r.configuration AND o.event = r.event
+    AND o.outcome IS NULL AND EXISTS (SELECT 1 FROM fence WHERE dirty)
+  RETURNING o.id),
+ent AS (INSERT INTO {s}.entry AS e (env, company_id, configuration, event,
+  amount, coin_config_id, uncertain_since)
+  SELECT f.name, r.company, r.configuration, r.event, r.amount,
+    r.config_id, r.since FROM fence f, r WHERE f.dirty AND r.write_entry
+  ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET
+    amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id,
+    uncertain_since = EXCLUDED.uncertain_since, pending_amount = NULL
+  WHERE EXCLUDED.coin_config_id IS NOT NULL OR e.coin_config_id IS NULL
+  RETURNING 1),
+pend AS (UPDATE {s}.entry AS p SET pending_amount = r.amount
+  FROM fence f, r WHERE f.dirty AND r.outcome = 'unverified'
+    AND p.env = f.name AND p.company_id = r.company
+    AND p.configuration = r.configuration AND p.event = r.event
+    AND p.coin_config_id IS NOT NULL
+  RETURNING 1),
+aud AS (INSERT INTO {s}.audit (env, run_id, record)
+  SELECT f.name, %(run)s, a.value FROM fence f,
+    jsonb_array_elements(%(audits)s::jsonb) AS a
+  WHERE f.dirty OR NOT %(state)s RETURNING 1)
+SELECT count(*), coalesce(bool_and(dirty), false) FROM fence"""
+
+#: The checkpoint: the serial bumped if this run wrote since the last bump, the row
+#: clean again; no row back means this run no longer holds the lock.
+CHECKPOINT = (
+    "UPDATE {s}.environment SET serial = serial + dirty::int, dirty = false{held} "
+    "RETURNING lineage, serial"
+)
 
 
 class _Pending:
     """One record waiting for the group commit that writes it (see PostgresJournal)."""
 
-    __slots__ = ("done", "error", "intents", "lead", "ready", "results")
+    __slots__ = ("audits", "done", "error", "intents", "lead", "ready", "results")
 
-    def __init__(self, intents: list[dict[str, Any]], results: list[dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        intents: list[dict[str, Any]],
+        results: list[dict[str, Any]],
+        audits: list[dict[str, Any]],
+    ) -> None:
         self.intents = intents
         self.results = results
+        self.audits = audits
         self.done = False  # committed, or failed with ``error``
         self.lead = False  # its thread is to write the next group
         self.error: BaseException | None = None
@@ -63,92 +118,70 @@ class PostgresJournal:
     not take goes to the rescue file and to stderr before the error is raised.
     """
 
-    def __init__(self, store: PostgresStateStore, lineage: str, *, rescue: bool = True) -> None:
-        self._store = store
+    def __init__(
+        self,
+        db: Database,
+        lock: StateLock,
+        lineage: str,
+        rescue_path: Path | None,
+        *,
+        serial: int | None = None,
+    ) -> None:
+        """``rescue_path`` None: results the database did not take are not kept aside
+        (the fold of a rescue file, whose records are in that file already). ``serial``:
+        the state's serial when the run began, tracked as this run writes: the fence of
+        every line it puts in the rescue file (state/fence.py)."""
+        self._db = db
+        self._lock = lock
         self._lineage = lineage
-        self._rescue = rescue
+        self._rescue_path = rescue_path
+        self._serial = serial
         self._connection: Any = None
         self._closed = False
         self._mutex = threading.Lock()
         self._queue = threading.Lock()
         self._pending: list[_Pending] = []  # guarded by _queue
         self._writing = False  # a group commit is under way; guarded by _queue
-        self._audits: dict[RuleKey, tuple[AuditRecord, str | None]] = {}
-        self._params = store._params()
+        self._audits: dict[RuleKey, dict[str, Any]] = {}
+        self._params = lock.params()
         self._failed = False
-        s = store.schema
-        #: bump -> SQL; each returns (fence rows, dirty): (1, false) wrote nothing
-        self._sql: dict[bool, str] = {}
-        for bump in (False, True):
-            fence = (fence_cte(s) if bump else share_fence_cte(s)).strip()
-            self._sql[bump] = (
-                f"WITH {fence}, "
-                "i AS (SELECT * FROM jsonb_to_recordset(%(intents)s::jsonb) AS i(company text, "
-                "  configuration text, event text, amount bigint, at text)), "
-                "r AS (SELECT * FROM jsonb_to_recordset(%(results)s::jsonb) AS r(company text, "
-                "  configuration text, event text, amount bigint, outcome text, "
-                "  config_id text, since text, write_entry boolean, audit jsonb)), "
-                f"ins AS (INSERT INTO {s}.operation (env, run_id, company_id, configuration, "
-                "  event, amount, intent_at) SELECT f.name, %(run)s, i.company, "
-                "  i.configuration, i.event, i.amount, i.at FROM fence f, i WHERE f.dirty "
-                "  RETURNING id), "
-                f"op AS (UPDATE {s}.operation AS o SET outcome = r.outcome, "
-                "  coin_config_id = r.config_id, done_at = now() FROM r "
-                "  WHERE o.env = %(env)s AND o.company_id = r.company "
-                "    AND o.configuration = r.configuration AND o.event = r.event "
-                "    AND o.outcome IS NULL AND EXISTS (SELECT 1 FROM fence WHERE dirty) "
-                "  RETURNING o.id), "
-                f"ent AS (INSERT INTO {s}.entry AS e (env, company_id, configuration, event, "
-                "  amount, coin_config_id, uncertain_since) "
-                "  SELECT f.name, r.company, r.configuration, r.event, r.amount, "
-                "    r.config_id, r.since FROM fence f, r WHERE f.dirty AND r.write_entry "
-                "  ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET "
-                "    amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id, "
-                "    uncertain_since = EXCLUDED.uncertain_since, pending_amount = NULL "
-                "  WHERE EXCLUDED.coin_config_id IS NOT NULL OR e.coin_config_id IS NULL "
-                "  RETURNING 1), "
-                # an update whose outcome is unknown: the entry keeps its amount, marked
-                f"pend AS (UPDATE {s}.entry AS p SET pending_amount = r.amount "
-                "  FROM fence f, r WHERE f.dirty AND r.outcome = 'unverified' "
-                "    AND p.env = f.name AND p.company_id = r.company "
-                "    AND p.configuration = r.configuration AND p.event = r.event "
-                "    AND p.coin_config_id IS NOT NULL "
-                "  RETURNING 1), "
-                f"aud AS (INSERT INTO {s}.audit (env, run_id, record) "
-                "  SELECT f.name, %(run)s, r.audit FROM fence f, r "
-                "  WHERE f.dirty AND r.audit IS NOT NULL RETURNING 1) "
-                "SELECT count(*), coalesce(bool_and(dirty), false) FROM fence"
-            )
+        self._rescued: list[JournalRecord] = []  # results only in the rescue file
+        self._kept = True  # False once writing the rescue file failed
+        self._sql = {bump: db.sql(WRITE, fence=fence(db, bump)) for bump in (False, True)}
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def _conn(self) -> Any:
         with self._mutex:
             if self._closed:
-                raise FencedError(f"{self._store.describe()}: the journal is closed")
+                raise FencedError(f"{self._db.describe()}: the journal is closed")
             if self._connection is None:
-                self._connection = self._store.connect(purpose=f"apply {self._store.env}")
+                self._connection = self._db.connect(
+                    purpose=f"apply {self._db.env}", long_lived=True
+                )
             return self._connection
 
-    def stash(self, item: AuditRecord, message: str | None = None) -> None:
-        """An audit record to write in the same statement as ``item.key``'s result."""
+    def stash(self, key: RuleKey, audit: dict[str, Any]) -> None:
+        """An audit record to write in the same statement as ``key``'s result."""
         with self._mutex:
-            self._audits[item.key] = (item, message)
+            self._audits[key] = audit
 
-    def _audit_data(self, key: RuleKey) -> dict[str, Any] | None:
-        with self._mutex:
-            stashed = self._audits.pop(key, None)
-        if stashed is None:
-            return None
-        item, message = stashed
-        audit = self._store._audit_writer
-        return audit_data(
-            item if message is None else replace(item, message=message),
-            self._store.env,
-            audit.actor if audit else current_actor(self._store.environ),
-            audit.commit if audit else None,
-        )
+    def append_audit(self, audit: dict[str, Any]) -> None:
+        """An audit record with no result to go with it: committed, fenced like every
+        write, before this returns. A failure raises and leaves the journal usable."""
+        psycopg = driver()
+        try:
+            if self._failed:
+                raise FencedError(f"{self._db.describe()}: an earlier write of this run failed")
+            self._commit(_Pending([], [], [storable(audit)]))
+        except psycopg.Error as e:
+            raise self._db.error(self._failure(e, "recording an audit record"), e) from e
 
-    def _row(self, record: JournalRecord) -> dict[str, Any]:
-        """The JSON row of ``record`` for the statement (a result's with its audit)."""
+    def _row(self, record: JournalRecord, audits: list[dict[str, Any]]) -> dict[str, Any]:
+        """The JSON row of ``record`` for the statement; a result's stashed audit record
+        goes to ``audits``."""
         key = record.key
         row: dict[str, Any] = {
             "company": key.company_id,
@@ -159,18 +192,18 @@ class PostgresJournal:
         at = record.at or utc_now()
         if record.kind == "intent":
             row["at"] = at
-        else:
-            confirmed = record.outcome in ("created", "updated", "imported")
-            row.update(
-                outcome="created" if record.outcome == "imported" else record.outcome,
-                config_id=record.coin_config_id if confirmed else None,
-                since=None if confirmed else at,
-                write_entry=(confirmed and bool(record.coin_config_id))
-                or record.outcome == "unknown",
-            )
-            audit = self._audit_data(key)
-            if audit is not None:
-                row["audit"] = audit
+            return row
+        confirmed = record.outcome in ("created", "updated", "imported")
+        row.update(
+            outcome="created" if record.outcome == "imported" else record.outcome,
+            config_id=record.coin_config_id if confirmed else None,
+            since=None if confirmed else at,
+            write_entry=(confirmed and bool(record.coin_config_id)) or record.outcome == "unknown",
+        )
+        with self._mutex:
+            audit = self._audits.pop(key, None)
+        if audit is not None:
+            audits.append(storable(audit))
         return row
 
     def append(
@@ -180,11 +213,12 @@ class PostgresJournal:
         *,
         book_on_failure: bool = False,
     ) -> None:
-        row = self._row(record)
+        audits: list[dict[str, Any]] = []
+        row = self._row(record, audits)
         if record.kind == "intent":
-            self._append(_Pending([row], []), record, book, book_on_failure)
+            self._append(_Pending([row], [], audits), record, book, book_on_failure)
         else:
-            self._append(_Pending([], [row]), record, book, book_on_failure)
+            self._append(_Pending([], [row], audits), record, book, book_on_failure)
 
     def append_pair(
         self,
@@ -202,7 +236,8 @@ class PostgresJournal:
             book()
             book_intent()
 
-        pending = _Pending([self._row(intent)], [self._row(record)])
+        audits: list[dict[str, Any]] = []
+        pending = _Pending([self._row(intent, audits)], [self._row(record, audits)], audits)
         self._append(pending, record, booked, book_on_failure, book)
 
     def _append(
@@ -217,7 +252,7 @@ class PostgresJournal:
         psycopg = driver()
         try:
             if self._failed:
-                raise FencedError("an earlier write of this run failed")
+                raise FencedError(f"{self._db.describe()}: an earlier write of this run failed")
             self._commit(pending)
         except (psycopg.Error, StateError) as e:
             self._failed = True
@@ -228,7 +263,8 @@ class PostgresJournal:
                 self._rescue_result(record)
             if isinstance(e, StateError):
                 raise
-            raise self._store.error("lost the database while recording a result", e) from e
+            what = "an intent" if record.kind == "intent" else "a result"
+            raise self._db.error(self._failure(e, f"recording {what}"), e) from e
         if book is not None:
             book()
 
@@ -271,29 +307,45 @@ class PostgresJournal:
 
     def _write(self, batch: list[_Pending]) -> None:
         """One fenced statement (two after a bump) that commits every record of ``batch``."""
+        state = any(p.intents or p.results for p in batch)
         params = {
             **self._params,
             "intents": json.dumps([row for p in batch for row in p.intents]),
             "results": json.dumps([row for p in batch for row in p.results], sort_keys=True),
+            "audits": json.dumps([row for p in batch for row in p.audits], sort_keys=True),
+            "state": state,
         }
         conn = self._conn()
         row = conn.execute(self._sql[False], params, prepare=True).fetchone()
-        if row and row[0] and not row[1]:  # clean: the first write since a bump
+        if state and row and row[0] and not row[1]:  # clean: the first write since a bump
             row = conn.execute(self._sql[True], params, prepare=True).fetchone()
+            if row and row[0] and self._serial is not None:
+                self._serial += 1  # that write bumped the serial
         if not row or not row[0]:
             raise FencedError(
-                f"{self._store.describe()}: this run lost the state lock (another run "
-                "took it, or `state force-unlock` ended this one); it stops writing "
-                "and sending"
+                f"{self._db.describe()}: this run lost the state lock ({self._lock.lost()}); "
+                "it stops writing and sending"
             )
+
+    @staticmethod
+    def _failure(e: BaseException, doing: str) -> str:
+        """What went wrong, for a database error: a lost connection is said so, and so
+        is a refusal of the database (nothing is blamed on the network then)."""
+        psycopg = driver()
+        if isinstance(e, psycopg.OperationalError) and not isinstance(
+            e, psycopg.errors.QueryCanceled
+        ):
+            return f"lost the database while {doing}"
+        return f"the database refused {doing}"
 
     def _rescue_result(self, record: JournalRecord) -> None:
         """Keep a result the database did not take: the rescue file and stderr."""
-        if not self._rescue:
+        path = self._rescue_path
+        if path is None:
             return
-        path = self._store.rescue_path
-        line = record.to_line(self._lineage)
+        line = record.to_line(self._lineage, self._serial)
         with self._mutex:
+            self._rescued.append(record)
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -304,6 +356,7 @@ class PostgresJournal:
                     os.close(fd)
                 kept = f"kept in {path}; the next run folds it in"
             except OSError as e:
+                self._kept = False
                 kept = f"and the rescue file {path} could not be written ({e}): record it by hand"
             config = f" as {record.coin_config_id}" if record.coin_config_id else ""
             log.error(
@@ -317,34 +370,71 @@ class PostgresJournal:
 
     def checkpoint(self, snapshot: Snapshot) -> State:
         """Every result is already committed; the serial is bumped (when this run wrote
-        since the last bump, and still holds the lock) and read back."""
+        since the last bump) and read back.
+
+        Raises :class:`CheckpointError` when this run no longer holds the lock or the
+        database: it names every result that is only in the rescue file (none when every
+        result was committed before)."""
         state, _ = snapshot()
         with self._mutex:
-            leftovers = list(self._audits.values())
+            leftovers = list(self._audits.values())  # no result followed (never expected)
             self._audits.clear()
-        for item, message in leftovers:  # no result followed (never expected)
+        for audit in leftovers:
             with contextlib.suppress(StateError):
-                write_audit(self._store, item, message)
+                self.append_audit(audit)
         if self._failed:
-            return state
-        s = self._store.schema
+            self._raise_unrecorded()
+            return state  # every result was committed; the error that stopped the run says why
+        psycopg = driver()
         try:
-            conn = self._conn()
-            row = conn.execute(
-                f"UPDATE {s}.environment SET serial = serial + 1, dirty = false{HELD} "
-                "AND dirty RETURNING lineage, serial",
-                self._params,
-            ).fetchone()
-            if row is None:  # nothing written since the last bump (or fenced: recover bumps)
-                row = conn.execute(
-                    f"SELECT lineage, serial FROM {s}.environment WHERE name = %s",
-                    (self._store.env,),
-                ).fetchone()
-        except Exception:  # a lost database: the error that stopped the run is reported
-            return state
+            row = (
+                self._conn()
+                .execute(self._db.sql(CHECKPOINT, held=held_by(self._db)), self._params)
+                .fetchone()
+            )
+        except (psycopg.Error, StateError) as e:
+            raise CheckpointError(
+                f"{self._db.describe()}: {self._failure(e, 'making the checkpoint')} "
+                f"({self._db.detail(e)}); every result of this run was recorded "
+                "before it, and the next run brings the serial up to date"
+            ) from e
         if row is None:
-            return state
+            raise CheckpointError(
+                f"{self._db.describe()}: this run lost the state lock before its "
+                f"checkpoint ({self._lock.lost()}); every result of this run was recorded "
+                "before it, and the next run brings the serial up to date"
+            )
+        self._serial = int(row[1])
         return replace(state, lineage=str(row[0]), serial=int(row[1]), exists=True)
+
+    def _raise_unrecorded(self) -> None:
+        """The CheckpointError of a run whose writes failed, if any result the server
+        answered is only in the rescue file (or nowhere)."""
+        with self._mutex:
+            kept = [r for r in self._rescued if r.outcome != Outcome.FAILED]
+            written = self._kept
+        if not kept:
+            return
+        path = self._rescue_path
+        confirmed = [
+            (r.key, r.coin_config_id) for r in kept if r.outcome in CONFIRMED and r.coin_config_id
+        ]
+        where = (
+            f"only in the rescue file {path}; the next run that takes the state lock "
+            "here (apply, state rm, state import) folds it in"
+            if written
+            else f"not even in the rescue file {path}, which could not be written: "
+            "record them by hand (`coins-sync state import KEY ID`)"
+        )
+        ids = "; ".join(f"{key} as {config_id}" for key, config_id in confirmed[:20])
+        more = f" and {len(confirmed) - 20} more" if len(confirmed) > 20 else ""
+        listed = f": {ids}{more}" if ids else ""
+        raise CheckpointError(
+            f"{self._db.describe()}: {len(kept)} result(s) the server answered are not in "
+            f"the database, {where}{listed}",
+            confirmed,
+            path if written else None,
+        )
 
     def close(self) -> None:
         with self._mutex:
@@ -352,5 +442,3 @@ class PostgresJournal:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-        if self._store._journal is self:
-            self._store._journal = None

@@ -106,35 +106,53 @@ def checksum(sql: str) -> str:
 
 def bookkeeping_sql(schema: str) -> str:
     return (
-        f"CREATE SCHEMA IF NOT EXISTS {schema};\n"
-        f"CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (\n"
+        "CREATE SCHEMA IF NOT EXISTS {s};\n"
+        "CREATE TABLE IF NOT EXISTS {s}.schema_migrations (\n"
         "    version     integer PRIMARY KEY,\n"
         "    checksum    text NOT NULL,\n"
         "    applied_at  timestamptz NOT NULL DEFAULT now()\n"
         ");\n"
-    )
+    ).replace("{s}", quoted(schema))
+
+
+def quoted(schema: str) -> str:
+    """The schema's name as SQL: always quoted (``psycopg.sql.Identifier``), so a name
+    that is a keyword (``user``) works; settings allow only lower-case names, which
+    quoted and unquoted are the same schema."""
+    from psycopg import sql
+
+    return sql.Identifier(schema).as_string(None)
 
 
 def render(version: int, sql: str, schema: str) -> str:
-    return sql.replace("{s}", schema)
+    """Migration ``version`` for ``schema``: ``{s}`` replaced by its quoted name (the
+    checksum is of the text before, so it does not depend on the schema)."""
+    return sql.replace("{s}", quoted(schema))
 
 
 def full_sql(schema: str) -> str:
     """Every migration as one script, for a DBA (what the automatic path runs)."""
+    name = quoted(schema)
     parts = [
-        f"-- coins-sync state schema, version {LATEST}, for schema {schema}",
+        f"-- coins-sync state schema, version {LATEST}, for schema {name}",
         "BEGIN;",
         bookkeeping_sql(schema).rstrip(),
     ]
     for version, sql in MIGRATIONS:
         parts.append(f"-- migration {version}")
         parts.append(render(version, sql, schema).rstrip())
-        parts.append(
-            f"INSERT INTO {schema}.schema_migrations (version, checksum) "
-            f"VALUES ({version}, '{checksum(sql)}');"
-        )
+        parts.append(record_sql(schema, version, checksum(sql)))
     parts.append("COMMIT;")
     return "\n".join(parts) + "\n"
+
+
+def record_sql(schema: str, version: int, digest: str) -> str:
+    """The script's line that records one applied migration."""
+    from psycopg import sql
+
+    line = sql.SQL("INSERT INTO {s}.schema_migrations (version, checksum) VALUES ({v}, {c});")
+    composed = line.format(s=sql.Identifier(schema), v=sql.Literal(version), c=sql.Literal(digest))
+    return str(composed.as_string(None))
 
 
 def migration_key(schema: str) -> int:
@@ -145,10 +163,15 @@ def migration_key(schema: str) -> int:
 
 def applied(conn: Any, schema: str) -> dict[int, str] | None:
     """Applied migrations, or None when the schema was never set up."""
-    row = conn.execute("SELECT to_regclass(%s)", (f"{schema}.schema_migrations",)).fetchone()
+    row = conn.execute(
+        "SELECT to_regclass(quote_ident(%s) || '.schema_migrations')", (schema,)
+    ).fetchone()
     if row is None or row[0] is None:
         return None
-    rows = conn.execute(f"SELECT version, checksum FROM {schema}.schema_migrations").fetchall()
+    from psycopg import sql
+
+    query = sql.SQL("SELECT version, checksum FROM {s}.schema_migrations")
+    rows = conn.execute(query.format(s=sql.Identifier(schema))).fetchall()
     return {int(v): str(c) for v, c in rows}
 
 
@@ -187,7 +210,7 @@ def migrate(db: Database, conn: Any | None = None) -> list[int]:
                     continue
                 conn.execute(render(version, sql, schema))
                 conn.execute(
-                    f"INSERT INTO {schema}.schema_migrations (version, checksum) VALUES (%s, %s)",
+                    db.sql("INSERT INTO {s}.schema_migrations (version, checksum) VALUES (%s, %s)"),
                     (version, checksum(sql)),
                 )
                 done.append(version)

@@ -28,13 +28,30 @@ from typing import Any
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import FencedError, StateError
 from coins_sync.state.audit import AuditAction, AuditRecord, current_actor, current_commit
-from coins_sync.state.journal import JournalKind, Outcome, parse_journal
+from coins_sync.state.fence import sort_fenced
+from coins_sync.state.journal import JournalKind, Outcome, fold, parse_journal
 from coins_sync.state.model import State, StateEntry, Uncertain, utc_now
 from coins_sync.state.postgres import migrations
 from coins_sync.state.postgres.audit import PostgresAudit, read_audit
-from coins_sync.state.postgres.connection import Database, driver
+from coins_sync.state.postgres.connection import Database, driver, storable
 from coins_sync.state.postgres.journal import PostgresJournal
-from coins_sync.state.postgres.lock import LOCK_CHECK, StateLock, fence_cte
+from coins_sync.state.postgres.lock import StateLock, fence, lock_check
+
+SET_SERIAL = "UPDATE {s}.environment SET lineage = %s, serial = %s WHERE name = %s"
+
+#: Recovery: open intents of a run that died become uncertain entries (fenced).
+ABANDON = (
+    "WITH {fence}, closed AS ("
+    "  UPDATE {s}.operation SET outcome = 'abandoned', done_at = now() "
+    "  WHERE env = %(env)s AND outcome IS NULL "
+    "    AND EXISTS (SELECT 1 FROM fence) "
+    "  RETURNING company_id, configuration, event, amount, intent_at) "
+    "INSERT INTO {s}.entry (env, company_id, configuration, event, amount, "
+    "  coin_config_id, uncertain_since) "
+    "SELECT %(env)s, company_id, configuration, event, amount, NULL, intent_at "
+    "FROM closed ON CONFLICT DO NOTHING "
+    "RETURNING (SELECT count(*) FROM fence)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +74,7 @@ class PostgresStateStore(Database):
         self._schema_checked = False
         self._lineage = ""
         self._journal: PostgresJournal | None = None
-        self._audit_writer: PostgresAudit | None = None
+        self._audit: PostgresAudit | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStateStore({self.describe()!r})"
@@ -96,16 +113,37 @@ class PostgresStateStore(Database):
                 return self.read()
             state = self._read_in(conn)
             conn.rollback()
-            return state
         except psycopg.Error as e:
             raise self.error("cannot read the state", e) from e
         finally:
             conn.close()
+        return self._with_rescue(state)
+
+    def _with_rescue(self, state: State) -> State:
+        """``state`` with the local rescue file folded in, in memory only (fenced:
+        state/fence.py), so a plan shows rescued creates as recorded. The file stays
+        until the next apply (or state rm/import) folds it into the database."""
+        try:
+            raw = self.rescue_path.read_bytes()
+        except FileNotFoundError:
+            return state
+        except OSError as e:
+            log.warning("%s: cannot read the rescue file: %s", self.rescue_path, e)
+            return state
+        try:
+            replay = parse_journal(raw, state.lineage or self._lineage, str(self.rescue_path))
+        except StateError as e:  # another lineage: the next apply refuses it, loudly
+            log.warning("%s", e)
+            return state
+        fenced = sort_fenced(state, [r for r in replay.records if r.kind == JournalKind.RESULT])
+        for message in (*replay.damaged, *fenced.notes(str(self.rescue_path), state.serial)):
+            log.warning("%s", message)
+        return fold(state, fenced.fold)
 
     def _read_in(self, conn: Any) -> State:
-        s = self.schema
+        sql = self.sql
         row = conn.execute(
-            f"SELECT lineage, serial FROM {s}.environment WHERE name = %s", (self.env,)
+            sql("SELECT lineage, serial FROM {s}.environment WHERE name = %s"), (self.env,)
         ).fetchone()
         if row is None or not row[0]:
             return State.new()
@@ -113,8 +151,10 @@ class PostgresStateStore(Database):
         entries: dict[RuleKey, StateEntry] = {}
         uncertain: dict[RuleKey, Uncertain] = {}
         cursor = conn.execute(
-            f"SELECT company_id, configuration, event, amount, coin_config_id, uncertain_since, "
-            f"pending_amount FROM {s}.entry WHERE env = %s",
+            sql(
+                "SELECT company_id, configuration, event, amount, coin_config_id, "
+                "uncertain_since, pending_amount FROM {s}.entry WHERE env = %s"
+            ),
             (self.env,),
         )
         for company, configuration, event, amount, config_id, since, pending in cursor:
@@ -126,27 +166,29 @@ class PostgresStateStore(Database):
             else:
                 uncertain[key] = Uncertain(key, int(amount), since)
         cursor = conn.execute(
-            f"SELECT company_id, configuration, event, amount, intent_at "
-            f"FROM {s}.operation WHERE env = %s AND outcome IS NULL",
+            sql(
+                "SELECT company_id, configuration, event, amount, intent_at "
+                "FROM {s}.operation WHERE env = %s AND outcome IS NULL"
+            ),
             (self.env,),
         )
         for company, configuration, event, amount, since in cursor:
             key = RuleKey(company, configuration, event)
             if key not in entries:
-                uncertain[key] = Uncertain(key, int(amount), since)
+                uncertain[key] = Uncertain(key, int(amount), since, open=True)
         return State(lineage=lineage, serial=serial, entries=entries, uncertain=uncertain)
 
     # locking --------------------------------------------------------------------
-
-    def _params(self) -> dict[str, Any]:
-        """The fence of this run's writes (raises FencedError when it holds no lock)."""
-        return self._lock.params()
 
     @contextlib.contextmanager
     def lock(self, command: str, timeout: float = 0.0) -> Iterator[None]:
         with self._lock.hold(command, timeout):
             self._lineage = self._lock.lineage
             yield
+
+    def lock_holder(self) -> str | None:
+        """Who holds the state lock now, without taking it; None when nobody does."""
+        return self._lock.current_holder()
 
     def force_unlock(self, lock_id: int | None = None) -> str | None:
         """End the holder's session (only lock id ``lock_id`` when given) and bump the
@@ -161,22 +203,22 @@ class PostgresStateStore(Database):
     def _held_row(self, conn: Any, params: dict[str, Any]) -> tuple[str, int]:
         """The environment row, locked FOR UPDATE, if this run still holds the state
         lock (epoch unchanged); a fenced run gets FencedError and writes nothing."""
-        s = self.schema
         row = conn.execute(
-            f"SELECT lineage, serial FROM {s}.environment {LOCK_CHECK} FOR UPDATE", params
+            self.sql(
+                "SELECT lineage, serial FROM {s}.environment{lock_check} FOR UPDATE",
+                lock_check=lock_check(self),
+            ),
+            params,
         ).fetchone()
         if row is None:
-            raise FencedError(
-                f"{self.describe()}: this run lost the state lock; nothing was written"
-            )
+            raise self._fenced("nothing was written")
         return str(row[0]), int(row[1])
 
     def write(self, state: State) -> State:
         """Persist ``state`` under the lock (fenced): only the changed entries."""
         psycopg = driver()
-        params = self._params()
+        params = self._lock.params()
         conn = self._lock.conn
-        s = self.schema
         try:
             with conn.transaction():
                 row = self._held_row(conn, params)
@@ -193,7 +235,7 @@ class PostgresStateStore(Database):
                 new_serial = serial + 1 if lineage else max(serial, state.serial) + 1
                 self._replace_entries(conn, current, state)
                 conn.execute(
-                    f"UPDATE {s}.environment SET lineage = %s, serial = %s WHERE name = %s",
+                    self.sql(SET_SERIAL),
                     (new_lineage, new_serial, self.env),
                 )
         except psycopg.Error as e:
@@ -202,7 +244,7 @@ class PostgresStateStore(Database):
         return replace(state, lineage=new_lineage, serial=new_serial, exists=True)
 
     def _replace_entries(self, conn: Any, current: State, state: State) -> None:
-        s = self.schema
+        sql = self.sql
         rows: dict[RuleKey, tuple[int, str | None, str | None, int | None]] = {}
         for key, u in state.uncertain.items():
             rows[key] = (u.amount, None, u.since or utc_now(), None)
@@ -218,29 +260,35 @@ class PostgresStateStore(Database):
         with conn.cursor() as cur:
             if gone:
                 cur.executemany(
-                    f"DELETE FROM {s}.entry WHERE env = %s AND company_id = %s "
-                    "AND configuration = %s AND event = %s",
+                    sql(
+                        "DELETE FROM {s}.entry WHERE env = %s AND company_id = %s "
+                        "AND configuration = %s AND event = %s"
+                    ),
                     [(self.env, k.company_id, k.configuration, k.event) for k in gone],
                 )
             if changed:
                 cur.executemany(
-                    f"INSERT INTO {s}.entry (env, company_id, configuration, event, amount, "
-                    "coin_config_id, uncertain_since, pending_amount) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET "
-                    "amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id, "
-                    "uncertain_since = EXCLUDED.uncertain_since, "
-                    "pending_amount = EXCLUDED.pending_amount",
-                    [(self.env, k.company_id, k.configuration, k.event, *v) for k, v in changed],
+                    sql(
+                        "INSERT INTO {s}.entry (env, company_id, configuration, event, amount, "
+                        "coin_config_id, uncertain_since, pending_amount) "
+                        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                        "ON CONFLICT (env, company_id, configuration, event) DO UPDATE SET "
+                        "amount = EXCLUDED.amount, coin_config_id = EXCLUDED.coin_config_id, "
+                        "uncertain_since = EXCLUDED.uncertain_since, "
+                        "pending_amount = EXCLUDED.pending_amount"
+                    ),
+                    [
+                        storable([self.env, k.company_id, k.configuration, k.event, *v])
+                        for k, v in changed
+                    ],
                 )
 
     def replace_state(self, state: State) -> State:
         """``state push``: this state's lineage and entries, under the lock; the serial
         becomes the pushed one, or one more than the database's when that is higher."""
         psycopg = driver()
-        params = self._params()
+        params = self._lock.params()
         conn = self._lock.conn
-        s = self.schema
         try:
             with conn.transaction():
                 row = self._held_row(conn, params)
@@ -248,7 +296,7 @@ class PostgresStateStore(Database):
                 serial = max(state.serial, int(row[1]) + 1)
                 self._replace_entries(conn, current, state)
                 conn.execute(
-                    f"UPDATE {s}.environment SET lineage = %s, serial = %s WHERE name = %s",
+                    self.sql(SET_SERIAL),
                     (state.lineage, serial, self.env),
                 )
                 written = self._read_in(conn)
@@ -262,58 +310,52 @@ class PostgresStateStore(Database):
     # recovery -------------------------------------------------------------------
 
     def recover(self) -> tuple[State, tuple[str, ...]]:
-        """Fold a local rescue file, then turn open intents into uncertain entries."""
+        """Fold a local rescue file, then turn open intents into uncertain entries
+        (fenced: a run that no longer holds the lock gets FencedError)."""
         psycopg = driver()
-        params = self._params()
+        params = self._lock.params()
         conn = self._lock.conn
-        s = self.schema
+        sql = self.sql
         messages: list[str] = []
+        open_intents = sql("SELECT count(*) FROM {s}.operation WHERE env = %s AND outcome IS NULL")
         try:
             stored = self._read_in(conn)
             if self.rescue_path.exists():
                 messages += self._fold_rescue(stored)
             with conn.transaction():
-                open_row = conn.execute(
-                    f"SELECT count(*) FROM {s}.operation WHERE env = %s AND outcome IS NULL",
-                    (self.env,),
-                ).fetchone()
+                open_row = conn.execute(open_intents, (self.env,)).fetchone()
                 if open_row is not None and open_row[0]:
-                    row = conn.execute(
-                        f"WITH {fence_cte(s).strip()}, closed AS ("
-                        f"  UPDATE {s}.operation SET outcome = 'abandoned', done_at = now() "
-                        "  WHERE env = %(env)s AND outcome IS NULL "
-                        "    AND EXISTS (SELECT 1 FROM fence) "
-                        "  RETURNING company_id, configuration, event, amount, intent_at) "
-                        f"INSERT INTO {s}.entry (env, company_id, configuration, event, amount, "
-                        "  coin_config_id, uncertain_since) "
-                        "SELECT %(env)s, company_id, configuration, event, amount, NULL, intent_at "
-                        "FROM closed ON CONFLICT DO NOTHING "
-                        "RETURNING (SELECT count(*) FROM fence)",
-                        params,
-                    ).fetchall()
-                    count = conn.execute(
-                        f"SELECT count(*) FROM {s}.operation WHERE env = %s AND outcome IS NULL",
-                        (self.env,),
-                    ).fetchone()
+                    row = conn.execute(sql(ABANDON, fence=fence(self, True)), params).fetchall()
+                    count = conn.execute(open_intents, (self.env,)).fetchone()
                     if count is not None and count[0]:
-                        raise FencedError(f"{self.describe()}: this run lost the state lock")
+                        raise self._fenced("nothing was recovered")
                     if row:
                         messages.append(
                             f"{len(row)} create(s) left in flight by an earlier run are "
                             "now uncertain"
                         )
                 # an earlier run (or the rescue fold above) wrote after the last bump
-                conn.execute(
-                    f"UPDATE {s}.environment SET serial = serial + 1, dirty = false "
-                    f"{LOCK_CHECK} AND dirty",
+                bumped = conn.execute(
+                    sql(
+                        "UPDATE {s}.environment SET serial = serial + dirty::int, "
+                        "dirty = false{lock_check} RETURNING 1",
+                        lock_check=lock_check(self),
+                    ),
                     params,
-                )
+                ).fetchone()
+                if bumped is None:
+                    raise self._fenced("nothing was recovered")
             state = self._read_in(conn)
         except psycopg.Error as e:
             raise self.error("cannot recover the state", e) from e
         for message in messages:
             log.warning("%s", message)
         return state, tuple(messages)
+
+    def _fenced(self, what: str) -> FencedError:
+        return FencedError(
+            f"{self.describe()}: this run lost the state lock ({self._lock.lost()}); {what}"
+        )
 
     def _fold_rescue(self, stored: State) -> list[str]:
         path = self.rescue_path
@@ -323,43 +365,65 @@ class PostgresStateStore(Database):
             raise StateError(f"{path}: cannot read the rescue file: {e}") from e
         lineage = stored.lineage or self._lineage
         replay = parse_journal(raw, lineage, str(path))
-        journal = PostgresJournal(self, lineage, rescue=False)
+        fenced = sort_fenced(stored, replay.records)
+        journal = PostgresJournal(self, self._lock, lineage, None)
+        audit = self._audit or self.audit_log(self.environ, route=False)
+        note = "recorded from the rescue file after a lost database connection"
         try:
-            for record in replay.records:
+            for record in fenced.fold:
                 if record.kind != JournalKind.RESULT or record.outcome is None:
                     continue  # parse_journal gives every result an outcome
                 updates = (Outcome.UPDATED, Outcome.UNVERIFIED)
                 action = AuditAction.UPDATE if record.outcome in updates else AuditAction.CREATE
                 unknown = (Outcome.UNKNOWN, Outcome.UNVERIFIED)
                 outcome = Outcome.UNCERTAIN if record.outcome in unknown else record.outcome
-                note = "recorded from the rescue file after a lost database connection"
-                journal.stash(
-                    AuditRecord(
-                        action, record.key, outcome, None, record.amount, record.coin_config_id
-                    ),
-                    note,
+                item = AuditRecord(
+                    action, record.key, outcome, None, record.amount, record.coin_config_id
                 )
+                journal.stash(record.key, audit.data(item, note))
                 journal.append(record)
         finally:
             journal.close()
-        aside = path.with_name(f"{path.name}.folded-{int(time.time())}")
-        os.replace(path, aside)
-        aside.unlink()
+        notes = fenced.notes(str(path), stored.serial)
+        if fenced.stale:  # kept for a person, never deleted
+            aside = path.with_name(f"{path.name}.stale-{int(time.time())}")
+            os.replace(path, aside)
+            notes.append(f"stale {path.name} kept as {aside}")
+        else:
+            aside = path.with_name(f"{path.name}.folded-{int(time.time())}")
+            os.replace(path, aside)
+            aside.unlink()
         return [
             *replay.damaged,
-            f"folded {len(replay.records)} record(s) from the rescue file {path}",
+            f"folded {len(fenced.fold)} of {len(replay.records)} record(s) from the rescue "
+            f"file {path}",
+            *notes,
         ]
 
     def journal(self, state: State) -> PostgresJournal:
+        """The journal of one apply; this store's audit records go through it."""
         self._lineage = state.lineage
-        journal = PostgresJournal(self, state.lineage)
+        journal = PostgresJournal(
+            self, self._lock, state.lineage, self.rescue_path, serial=state.serial
+        )
         self._journal = journal
+        if self._audit is not None:
+            self._audit.route = journal
         return journal
 
     # audit ----------------------------------------------------------------------
 
-    def audit_log(self, environ: Mapping[str, str]) -> PostgresAudit:
-        return PostgresAudit(self, current_actor(environ), current_commit(environ))
+    def audit_log(self, environ: Mapping[str, str], *, route: bool = True) -> PostgresAudit:
+        """The audit log, fenced by this store's lock; during an apply (``route``) its
+        records go through the apply's journal."""
+        audit = PostgresAudit(
+            self, self._lock, self._ensure_schema, current_actor(environ), current_commit(environ)
+        )
+        if route:
+            self._audit = audit
+            if self._journal is not None and not self._journal.closed:
+                audit.route = self._journal
+        return audit
 
     def read_audit(self) -> Iterator[dict[str, Any]]:
         return read_audit(self)
