@@ -281,7 +281,10 @@ def test_a_fenced_apply_lists_what_is_only_in_the_rescue_file_and_exits_1(
     assert "Traceback" not in result.output
     rescue = project / "state" / "team.pg-rescue.jsonl"
     assert config_id in rescue.read_text()
-    assert store_for(pg_dsn).read().entries == {}
+    # the database itself holds nothing of the fenced run (read without the rescue file,
+    # which a plain read folds in memory only)
+    assert store_for(pg_dsn, rescue=project / "no-rescue.jsonl").read().entries == {}
+    assert store_for(pg_dsn).read().entries[MEAL].coin_config_id == config_id
     assert "created" not in audit_outcomes(pg_dsn)
 
     # the next run folds the rescue file in and creates nothing again
