@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import click
 
 from coins_sync.redact import redact
+from coins_sync.words import plural
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.apply import ApplyReport
@@ -62,13 +63,6 @@ def use_colour() -> bool:
         and not os.environ.get("NO_COLOR")
         and os.environ.get("TERM") != "dumb"
     )
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 rule``, ``2 rules``; ``many`` for an irregular plural (``1 company``)."""
-    if count == 1:
-        return f"{count} {word}"
-    return f"{count} {many or word + 's'}"
 
 
 # -- validate -----------------------------------------------------------------------

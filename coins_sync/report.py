@@ -13,9 +13,9 @@ from itertools import groupby
 from typing import Any
 
 from coins_sync.configs.model import ConfigSet, RuleKey
-from coins_sync.console import plural
 from coins_sync.plan.markdown import code
 from coins_sync.state.model import State
+from coins_sync.words import plural
 
 
 class RuleStatus(StrEnum):

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from coins_sync.console import plural
 from coins_sync.errors import Problem
 from coins_sync.plan.markdown import code
 from coins_sync.plan.render import MARKDOWN_BUDGET, MARKDOWN_PATH_LIMIT
+from coins_sync.words import plural
 
 #: How much of one problem's message is shown.
 MESSAGE_LIMIT = 300

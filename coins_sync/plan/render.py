@@ -12,11 +12,11 @@ import json
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from coins_sync.console import plural
 from coins_sync.errors import UnknownFormatError
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.markdown import code
 from coins_sync.plan.reconcile import Action, Change, Plan
+from coins_sync.words import plural
 
 PLAN_FORMAT_VERSION = 1
 #: GitHub refuses comments over 65,536 characters; keep a margin for the wrapper text.
