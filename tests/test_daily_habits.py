@@ -149,6 +149,9 @@ def test_refresh_and_state_import_print_progress_lines(
     refreshed = invoke("plan", "--refresh", "--api-url", sandbox.url, env=TOKEN)
     assert refreshed.exit_code == 0, refreshed.output
     assert "read 20/20 (0 failed)" in refreshed.stderr
+    applied = invoke("apply", "--refresh", "--yes", "--api-url", sandbox.url, env=TOKEN)
+    assert applied.exit_code == 0, applied.output
+    assert "read 20/20 (0 failed)" in applied.stderr  # apply --refresh's reads too
     rows = ["companyId,configuration,event,coinConfigId"] + [
         f"{c['companyId']},{c['configuration']},{c['event']},{c['coinConfigId']}"
         for c in sandbox.configs()
