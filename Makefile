@@ -10,7 +10,7 @@ SANDBOX_PORT ?= 0
 # COINS_SYNC_CLIENT_* credentials and be sent to the real API).
 DEMO_TOKEN := demo-token-not-a-secret
 
-.PHONY: install test lowest lint validate demo demo-postgres plan apply bench chaos mutants audit clean
+.PHONY: install test lowest lint validate demo demo-postgres plan apply bench chaos mutants audit clean wheel-check
 
 install: $(STAMP)
 
@@ -57,6 +57,13 @@ lowest:
 
 validate: $(STAMP)
 	$(CS) validate
+
+# The wheel of this tree, installed with its dependencies into a clean venv outside the
+# repository, runs init, validate, plan and apply against the sandbox
+# (tests/test_wheel_install.py). A pip install from the index takes a minute or two, so
+# it is not part of `make test`; .ci/run runs both.
+wheel-check: $(STAMP)
+	WHEEL_CHECK=1 PYTHONDONTWRITEBYTECODE= $(BIN)/pytest -q -p no:cacheprovider tests/test_wheel_install.py
 
 # The demo runs against a throw-away state, so it shows the same story every time:
 # validate, plan, apply, then plan again to show "no changes". The sandbox binds a free

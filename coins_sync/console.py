@@ -16,13 +16,15 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 import click
 
 from coins_sync.escapes import escape_char
 from coins_sync.redact import redact
+from coins_sync.words import plural
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.apply import ApplyReport
@@ -75,13 +77,30 @@ def err(text: str, *, nl: bool = True) -> None:
     click.echo(safe(text), err=True, nl=nl)
 
 
+#: Set by the global ``--no-color`` flag.
+_colour_off = False
+
+
+def forbid_colour(off: bool) -> None:
+    """``--no-color``: no colour for the rest of this run, whatever the terminal."""
+    global _colour_off
+    _colour_off = off
+
+
+def on_terminal() -> bool:
+    """Whether stdout is a terminal."""
+    return sys.stdout.isatty()
+
+
 def use_colour() -> bool:
-    """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-
-
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'s' if count != 1 else ''}"
+    """Colour only on a terminal that can show it: never with ``--no-color``, with
+    NO_COLOR set (https://no-color.org), or with ``TERM=dumb``."""
+    return (
+        not _colour_off
+        and on_terminal()
+        and not os.environ.get("NO_COLOR")
+        and os.environ.get("TERM") != "dumb"
+    )
 
 
 # -- validate -----------------------------------------------------------------------
@@ -129,7 +148,10 @@ def _marks(entry: StateEntry) -> str:
     """What ``state list`` says besides the id: retired, or an update's unknown outcome."""
     marks = ["retired"] if entry.retired else []
     if entry.pending is not None:
-        marks.append(f"pending {entry.pending}")
+        # an update whose outcome is unknown: the server holds either amount
+        marks.append(
+            f"pending: update to {entry.pending}, outcome unknown; the next plan reads it back"
+        )
     return f" ({', '.join(marks)})" if marks else ""
 
 
@@ -152,9 +174,10 @@ def state_listing(state: State, where: str, fmt: str) -> str:
     if rows:
         lines.append(f"{'KEY':<{width}}  {'AMOUNT':>6}  COIN_CONFIG_ID")
         lines.extend(f"{key:<{width}}  {amount:>6}  {cid}" for key, amount, cid in rows)
+    pending = sum(1 for entry in state.entries.values() if entry.pending is not None)
     lines.append(
-        f"{len(state.entries)} entries, {len(state.uncertain)} uncertain "
-        f"in {where} (serial {state.serial})"
+        f"{plural(len(state.entries), 'entry', 'entries')}, {len(state.uncertain)} uncertain"
+        f"{f', {pending} pending' if pending else ''} in {where} (serial {state.serial})"
     )
     return "\n".join(lines)
 
@@ -163,28 +186,61 @@ def state_listing(state: State, where: str, fmt: str) -> str:
 
 
 class Progress:
-    """A one-line progress display on a terminal (stderr); silent otherwise.
+    """Progress of a long run on stderr.
+
+    On a terminal, one bar redrawn in place. Without one (CI logs, a pipe), a plain line
+    such as ``applied 120/400 (0 failed)`` each time another 10% is done (runs of 20
+    items or more) or 30 seconds have passed, so a long run never looks hung.
 
     While its line is open, a log line (the Ctrl-C warning, a retry) first ends it, so
     the message never lands on the bar's line.
     """
 
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+    #: Without a terminal: print when this share more is done...
+    STEP = 0.1
+    #: ...or when this many seconds have passed since the last line.
+    EVERY = 30.0
+    #: Runs of fewer items (seconds at most) print only the 30-second lines.
+    SMALL = 20
+
+    def __init__(
+        self,
+        enabled: bool | None = None,
+        *,
+        verb: str = "applied",
+        plain: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        tty = sys.stderr.isatty()
+        self.enabled = tty if enabled is None else enabled
+        self.plain = (not self.enabled) if plain is None else plain
+        self.verb = verb
         self.shown = False
         self.line_open = False
+        self._clock = clock
+        self._last_time = clock()
+        self._last_done = 0
+        self._printed = False
         self._filter = _EndProgressLine(self)
         for handler in logging.getLogger("coins_sync").handlers:
             handler.addFilter(self._filter)
 
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled or total < 2:
-            return
-        width = 30
-        filled = width * done // max(total, 1)
-        bar = "#" * filled + "-" * (width - filled)
-        click.echo(f"\r  [{bar}] {done}/{total}", err=True, nl=False)
-        self.shown = self.line_open = True
+    def __call__(self, done: int, total: int, failed: int = 0) -> None:
+        if self.enabled and total >= 2:
+            width = 30
+            filled = width * done // max(total, 1)
+            bar = "#" * filled + "-" * (width - filled)
+            click.echo(f"\r  [{bar}] {done}/{total}", err=True, nl=False)
+            self.shown = self.line_open = True
+        if self.plain and total > 0:
+            now = self._clock()
+            waited = now - self._last_time >= self.EVERY
+            finished = done >= total > self._last_done and self._printed
+            stepped = done - self._last_done >= max(1, int(total * self.STEP))
+            if waited or finished or (total >= self.SMALL and stepped):
+                self._printed = True
+                self._last_done, self._last_time = done, now
+                err(f"{self.verb} {done}/{total} ({failed} failed)")
 
     def end_line(self) -> None:
         if self.line_open:

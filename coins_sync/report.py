@@ -16,6 +16,7 @@ from coins_sync.configs.model import ConfigSet, RuleKey
 from coins_sync.plan.markdown import code
 from coins_sync.plan.render import MARKDOWN_BUDGET
 from coins_sync.state.model import State
+from coins_sync.words import plural
 
 
 class RuleStatus(StrEnum):
@@ -203,7 +204,8 @@ def render_markdown(rows: list[ReportRow], env: str, budget: int = MARKDOWN_BUDG
     lines = [
         f"# coins-sync report for {code(env)}",
         "",
-        ", ".join(f"{counts[s]} {s}" for s in RuleStatus) + f" — {len(rows)} rules in all.",
+        ", ".join(f"{counts[s]} {s}" for s in RuleStatus)
+        + f" — {plural(len(rows), 'rule')} in all.",
         "",
     ]
     room = budget - _TAIL_RESERVE - sum(len(line) + 1 for line in lines)

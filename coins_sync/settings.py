@@ -7,6 +7,7 @@ Shape::
     default_environment = "sandbox"     # used when --env is not given
 
     [tool.coins-sync.environments.sandbox]
+    configs = "configs/sandbox"         # this environment's own rule set (default: above)
     api_url = "http://127.0.0.1:8765"
     state = "state/sandbox.json"        # default: state/<env>.json
     encryption = "none"                 # or "aes-128-ecb"
@@ -165,6 +166,7 @@ _TOP_KEYS: dict[str, tuple[type, ...]] = {
     "environments": (dict,),
 }
 _ENV_KEYS: dict[str, tuple[type, ...]] = {
+    "configs": (str,),
     "api_url": (str,),
     "state": (str,),
     "encryption": (str,),
@@ -236,6 +238,24 @@ def find_root(start: Path) -> Path:
         if git_root is None and (folder / ".git").exists():
             git_root = folder
     return git_root or start
+
+
+def environment_names(cwd: Path | None = None) -> list[str]:
+    """The environments the project root's pyproject.toml defines, sorted; empty when
+    it defines none (then only the default environment exists)."""
+    import tomllib
+
+    path = find_root((cwd or Path.cwd()).resolve()) / "pyproject.toml"
+    try:
+        data = tomllib.loads(read_input(path, MAX_SETTINGS_BYTES).decode("utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return []  # load_settings reports it, where it is
+    tool = data.get("tool")
+    table = tool.get("coins-sync") if isinstance(tool, dict) else None
+    environments = table.get("environments") if isinstance(table, dict) else None
+    return sorted(environments) if isinstance(environments, dict) else []
 
 
 def load_settings(cwd: Path | None = None, env: str | None = None) -> Settings:
@@ -314,7 +334,8 @@ def _resolve(name: str, table: Mapping[str, Any], values: Mapping[str, Any]) -> 
         )
     settings = Settings(
         env=name,
-        configs=Path(table.get("configs", "configs")),
+        # an environment's own rule set (staging and prod differ) wins over the project's
+        configs=Path(values.get("configs", table.get("configs", "configs"))),
         state=Path(values.get("state", f"state/{name}.json")),
         api_url=values.get("api_url"),
         encryption=Encryption(encryption),

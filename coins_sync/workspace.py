@@ -10,8 +10,8 @@ import`` in :mod:`coins_sync.apply.adopt`, ``state rm`` and ``state push`` in
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ from coins_sync.errors import SettingsError
 from coins_sync.plan.drift import Reader
 from coins_sync.plan.online import plan_refreshed, plan_settled, settle
 from coins_sync.plan.reconcile import Action, Plan, PlanContext, SafetyRules, plan
+from coins_sync.plan.subset import Subset
 from coins_sync.settings import Settings
 from coins_sync.state.audit import AuditLog, AuditRecord, AuditSink, audit_path_for, read_audit
 from coins_sync.state.file import open_store
@@ -115,6 +116,8 @@ class Workspace:
         configs: ConfigSet | None = None,
         refresh_with: Reader | None = None,
         verify_with: Reader | None = None,
+        on_tick: Callable[[int, int, int], None] | None = None,
+        only: Subset | None = None,
     ) -> Plan:
         """Configs against state; never writes. Offline unless ``refresh_with`` is given,
         in which case every managed config is read back first and drift is planned, or
@@ -122,10 +125,17 @@ class Workspace:
         unknown (one GET each) and plans from what the server really holds."""
         configs = configs or self.load_configs()
         state = state or self.read_state()
+        if only:  # outside the subset is left alone: filtered out before reconciling
+            only.check_matches(configs, state)
+            whole = state
+            partial = self.plan(
+                only.state(state), only.configs(configs), refresh_with, verify_with, on_tick
+            )
+            return only.widen(replace(partial, context=self.context(whole, configs)), whole)
         context = self.context(state, configs)
         width = self.settings.parallelism
         if refresh_with is not None:
-            return plan_refreshed(configs.rules, state, context, refresh_with, width)
+            return plan_refreshed(configs.rules, state, context, refresh_with, width, on_tick)
         if verify_with is not None:
             return plan_settled(configs.rules, settle(state, verify_with, width), context)
         return plan(configs.rules, state, context)

@@ -225,7 +225,7 @@ def test_first_contact_guard_in_text_and_markdown(
     project: Path, invoke: Invoke, sandbox: SandboxServer
 ) -> None:
     rules(project, rule("MEAL_CARD_PAYMENT", 6), rule("FUEL_PAYMENT", 3))
-    message = "2 creates for 1 companies new to this state"
+    message = "2 creates for 1 company new to this state"
     assert message in invoke("plan").output
     assert message in invoke("plan", "--format", "markdown").output
     assert apply(invoke, sandbox).exit_code == 0

@@ -337,6 +337,8 @@ state = "state/plain.json"
     outputs.append(plain.output)
     assert plain.exit_code == 1
     assert "400" in plain.output
+    # not only "HTTP 400": the message names the setting that is missing
+    assert "set encryption = 'aes-128-ecb' for this environment" in plain.output
     assert len(srv.configs()) == 3
     assert_no_secret(project, outputs, SECRETS)
 

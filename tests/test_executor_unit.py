@@ -310,7 +310,7 @@ def test_wait_stops_and_joins_the_workers_when_the_progress_callback_raises(
     executor = executor_for(api, FakeJournal(), parallelism=2, on_stop=api.cancel)
     threads = executor.start(creates())
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, failed: int) -> None:
         raise KeyboardInterrupt  # e.g. Ctrl-C where no signal handler could be set
 
     with pytest.raises(KeyboardInterrupt):
@@ -329,7 +329,7 @@ def test_a_raising_progress_callback_stops_and_joins_the_workers_before_unlockin
     workspace = Workspace(load_settings(project))
     api = GatedApi(workspace.store)
 
-    def progress(done: int, total: int) -> None:
+    def progress(done: int, total: int, failed: int) -> None:
         raise BrokenPipeError("the terminal went away")
 
     started = time.monotonic()

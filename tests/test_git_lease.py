@@ -302,7 +302,9 @@ def test_a_refused_push_keeps_the_lease_until_the_state_is_restored(
     assert failed.exit_code == 1
     assert "could not push the state to branch coins-sync-state after 3 attempts" in failed.output
     assert "protected branch" in failed.output
-    assert "The lease stays" in failed.output and "git-lease restore" in failed.output
+    assert "The lease stays" in failed.output
+    # the hint names the environment, so it restores the same state it kept
+    assert "`coins-sync git-lease restore --env default --from DIR`" in failed.output
     assert "state/default.json" in failed.output and "state/default.audit.jsonl" in failed.output
     assert branch_tip(origin) == tip and "Coins-Sync-Run: run-1" in lease_of(origin)
     artifact = keep_artifact(runner)  # the workflow uploads state/ on failure
@@ -335,7 +337,7 @@ def test_a_cancelled_job_keeps_the_lease_until_restored_from_its_artifact(
     refused = job(origin, sandbox, "next")
     assert duplicates(sandbox) == 0
     assert refused.exit_code == 1 and "leased by run cancelled" in refused.output
-    assert "git-lease restore --from DIR" in refused.output
+    assert "git-lease restore --env default --from DIR" in refused.output
 
     later = clone(origin, "later")
 
@@ -663,3 +665,14 @@ def test_acquire_never_replaces_a_local_journal_the_branch_lacks(
     refused = acquire(laptop, "laptop-run")
     assert refused.exit_code == 1 and "default.journal.jsonl holds results" in refused.output
     assert journal.read_text() == "results of a local apply\n" and lease_of(origin) == ""
+
+
+def test_every_git_lease_subcommand_has_help_examples() -> None:
+    from click.testing import CliRunner
+
+    from coins_sync.cli import cli
+
+    for name in ("acquire", "push", "restore", "release", "status"):
+        shown = CliRunner().invoke(cli, ["git-lease", name, "--help"]).output
+        assert "Example" in shown, name
+        assert f"coins-sync git-lease {name} --env prod" in shown, name

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 import yaml
 
 from coins_sync.sandbox import SandboxServer
@@ -149,7 +150,8 @@ def test_workflow_is_valid_and_safe() -> None:
     assert "pull_request" in triggers and triggers["push"]["branches"] == ["main"]
     plan_steps = workflow["jobs"]["plan"]["steps"]
     commands = " ".join(str(step.get("run", "")) for step in plan_steps)
-    assert "coins-sync validate" in commands
+    # no Validate step before the plan: invalid configs must reach the comment too
+    assert "coins-sync validate" not in commands
     assert "plan --format markdown --detailed-exitcode" in commands
     assert "GITHUB_STEP_SUMMARY" in commands
     script = next(s for s in plan_steps if "github-script" in str(s.get("uses", "")))
@@ -168,5 +170,85 @@ def test_workflow_is_valid_and_safe() -> None:
 def test_pre_commit_hook_validates_all_configs() -> None:
     hooks = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
     hook = next(h for h in hooks if h["id"] == "coins-sync-validate")
-    assert hook["entry"] == "coins-sync validate"
+    assert hook["entry"] == "coins-sync validate --all-environments"
     assert hook["pass_filenames"] is False
+
+
+INVALID = """\
+companyId: ACME
+rules:
+  - event: "@team <img src=x> [link](https://evil.example) | x"
+    amount: 6.0
+"""
+
+
+@pytest.mark.parametrize(
+    "name", [".github/workflows/coins-sync.yml", "docs/workflows/coins-sync-postgres.yml"]
+)
+def test_the_workflow_comments_the_problems_of_invalid_configs(
+    name: str, project: Path, tmp_path: Path
+) -> None:
+    """The PR job's Plan step, run as the runner runs it: on invalid configs the comment
+    body (plan.md) holds this push's problems as inert Markdown, never a stale plan and
+    never raw stderr in a fence; the step records exit code 1."""
+    import os
+    import subprocess
+    import sys
+
+    from markdown_it import MarkdownIt
+
+    workflow = yaml.safe_load((REPO / name).read_text())
+    step = next(s for s in workflow["jobs"]["plan"]["steps"] if s.get("id") == "plan")
+    write(project / "configs" / "acme.yaml", INVALID)
+    (project / "plan.md").write_text("### coins-sync plan for `prod`\n\nthe last push's plan\n")
+    summary, output = tmp_path / "summary.md", tmp_path / "output.txt"
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_STEP_SUMMARY": str(summary),
+        "GITHUB_OUTPUT": str(output),
+    }
+    env.pop("COINS_SYNC_ENV", None)
+    done = subprocess.run(
+        ["bash", "-e", "-c", step["run"]], cwd=project, env=env, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert output.read_text() == "exitcode=1\n"
+    body = (project / "plan.md").read_text()
+    assert "the configs are invalid" in body
+    assert "last push" not in body and "```" not in body
+    assert "configs/acme.yaml" in body and "amount" in body
+    html = MarkdownIt("gfm-like").render(body)
+    assert "<img" not in html and "<a " not in html and "@team" in html
+    assert summary.read_text() == body
+    assert "acme.yaml:4" in done.stderr  # the log keeps the plain problems
+
+
+@pytest.mark.parametrize(
+    "name", [".github/workflows/coins-sync.yml", "docs/workflows/coins-sync-postgres.yml"]
+)
+def test_the_workflow_failure_path_pastes_no_raw_stderr(name: str, project: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    workflow = yaml.safe_load((REPO / name).read_text())
+    step = next(s for s in workflow["jobs"]["plan"]["steps"] if s.get("id") == "plan")
+    # a broken pyproject.toml fails before any plan can be made: nothing on stdout
+    write(project / "pyproject.toml", "[tool.coins-sync]\nsecret_ish = 'x'\n")
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GITHUB_STEP_SUMMARY": str(project / "summary.md"),
+        "GITHUB_OUTPUT": str(project / "output.txt"),
+    }
+    done = subprocess.run(
+        ["bash", "-e", "-c", step["run"]], cwd=project, env=env, capture_output=True,
+        text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    body = (project / "plan.md").read_text()
+    assert body.startswith("### coins-sync plan failed")
+    assert "secret_ish" not in body and "```" not in body
+    assert "secret_ish" in done.stderr  # the reason is in the job log

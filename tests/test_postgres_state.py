@@ -390,6 +390,31 @@ def test_missing_driver_names_the_extra(
     assert "Traceback" not in result.output
 
 
+def test_force_unlock_takes_the_lock_id_the_refusal_names(
+    team: Path, invoke: Invoke, pg_dsn: str
+) -> None:
+    import re
+
+    holder = store_for(pg_dsn)
+    with holder.lock("apply (env team) on a stuck laptop"):
+        refused = invoke("apply", "--yes", env=token())
+        assert refused.exit_code == 1
+        match = re.search(r"\(lock id (\d+)\)", refused.output)
+        assert match is not None, refused.output
+        lock_id = match[1]
+        assert f"`coins-sync state force-unlock {lock_id} --env team`" in refused.output
+        wrong = invoke("state", "force-unlock", str(int(lock_id) + 1), "--yes")
+        assert wrong.exit_code == 1
+        assert f"lock id {int(lock_id) + 1} does not hold the lock" in wrong.output
+        assert f"lock id {lock_id} holds it" in wrong.output
+        ended = invoke("state", "force-unlock", lock_id, "--yes")
+        assert ended.exit_code == 0, ended.output
+        assert "stuck laptop" in ended.output
+        again = invoke("state", "force-unlock", lock_id, "--yes")
+        assert again.exit_code == 1 and "nobody holds it" in again.output
+    assert invoke("apply", "--yes", env=token()).exit_code == 0
+
+
 @pytest.mark.parametrize(
     "dsn, secret",
     [

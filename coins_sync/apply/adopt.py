@@ -99,7 +99,7 @@ def import_many(
     rows: Sequence[ImportRow],
     fetch: Callable[[str], RemoteConfig],
     command: str,
-    on_tick: Callable[[int, int], None] | None = None,
+    on_tick: Callable[[int, int, int], None] | None = None,
 ) -> BulkResult:
     """``state import --from FILE``: record every row whose id the server confirms as
     its key, in one state write.
@@ -319,7 +319,7 @@ def fetch_all(
     rows: Sequence[ImportRow],
     fetch: Callable[[str], RemoteConfig],
     parallelism: int,
-    on_tick: Callable[[int, int], None] | None = None,
+    on_tick: Callable[[int, int, int], None] | None = None,
 ) -> list[tuple[ImportRow, StateEntry | str]]:
     """GET every row's id (``parallelism`` at once) and check its key."""
 
@@ -339,8 +339,10 @@ def fetch_all(
     results: dict[int, StateEntry | str] = {}
     with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
         futures = {pool.submit(one, row): index for index, row in enumerate(rows)}
+        failed = 0
         for done, future in enumerate(as_completed(futures), start=1):
-            results[futures[future]] = future.result()
+            result = results[futures[future]] = future.result()
+            failed += isinstance(result, str)
             if on_tick is not None:
-                on_tick(done, len(rows))
+                on_tick(done, len(rows), failed)
     return [(row, results[index]) for index, row in enumerate(rows)]

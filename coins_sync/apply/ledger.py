@@ -219,7 +219,7 @@ class Ledger:
 
     def import_refused(self, key: RuleKey, amount: int, coin_config_id: str, why: str) -> None:
         """The id is not ``key`` on the server (or cannot be read): nothing is recorded."""
-        log.error("%s: %s", key, why)
+        log.info("%s: %s", key, why)  # the report lists it once, as failed
         self.write_audit(
             AuditRecord(AuditAction.IMPORT, key, Outcome.FAILED, None, amount, coin_config_id, why)
         )
@@ -350,7 +350,7 @@ class Ledger:
 
     def refused(self, action: AuditAction, change: Change, reason: str) -> None:
         """The send-time check refused ``change``: nothing was sent (or journaled)."""
-        log.error("%s: %s", change.key, reason)
+        log.info("%s: %s", change.key, reason)  # the report lists it once, as failed
         self.report.failed.append((change.key, reason))
         before = change.before if action == AuditAction.UPDATE else None
         self.write_audit(

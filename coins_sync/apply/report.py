@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import (
@@ -63,6 +64,39 @@ class ApplyReport:
         if self.not_started:
             parts.append(f"{self.not_started} not started")
         return "Apply: " + ", ".join(parts) + "."
+
+    def to_json(self, env: str, only: Sequence[str] = ()) -> dict[str, Any]:
+        """``apply --format json``'s final report (schemas/apply-report.schema.json).
+        Reasons are scrubbed of secrets here, before JSON escapes them."""
+        from coins_sync.redact import redact
+
+        def keyed(items: Sequence[tuple[RuleKey, str]], name: str) -> list[dict[str, Any]]:
+            return [{"key": key.as_dict(), name: redact(text)} for key, text in items]
+
+        return {
+            "format_version": 1,
+            "environment": env,
+            "ok": self.ok,
+            "summary": {
+                "created": len(self.created),
+                "imported": len(self.imported),
+                "updated": len(self.updated),
+                "failed": len(self.failed),
+                "uncertain": len(self.uncertain),
+                "uncertain_skipped": len(self.skipped_uncertain),
+                "not_started": self.not_started,
+            },
+            "created": [key.as_dict() for key in self.created],
+            "imported": [key.as_dict() for key in self.imported],
+            "updated": [key.as_dict() for key in self.updated],
+            "failed": keyed(self.failed, "reason"),
+            "uncertain": keyed(self.uncertain, "reason"),
+            "uncertain_skipped": [key.as_dict() for key in self.skipped_uncertain],
+            "unrecorded": keyed(self.unrecorded, "coinConfigId"),
+            "stopped_by": None if self.stopped_by is None else redact(self.stopped_by),
+            "interrupted": self.interrupted,
+            "only": list(only),
+        }
 
 
 def describe(error: BaseException) -> str:

@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,6 +28,7 @@ from coins_sync.errors import StateError
 from coins_sync.plan.online import Settled, plan_refreshed, plan_settled, settle, unverified
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.saved import check_consistent, check_fresh, check_read_back, load_plan
+from coins_sync.plan.subset import Subset
 from coins_sync.state.audit import AuditSink
 from coins_sync.state.elsewhere import states_elsewhere
 from coins_sync.state.file import FileStateStore
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def wait(
     executor: Executor,
     threads: list[threading.Thread],
-    on_tick: Callable[[int, int], None] | None = None,
+    on_tick: Callable[[int, int, int], None] | None = None,
     tick: float = 0.2,
 ) -> None:
     """Wait for the workers; on Ctrl-C stop new sends and let requests in flight finish.
@@ -68,7 +69,7 @@ def wait(
                     log.warning("interrupted: finishing requests in flight, sending nothing new")
                     announced = True
             elif on_tick is not None:
-                on_tick(executor.done, executor.total)
+                on_tick(executor.done, executor.total, len(executor.report.failed))
             if done:
                 break
     except BaseException:
@@ -124,6 +125,8 @@ class ApplyRequest:
     refresh: bool = False
     parallelism: int | None = None
     command: str = "apply"
+    #: ``--only``: plan and apply just these rules (plan/subset.py).
+    only: Subset = field(default_factory=Subset)
 
 
 class LazyApi:
@@ -149,8 +152,9 @@ def run_apply(
     api_factory: Callable[[], ClosableApi],
     request: ApplyRequest,
     confirm: Callable[[Plan], bool],
-    on_tick: Callable[[int, int], None] | None = None,
+    on_tick: Callable[[int, int, int], None] | None = None,
     audit: AuditSink | None = None,
+    on_read: Callable[[int, int, int], None] | None = None,
 ) -> tuple[Plan, ApplyReport | None]:
     """Plan (or load a saved plan), confirm, and execute, all under the state lock.
 
@@ -169,7 +173,7 @@ def run_apply(
             recovered, _ = store.recover()
             configs = workspace.load_configs()
             settled = settle_pending(workspace, recovered, api)
-            the_plan = plan_from(workspace, request, settled, configs, api)
+            the_plan = plan_from(workspace, request, settled, configs, api, on_read)
             the_plan.raise_if_unsafe(workspace.safety, force=request.force)
             workspace.refuse_fresh_clone(the_plan, request.force)
             if not to_send(the_plan, request.retry_uncertain) or not confirm(the_plan):
@@ -204,17 +208,29 @@ def settle_pending(workspace: Workspace, state: State, api: LazyApi) -> Settled:
 
 
 def plan_from(
-    workspace: Workspace, request: ApplyRequest, settled: Settled, configs: ConfigSet, api: LazyApi
+    workspace: Workspace,
+    request: ApplyRequest,
+    settled: Settled,
+    configs: ConfigSet,
+    api: LazyApi,
+    on_read: Callable[[int, int, int], None] | None = None,
 ) -> Plan:
     """The plan to apply, from its source: a saved plan (checked against the state it
-    was made from and the settled one), ``--refresh``, or the offline plan."""
+    was made from and the settled one), ``--refresh``, or the offline plan; with
+    ``--only``, of the subset alone (plan/subset.py)."""
     if request.planfile is not None:
         return saved_plan(request.planfile, workspace.settings.env, settled, configs)
     context = workspace.context(settled.state, configs)
+    only = request.only
+    if only:
+        only.check_matches(configs, settled.state)
+    part, rules = only.settled(settled), only.configs(configs).rules
     if request.refresh:
         width = workspace.settings.parallelism
-        return plan_refreshed(configs.rules, settled.state, context, api(), width)
-    return plan_settled(configs.rules, settled, context)
+        the_plan = plan_refreshed(rules, part.state, context, api(), width, on_read)
+    else:
+        the_plan = plan_settled(rules, part, context)
+    return only.widen(the_plan, settled.state) if only else the_plan
 
 
 def saved_plan(path: Path, env: str, settled: Settled, configs: ConfigSet) -> Plan:
@@ -254,7 +270,7 @@ def execute(
     executor: Executor,
     the_plan: Plan,
     retry_uncertain: bool,
-    on_tick: Callable[[int, int], None] | None,
+    on_tick: Callable[[int, int, int], None] | None,
 ) -> ApplyReport:
     """Send the plan's changes. The workers are stopped and joined before this returns
     or raises; what they did is folded, then an error goes on."""

@@ -8,7 +8,8 @@
 * :mod:`~coins_sync.cli.apply`: ``apply``;
 * :mod:`~coins_sync.cli.state`: ``state list|rm|import|push|pull|force-unlock|schema-sql``;
 * :mod:`~coins_sync.cli.git_lease`: ``git-lease acquire|push|restore|release|status``;
-* :mod:`~coins_sync.cli.sandbox`: ``sandbox``.
+* :mod:`~coins_sync.cli.sandbox`: ``sandbox``;
+* :mod:`~coins_sync.cli.init`: ``init`` and ``schema`` (a new rules repository).
 
 What they print goes through :mod:`coins_sync.console` (scrubbed) or the plan
 renderers in :mod:`coins_sync.plan.render`.

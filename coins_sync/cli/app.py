@@ -25,7 +25,7 @@ EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 
-_VERBOSE = re.compile(r"-v+|--verbose")
+_VERBOSE = re.compile(r"-v+|--verbose|--no-colou?r")
 
 #: Every command, by name: the module that defines it and the command's attribute there.
 #: A command's module is imported only when that command runs (or `--help` lists them
@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "state": ("coins_sync.cli.state", "state"),
     "git-lease": ("coins_sync.cli.git_lease", "git_lease"),
     "sandbox": ("coins_sync.cli.sandbox", "sandbox"),
+    "init": ("coins_sync.cli.init", "init"),
+    "schema": ("coins_sync.cli.init", "schema_command"),
 }
 
 
@@ -49,8 +51,8 @@ def _report_error(error: CoinsSyncError) -> None:
 
 
 def _verbosity_first(args: list[str]) -> list[str]:
-    """Accept -v/-vv/--verbose after the command too (`coins-sync plan -vv`), as people
-    type them; they are moved before it. Nothing after `--` is touched."""
+    """Accept -v/-vv/--verbose and --no-color after the command too (`coins-sync plan
+    -vv`), as people type them; they are moved before it. Nothing after `--` is touched."""
     end = args.index("--") if "--" in args else len(args)
     flags = [a for a in args[:end] if _VERBOSE.fullmatch(a)]
     rest = [a for a in args[:end] if not _VERBOSE.fullmatch(a)]
@@ -97,9 +99,14 @@ class CoinsGroup(click.Group):
             where = f": {e.filename}" if e.filename else ""
             console.err(f"Error: {e.strerror or e}{where}")
             code = EXIT_ERROR
-        except click.exceptions.Abort:
-            console.err("Aborted.")
-            code = EXIT_ERROR
+        except click.exceptions.Abort as e:
+            # click turns Ctrl-C at a prompt into Abort; it still exits as Ctrl-C does
+            if isinstance(e.__cause__ or e.__context__, KeyboardInterrupt):
+                console.err("Interrupted.")
+                code = EXIT_INTERRUPTED
+            else:
+                console.err("Aborted.")
+                code = EXIT_ERROR
         if not standalone_mode:
             return code
         sys.exit(code if isinstance(code, int) else EXIT_OK)
@@ -108,7 +115,14 @@ class CoinsGroup(click.Group):
 @click.group(cls=CoinsGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=__version__, prog_name="coins-sync")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def cli(verbose: int) -> None:
+@click.option(
+    "--no-color",
+    "--no-colour",
+    "no_colour",
+    is_flag=True,
+    help="No colour in the output (also with NO_COLOR set or TERM=dumb).",
+)
+def cli(verbose: int, no_colour: bool) -> None:
     """Keep EnKash coin reward rules as code: validate, plan and apply.
 
     \b
@@ -116,6 +130,7 @@ def cli(verbose: int) -> None:
       coins-sync validate && coins-sync plan && coins-sync apply
     """
     console.setup_logging(verbose)
+    console.forbid_colour(no_colour)
 
 
 def main() -> None:

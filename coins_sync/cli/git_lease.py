@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,6 +17,7 @@ if TYPE_CHECKING:  # validate and an offline plan load none of these
     from coins_sync.gitlease import GitLease
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_BRANCH = "coins-sync-state"  # gitlease.lease.DEFAULT_BRANCH, without loading it
 
 
 @click.group("git-lease")
@@ -44,7 +46,7 @@ def lease_options(func: F) -> F:
     )(func)
     func = click.option(
         "--branch",
-        default="coins-sync-state",
+        default=DEFAULT_BRANCH,
         show_default=True,
         envvar=envvars.STATE_BRANCH,
         help="The state branch (env: COINS_SYNC_STATE_BRANCH).",
@@ -66,7 +68,17 @@ def lease_from(env_name: str | None, state_path: Path | None, branch: str, remot
             "lease does not apply to it, and nothing was taken or sent. Use the "
             "postgres workflow (docs/workflows/coins-sync-postgres.yml) for it"
         )
-    return GitLease(settings.state, branch=branch, remote=remote)
+    return GitLease(settings.state, branch=branch, remote=remote, env=settings.env)
+
+
+def restore_command(lease: GitLease, state_path: Path | None) -> str:
+    """The restore command for this lease, with every flag that picks the same state."""
+    words = ["coins-sync git-lease restore", f"--env {shlex.quote(lease.env)}"]
+    if state_path is not None:
+        words.append(f"--state {shlex.quote(str(state_path))}")
+    if lease.branch != DEFAULT_BRANCH:
+        words.append(f"--branch {shlex.quote(lease.branch)}")
+    return " ".join([*words, "--from DIR"])
 
 
 @git_lease.command("acquire")
@@ -75,7 +87,13 @@ def lease_from(env_name: str | None, state_path: Path | None, branch: str, remot
 def git_lease_acquire(
     env_name: str | None, state_path: Path | None, branch: str, remote: str, run_id: str | None
 ) -> int:
-    """Take the lease on the state branch and copy its state here. Exit 1 if held."""
+    """Take the lease on the state branch and copy its state here. Exit 1 if held.
+
+    \b
+    Examples:
+      coins-sync git-lease acquire --env prod
+      coins-sync git-lease acquire --env prod --run-id nightly-42 --branch prod-state
+    """
     lease = lease_from(env_name, state_path, branch, remote)
     commit, run = lease.acquire(run_id)
     console.out(
@@ -99,7 +117,16 @@ def git_lease_push(
     attempts: int,
     retry_delay: float,
 ) -> int:
-    """Push the state, journal and audit log on top of this run's lease, ending it."""
+    """Push the state, journal and audit log on top of this run's lease, ending it.
+
+    If the push fails, the lease stays, the files that hold the new state are named,
+    and the command to restore them is printed (exit 1).
+
+    \b
+    Examples:
+      coins-sync git-lease push --env prod
+      coins-sync git-lease push --env prod --attempts 5 --retry-delay 10
+    """
     from coins_sync.errors import LeasePushError
 
     lease = lease_from(env_name, state_path, branch, remote)
@@ -114,8 +141,8 @@ def git_lease_push(
         for name in e.kept:
             console.err(f"  {name}")
         console.err(
-            f"To restore: put them in a folder DIR, then run `coins-sync git-lease restore "
-            f"--branch {branch} --from DIR` in a clone that can push."
+            f"To restore: put them in a folder DIR, then run "
+            f"`{restore_command(lease, state_path)}` in a clone that can push."
         )
         raise
     console.out(f"Pushed the state to {branch} (commit {commit[:12]}); the lease is released.")
@@ -144,6 +171,11 @@ def git_lease_restore(
 
     The files are checked first: same lineage, a serial no older than the branch's,
     an audit log that continues the branch's.
+
+    \b
+    Examples:
+      gh run download 1234 -n coins-sync-state-1234-1 -D kept
+      coins-sync git-lease restore --env prod --from kept --run 1234-1
     """
     lease = lease_from(env_name, state_path, branch, remote)
     commit = lease.restore(source, run_id)
@@ -161,6 +193,10 @@ def git_lease_release(
 
     Use it only when that run's log shows it stopped before apply sent anything;
     otherwise restore the state it kept.
+
+    \b
+    Example:
+      coins-sync git-lease release --env prod --run 1234-1
     """
     lease = lease_from(env_name, state_path, branch, remote)
     commit = lease.release(run_id)
@@ -174,7 +210,13 @@ def git_lease_release(
 def git_lease_status(
     env_name: str | None, state_path: Path | None, branch: str, remote: str, fmt: str
 ) -> int:
-    """Show whether the state branch is free or which run holds its lease."""
+    """Show whether the state branch is free or which run holds its lease.
+
+    \b
+    Examples:
+      coins-sync git-lease status --env prod
+      coins-sync git-lease status --env prod --format json
+    """
     status = lease_from(env_name, state_path, branch, remote).fetch()
     console.out(console.lease_status(status, fmt))
     return EXIT_OK

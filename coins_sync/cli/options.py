@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,12 +57,48 @@ force_option = click.option(
         "while one of the same name exists elsewhere in the project)."
     ),
 )
+
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """A wait as people write it: ``10s``, ``2m``, ``1h``, ``500ms``, or plain seconds.
+    Raises ValueError for anything else."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a duration such as 30, 10s, 2m or 1h")
+    return float(match[1]) * _UNITS[match[2] or "s"]
+
+
+def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from e
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?")
+
 lock_timeout_option = click.option(
     "--lock-timeout",
-    type=click.FloatRange(min=0),
     default=None,
-    metavar="SECONDS",
-    help="Wait this long for the state lock instead of failing at once.",
+    callback=_duration_option,
+    metavar="DURATION",
+    help="Wait this long for the state lock instead of failing at once (30, 10s, 2m).",
+)
+
+only_option = click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="PATTERN",
+    help=(
+        "Plan only these rules, like Terraform's -target (repeatable): a company "
+        "(CEKEKCARDS) or a key glob (GLOBEX/*/MEAL_*). The rest is left alone."
+    ),
 )
 
 

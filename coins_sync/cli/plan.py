@@ -14,15 +14,17 @@ from coins_sync.cli.options import (
     force_option,
     format_option,
     make_client,
+    only_option,
     same_flags,
     say_pending,
     with_workspace,
 )
-from coins_sync.errors import AuthError, SettingsError
+from coins_sync.errors import AuthError, CoinsSyncError, ConfigError, SettingsError
 from coins_sync.plan.online import unverified
 from coins_sync.plan.reconcile import Action, Plan
 from coins_sync.plan.render import RENDERERS, render, styled_symbols
 from coins_sync.plan.saved import save_plan
+from coins_sync.plan.subset import Subset
 from coins_sync.state.model import State
 from coins_sync.workspace import Workspace
 
@@ -46,6 +48,7 @@ from coins_sync.workspace import Workspace
     is_flag=True,
     help="Read every managed config from the API first and show drift (needs credentials).",
 )
+@only_option
 def plan_command(
     workspace: Workspace,
     fmt: str,
@@ -53,6 +56,7 @@ def plan_command(
     detailed_exitcode: bool,
     force: bool,
     refresh: bool,
+    only: tuple[str, ...],
 ) -> int:
     """Show what apply would do. Changes nothing; no network call unless --refresh,
     except one GET for each config whose last update's outcome is unknown.
@@ -68,7 +72,34 @@ def plan_command(
       coins-sync plan --env prod --out plan.json
       coins-sync plan --format markdown --detailed-exitcode > plan.md
       coins-sync plan --refresh      # also GET every managed config to find drift
+      coins-sync plan --only CEKEKCARDS --only 'GLOBEX/*/MEAL_*'
+
+    With --format markdown, invalid configs or a plan that cannot be made print
+    why as Markdown on stdout (exit 1), ready for the same PR comment.
     """
+    try:
+        return _plan(workspace, fmt, out, detailed_exitcode, force, refresh, Subset.parse(only))
+    except CoinsSyncError as e:
+        if fmt == "markdown":  # the PR comment shows this push's problems, not a stale plan
+            from coins_sync.plan.problems import failure_markdown, problems_markdown
+
+            env = workspace.settings.env
+            if isinstance(e, ConfigError) and e.problems:
+                console.out(problems_markdown(e.problems, env), nl=False)
+            else:
+                console.out(failure_markdown(str(e), env), nl=False)
+        raise
+
+
+def _plan(
+    workspace: Workspace,
+    fmt: str,
+    out: Path | None,
+    detailed_exitcode: bool,
+    force: bool,
+    refresh: bool,
+    only: Subset,
+) -> int:
     if out is not None:
         from coins_sync.state.file import refuse_bookkeeping_target
 
@@ -77,10 +108,14 @@ def plan_command(
     state = workspace.read_state()
     say_pending(workspace)
     if refresh:
-        with make_client(workspace.settings) as client:
-            the_plan = workspace.plan(state, refresh_with=client)
+        progress = console.Progress(verb="read")
+        try:
+            with make_client(workspace.settings) as client:
+                the_plan = workspace.plan(state, refresh_with=client, on_tick=progress, only=only)
+        finally:
+            progress.close()
     else:
-        the_plan, unread = plan_verified(workspace, state)
+        the_plan, unread = plan_verified(workspace, state, only)
     workspace.refuse_fresh_clone(the_plan, force)
     the_plan = while_applying(workspace, the_plan, state)
     colour = console.use_colour() and fmt == "text"
@@ -108,14 +143,16 @@ def while_applying(workspace: Workspace, the_plan: Plan, state: State) -> Plan:
     return replace(the_plan, lock_holder=holder, in_flight=in_flight)
 
 
-def plan_verified(workspace: Workspace, state: State | None = None) -> tuple[Plan, int]:
+def plan_verified(
+    workspace: Workspace, state: State | None = None, only: Subset | None = None
+) -> tuple[Plan, int]:
     """The offline plan, with each entry of an update whose outcome is unknown read back
     (one GET each) when the API can be reached; else a warning names them. Returns the
     plan and how many such entries could not be read back."""
     state = state or workspace.read_state()
     pending = unverified(state)
     if not pending:
-        return workspace.plan(state), 0
+        return workspace.plan(state, only=only), 0
     try:
         client = make_client(workspace.settings)
     except (SettingsError, AuthError) as e:
@@ -125,9 +162,9 @@ def plan_verified(workspace: Workspace, state: State | None = None) -> tuple[Pla
                 f"is unknown; the server holds {entry.amount} or {entry.pending}, and it "
                 f"could not be read back ({e}). Set the API credentials and plan again."
             )
-        return workspace.plan(state), len(pending)
+        return workspace.plan(state, only=only), len(pending)
     with client:
-        return workspace.plan(state, verify_with=client), 0
+        return workspace.plan(state, verify_with=client, only=only), 0
 
 
 @click.command()

@@ -198,7 +198,7 @@ def import_file(workspace: Workspace, source: Path) -> int:
     from coins_sync.configs.discovery import display_path
 
     rows = read_rows(source, display_path(source))
-    progress = console.Progress()
+    progress = console.Progress(verb="checked")
     try:
         with make_client(workspace.settings) as client:
             result = import_many(
@@ -301,25 +301,29 @@ def state_pull(workspace: Workspace, target: Path) -> int:
 
 @state.command("force-unlock")
 @with_workspace()
+@click.argument("lock_id", required=False, type=click.IntRange(min=1))
 @yes_option
-def state_force_unlock(workspace: Workspace, yes: bool) -> int:
+def state_force_unlock(workspace: Workspace, lock_id: int | None, yes: bool) -> int:
     """End a stuck holder's database session and fence its writes (postgres only).
 
-    The lock epoch is bumped, so the old run can never write again, even if its
-    process lives on. Use it only when the holder is surely stuck: a live run is
-    stopped half-way (what it had done is recorded; it exits 1).
+    LOCK_ID is the id a refused command named ("locked by ... (lock id 4242)"): only
+    that holder is ended, so a run that took the lock since is never hit. The lock
+    epoch is bumped, so the old run can never write again, even if its process lives
+    on. Use it only when the holder is surely stuck: a live run is stopped half-way
+    (what it had done is recorded; it exits 1).
 
     \b
     Example:
-      coins-sync state force-unlock --env team --yes
+      coins-sync state force-unlock 4242 --env team --yes
     """
     store = workspace.postgres_store("force-unlock")
+    which = f"lock id {lock_id}, the lock holder" if lock_id else "the lock holder"
     confirm_or_refuse(
         yes,
-        f"End the lock holder of {store.describe()}?",
+        f"End {which} of {store.describe()}?",
         "refusing to force the lock without a terminal; pass --yes",
     )
-    who = store.force_unlock()
+    who = store.force_unlock(lock_id)
     if who is None:
         console.out(f"Nobody held the lock of {store.describe()}; its epoch was bumped anyway.")
     else:

@@ -6,6 +6,7 @@ workspace modules, so it starts about as fast as its YAML and CLI libraries load
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -14,8 +15,8 @@ from coins_sync import console
 from coins_sync.cli.app import EXIT_ERROR, EXIT_OK
 from coins_sync.cli.options import configs_option, env_option, format_option
 from coins_sync.configs.loader import RuleLoader
-from coins_sync.errors import ConfigError
-from coins_sync.settings import load_settings
+from coins_sync.errors import ConfigError, Problem
+from coins_sync.settings import environment_names, load_settings
 
 
 @click.command()
@@ -23,23 +24,59 @@ from coins_sync.settings import load_settings
 @format_option("text", "json")
 @env_option
 @configs_option
-def validate(paths: tuple[Path, ...], fmt: str, env_name: str | None, configs: Path | None) -> int:
+@click.option(
+    "--all-environments",
+    "every_env",
+    is_flag=True,
+    help="Validate the configs folder of every environment (the pre-commit hook does).",
+)
+def validate(
+    paths: tuple[Path, ...],
+    fmt: str,
+    env_name: str | None,
+    configs: Path | None,
+    every_env: bool,
+) -> int:
     """Check rule files against the schema and each other. No state, no network.
 
-    PATHS are files or folders (default: the configs folder, `configs/`). Every
-    problem is printed at once as `path:line:col: message`.
+    PATHS are files or folders (default: the environment's configs folder,
+    `configs/`). Every problem is printed at once as `path:line:col: message`.
 
     \b
     Examples:
       coins-sync validate
       coins-sync validate configs/cekekcards.yaml --format json
+      coins-sync validate --all-environments
     """
-    settings = load_settings(env=env_name).with_overrides(configs=configs)
-    loader = RuleLoader(max_amount=settings.max_amount, max_file_bytes=settings.max_file_bytes)
-    try:
-        files, rules = loader.check(list(paths) or [settings.configs])
-    except ConfigError as e:
-        console.out(console.problems_report(e.problems, fmt))
+    if every_env and (paths or env_name or configs):
+        raise click.UsageError("--all-environments takes no PATHS, --env or --configs")
+    names = environment_names() if every_env else []
+    every = [load_settings(env=name) for name in names]
+    settings = every or [load_settings(env=env_name).with_overrides(configs=configs)]
+    log = logging.getLogger("coins_sync.cli")
+    log.info("project root: %s", settings[0].root.resolve())
+    folders: list[Path] = []
+    for one in settings:  # a folder shared by several environments is read once
+        log.debug("environment %s: configs %s", one.env, one.configs)
+        if one.configs.resolve() not in {f.resolve() for f in folders}:
+            folders.append(one.configs)
+    loader = RuleLoader(
+        max_amount=settings[0].max_amount, max_file_bytes=settings[0].max_file_bytes
+    )
+    problems: list[Problem] = []
+    files = rules = 0
+    for folder in folders:
+        if every:  # each environment's own amount limit
+            limit = max(s.max_amount for s in settings if s.configs.resolve() == folder.resolve())
+            loader = RuleLoader(max_amount=limit, max_file_bytes=settings[0].max_file_bytes)
+        try:
+            found_files, found_rules = loader.check(list(paths) or [folder])
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        files, rules = files + found_files, rules + found_rules
+    if problems:
+        console.out(console.problems_report(problems, fmt))
         return EXIT_ERROR
     console.out(console.valid_report(files, rules, fmt))
     return EXIT_OK

@@ -2,7 +2,7 @@
 
 What is promised: every ``*.yaml``/``*.yml`` under a folder is found, recursively, in
 sorted path order, except inside hidden folders (``.git``, an editor's backups); a path
-that does not exist is a located problem.
+that does not exist, or a rule file that is a broken symbolic link, is a located problem.
 """
 
 from __future__ import annotations
@@ -31,15 +31,25 @@ def discover(paths: Sequence[Path]) -> tuple[list[Path], list[Problem]]:
     problems: list[Problem] = []
     for path in paths:
         if path.is_dir():
-            found.extend(
-                sorted(
-                    p
-                    for p in path.rglob("*")
-                    if p.suffix.lower() in YAML_SUFFIXES
-                    and p.is_file()
-                    # hidden folders (.git, an editor's backups) are never rule files
-                    and not any(part.startswith(".") for part in p.relative_to(path).parts[:-1])
+            candidates = [
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in YAML_SUFFIXES
+                # hidden folders (.git, an editor's backups) are never rule files
+                and not any(part.startswith(".") for part in p.relative_to(path).parts[:-1])
+            ]
+            found.extend(sorted(p for p in candidates if p.is_file()))
+            # a rule file whose link points nowhere is an error, never skipped: its rules
+            # would otherwise turn into orphans without a word
+            problems.extend(
+                Problem(
+                    display_path(p),
+                    0,
+                    0,
+                    f"broken symbolic link (it points to {os.readlink(p)!r}, which does not exist)",
                 )
+                for p in sorted(candidates)
+                if p.is_symlink() and not p.exists()
             )
         elif path.is_file():
             found.append(path)

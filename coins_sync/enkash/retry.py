@@ -166,6 +166,14 @@ def transport_failure(
 ) -> Exception:
     """No answer came: a :class:`Retry` when resending is safe, else the final error."""
     reason = describe(e)
+    certificate = certificate_problem(e)
+    if certificate is not None:  # resending cannot fix it, and it is not the network
+        return messages.fail(
+            ApiError,
+            f"{what}: the server's TLS certificate was refused ({certificate}); nothing was "
+            "sent. Check api_url's host name, or install the CA that signed the certificate "
+            "(SSL_CERT_FILE names a CA bundle)",
+        )
     if isinstance(e, httpx.ConnectError | httpx.ConnectTimeout):
         return Retry(reason, unreached=True)  # nothing was sent
     if isinstance(e, httpx.PoolTimeout):
@@ -181,6 +189,23 @@ def transport_failure(
     if isinstance(e, httpx.TimeoutException | httpx.NetworkError | httpx.RemoteProtocolError):
         return Retry(reason, maybe_applied=True)  # sent; the answer was lost
     return messages.fail(ApiError, f"{what}: {reason}")
+
+
+def certificate_problem(e: BaseException) -> str | None:
+    """The verification failure behind a transport error, when a certificate was refused
+    (expired, self-signed, another host's name), else None."""
+    import ssl
+
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    if "CERTIFICATE_VERIFY_FAILED" in str(e):
+        return "certificate verify failed"
+    return None
 
 
 def classify(reply: Reply, what: str, create: bool, wire: Wire, policy: RetryPolicy) -> Reply:

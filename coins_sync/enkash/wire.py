@@ -170,6 +170,13 @@ class Wire:
             return (None if text.startswith("<") else self.messages.said(text) or None), None
         if not isinstance(doc, dict):
             return None, None
+        if self.key is None and set(doc) == {"request"}:
+            # an encrypting server seals its errors too: a plain client reads only "400"
+            return (
+                "the answer is encrypted, so the server expects encrypted bodies: set "
+                f"encryption = {ENCRYPTION_AES_128_ECB.value!r} for this environment in "
+                "[tool.coins-sync.environments.<env>]"
+            ), None
         code = response_code(doc.get("response_code"))
         for name in ("response_message", "message", "error_description", "error"):
             value = doc.get(name)

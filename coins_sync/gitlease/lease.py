@@ -67,7 +67,10 @@ class GitLease:
         remote: str = DEFAULT_REMOTE,
         cwd: Path | None = None,
         environ: Mapping[str, str] | None = None,
+        env: str = "default",
     ) -> None:
+        #: The coins-sync environment whose state this is; hints name it (--env).
+        self.env = env
         self.environ = dict(os.environ if environ is None else environ)
         self.git = Git(cwd or Path.cwd(), self.environ)
         if not branch or branch.startswith("-") or any(c in branch for c in " ~^:?*[\\"):
@@ -291,7 +294,7 @@ class GitLease:
         body = (
             f"Run {run.run} holds the state branch {self.branch} and may be applying now.\n"
             "No other run applies until it pushes its state, or a person restores that\n"
-            "state with `coins-sync git-lease restore --from DIR`."
+            f"state with `coins-sync git-lease restore --env {self.env} --from DIR`."
         )
         message = commit_message(
             f"coins-sync lease: run {run.run} by {run.actor}",
@@ -354,9 +357,10 @@ class GitLease:
         return LeaseHeldError(
             f"{status.describe()}; refusing to apply, nothing was sent. If that run is "
             "still going, wait for it. If it failed, its state was kept as a workflow "
-            "artifact: download it and run `coins-sync git-lease restore --from DIR`. "
-            "If that run provably sent nothing, `coins-sync git-lease release --run "
-            f"{status.holder.run if status.holder else 'RUN'}` frees the branch",
+            f"artifact: download it and run `coins-sync git-lease restore --env {self.env} "
+            "--from DIR`. "
+            f"If that run provably sent nothing, `coins-sync git-lease release --env {self.env} "
+            f"--run {status.holder.run if status.holder else 'RUN'}` frees the branch",
             holder=holder,
         )
 

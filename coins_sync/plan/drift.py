@@ -16,6 +16,7 @@ rule afresh).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
@@ -100,7 +101,10 @@ def _fetch(reader: Reader, entry: StateEntry) -> RemoteConfig | UnusableAmountEr
 
 
 def refresh(
-    state: State, reader: Reader, parallelism: int = defaults.PARALLELISM
+    state: State,
+    reader: Reader,
+    parallelism: int = defaults.PARALLELISM,
+    on_tick: Callable[[int, int, int], None] | None = None,
 ) -> tuple[State, list[Drift]]:
     """GET every entry (``parallelism`` at a time); return the refreshed state and drift.
 
@@ -110,8 +114,12 @@ def refresh(
     from concurrent.futures import ThreadPoolExecutor
 
     entries = sorted(state.entries.values(), key=lambda e: e.key)
+    remotes: list[RemoteConfig | UnusableAmountError | None] = []
     with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
-        remotes = list(pool.map(lambda entry: _fetch(reader, entry), entries))
+        for remote in pool.map(lambda entry: _fetch(reader, entry), entries):
+            remotes.append(remote)
+            if on_tick is not None:
+                on_tick(len(remotes), len(entries), 0)
     drift: list[Drift] = []
     refreshed = dict(state.entries)
     for entry, remote in zip(entries, remotes, strict=True):

@@ -12,7 +12,7 @@ What is promised:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from coins_sync.configs.model import Rule, RuleKey
@@ -78,11 +78,16 @@ def plan_settled(rules: Iterable[Rule], settled: Settled, context: PlanContext) 
 
 
 def plan_refreshed(
-    rules: Iterable[Rule], state: State, context: PlanContext, reader: Reader, parallelism: int
+    rules: Iterable[Rule],
+    state: State,
+    context: PlanContext,
+    reader: Reader,
+    parallelism: int,
+    on_tick: Callable[[int, int, int], None] | None = None,
 ) -> Plan:
     """``--refresh``: every managed config is read back first (pending ones included)
-    and drift is planned."""
-    read_back, drift = refresh(state, reader, parallelism)
+    and drift is planned; ``on_tick(done, total, failed)`` after each read."""
+    read_back, drift = refresh(state, reader, parallelism, on_tick)
     known = {key: replace(e, pending=None) for key, e in read_back.entries.items()}
     refreshed = replace(state, entries={**state.entries, **known})
     return _without_blocked(adopt_moves(plan(rules, refreshed, context), drift), drift)

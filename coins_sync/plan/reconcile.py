@@ -80,6 +80,8 @@ class PlanContext:
     lineage: str = ""
     serial: int = 0
     configs_digest: str = ""
+    #: The ``--only`` patterns of a partial plan (plan/subset.py); empty: every rule.
+    only: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from coins_sync.errors import UnknownFormatError
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.markdown import code
 from coins_sync.plan.reconcile import Action, Change, Plan
+from coins_sync.words import plural
 
 PLAN_FORMAT_VERSION = 1
 #: GitHub refuses comments over 65,536 characters; keep a margin for the wrapper text.
@@ -89,7 +90,8 @@ def summary_line(plan: Plan, *, markdown: bool = False) -> str:
             f"server; {shown} once settled)"
         )
     verdict = "changes present" if plan.has_changes else "no changes"
-    return f"Plan: {', '.join(parts)} ({verdict})."
+    partial = " (partial: --only)" if plan.context.only else ""
+    return f"Plan{partial}: {', '.join(parts)} ({verdict})."
 
 
 def first_contact_line(plan: Plan) -> str | None:
@@ -97,7 +99,8 @@ def first_contact_line(plan: Plan) -> str | None:
     if not plan.new_companies:
         return None
     return (
-        f"{plan.first_contact_creates} creates for {len(plan.new_companies)} companies new "
+        f"{plural(plan.first_contact_creates, 'create')} for "
+        f"{plural(len(plan.new_companies), 'company', 'companies')} new "
         "to this state; if any of these already exist on the server, adopt them first "
         "(coinConfigId in the rule, or `coins-sync state import --from FILE`)."
     )
@@ -115,6 +118,16 @@ def lock_line(plan: Plan) -> str | None:
     return (
         f"An apply holds the state lock: {plan.lock_holder}. This plan shows what that "
         f"apply has recorded so far{flying}; plan again when it ends."
+    )
+
+
+def partial_line(plan: Plan) -> str | None:
+    """A plan made with ``--only`` says so: what lies outside it was not looked at."""
+    if not plan.context.only:
+        return None
+    return (
+        f"Partial plan: only {', '.join(plan.context.only)}; every other rule and state "
+        "entry is left alone (not planned, not reported as orphaned)."
     )
 
 
@@ -211,7 +224,8 @@ def render_text(plan: Plan, colour: bool = False) -> str:
     if shown:
         lines.append("")
     lines.append(summary_line(plan))
-    lines.extend(note for note in (agreeing_line(plan), first_contact_line(plan)) if note)
+    notes = (partial_line(plan), agreeing_line(plan), first_contact_line(plan))
+    lines.extend(note for note in notes if note)
     return "\n".join(lines) + "\n"
 
 
@@ -266,6 +280,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             for d in plan.drift
         ],
         "new_companies": list(plan.new_companies),
+        "only": list(context.only),
     }
 
 
@@ -350,6 +365,13 @@ def render_markdown(plan: Plan, budget: int = MARKDOWN_BUDGET) -> str:
     locked = lock_line(plan)
     if locked:
         head += ["> [!NOTE]", f"> {locked}", ""]
+    if plan.context.only:
+        only = ", ".join(code(p, MARKDOWN_KEY_LIMIT) for p in plan.context.only[:20])
+        head += [
+            "> [!NOTE]",
+            f"> Partial plan: only {only}; every other rule and state entry is left alone.",
+            "",
+        ]
     agreeing = agreeing_line(plan)
     if agreeing:
         head += [agreeing, ""]

@@ -15,6 +15,7 @@ from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.plan.online import Settled, unverified
 from coins_sync.plan.reconcile import Action, Change, Plan, PlanContext, plan
 from coins_sync.plan.render import plan_to_json
+from coins_sync.plan.subset import Subset
 from coins_sync.state.files import atomic_write
 from coins_sync.state.model import State
 
@@ -80,6 +81,7 @@ def load_plan(path: Path) -> Plan:
         lineage=data["state"]["lineage"],
         serial=data["state"]["serial"],
         configs_digest=data["configs_digest"],
+        only=tuple(data.get("only", ())),
     )
     drift = tuple(
         Drift(
@@ -201,7 +203,13 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> Plan:
     Returns the saved plan with the fresh plan's unchanged rules added (a saved plan
     lists only changes), so that its summary counts them as the plan command did.
     """
+    only = Subset.parse(saved.context.only)  # a partial plan is checked on its subset
+    whole = state
+    if only:
+        state, configs = only.state(state), only.configs(configs)
     fresh = plan(configs.rules, state, saved.context)
+    if only:
+        fresh = only.widen(fresh, whole)
     if saved.managed != fresh.managed:
         raise StalePlanError(
             f"the saved plan says {saved.managed} managed entries, but the state records "

@@ -206,10 +206,22 @@ class FileStateStore:
 
         import filelock
 
+        made = [f for f in (self.path.parent, *self.path.parent.parents) if not f.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lock = filelock.FileLock(str(self.lock_path), timeout=timeout, is_singleton=False)
+        deadline = time.monotonic() + timeout
         try:
-            lock.acquire(timeout=timeout, poll_interval=0.1)
+            while True:
+                try:
+                    lock.acquire(timeout=max(0.0, deadline - time.monotonic()), poll_interval=0.1)
+                except FileNotFoundError:  # a holder that wrote nothing removed the folder
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    continue
+                if _lock_file_is_current(lock, self.lock_path):
+                    break
+                # its holder wrote nothing and removed the file while holding it; the lock
+                # now lives in a new file at that path, so take that one
+                lock.release()
         except filelock.Timeout as e:
             holder = self._read_holder()
             who = holder.describe() if holder else "another process (details unknown)"
@@ -237,6 +249,16 @@ class FileStateStore:
         finally:
             with contextlib.suppress(FileNotFoundError):
                 self.holder_path.unlink()
+            if self._nothing_written() and _lock_fd(lock) is not None:
+                # a refused or empty command leaves no lock file (nor the folder it made)
+                # behind; removed while still held, and a waiter checks the file it got
+                with contextlib.suppress(OSError):
+                    self.lock_path.unlink()
+                for folder in made:  # innermost first; only while empty
+                    try:
+                        folder.rmdir()
+                    except OSError:
+                        break
             lock.release()
 
     def lock_holder(self) -> str | None:
@@ -246,6 +268,16 @@ class FileStateStore:
             return None
         holder = self._read_holder_once()
         return holder.describe() if holder is not None and _may_be_alive(holder) else None
+
+    def _nothing_written(self) -> bool:
+        """True when no file of this state exists beside its lock: never written."""
+        keep = {self.lock_path.name, self.holder_path.name}
+        try:
+            siblings = list(self.path.parent.iterdir())
+        except OSError:
+            return False
+        prefix = (self.path.name, self.path.stem + ".")
+        return not any(p.name.startswith(prefix) and p.name not in keep for p in siblings)
 
     def _read_holder(self, patience: float = 1.0) -> LockHolder | None:
         """Who holds the lock, for the message of a refused caller.
@@ -269,6 +301,24 @@ class FileStateStore:
             return LockHolder(**data)
         except (OSError, ValueError, TypeError, RecursionError):
             return None
+
+
+def _lock_fd(lock: filelock.FileLock) -> int | None:
+    """The descriptor filelock holds the OS lock on, when its version exposes it."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    return fd if isinstance(fd, int) else None
+
+
+def _lock_file_is_current(lock: filelock.FileLock, path: Path) -> bool:
+    """Whether the file just locked is still the one at ``path`` (an earlier holder that
+    wrote nothing removes its lock file; a lock on the removed file locks nothing)."""
+    fd = _lock_fd(lock)
+    if fd is None:
+        return True  # nothing is ever removed then (see lock())
+    try:
+        return os.fstat(fd).st_ino == os.stat(path).st_ino
+    except OSError:
+        return False
 
 
 def _may_be_alive(holder: LockHolder) -> bool:

@@ -161,13 +161,18 @@ class StateLock:
                     break
                 if time.monotonic() >= deadline:
                     who = self.holder(conn)
+                    lock_id = self.lock_id(conn)
+                    named = f" (lock id {lock_id})" if lock_id is not None else ""
                     waited = f" after waiting {timeout:g}s" if timeout else ""
                     hint = "" if timeout else ", or pass --lock-timeout SECONDS to wait"
+                    unlock = " ".join(
+                        filter(None, ["coins-sync state force-unlock", str(lock_id or "")])
+                    )
                     raise LockError(
-                        f"state {self.db.describe()} is locked by {who}{waited}. Wait for it "
-                        f"to finish{hint}. The server "
-                        "releases the lock of a run that dies; `coins-sync state "
-                        "force-unlock` ends a stuck one.",
+                        f"state {self.db.describe()} is locked by {who}{named}{waited}. Wait "
+                        f"for it to finish{hint}. The server "
+                        f"releases the lock of a run that dies; `{unlock} --env {self.db.env}` "
+                        "ends a stuck one.",
                         holder=who,
                     )
                 time.sleep(min(0.2, max(0.01, deadline - time.monotonic())))
@@ -264,22 +269,37 @@ class StateLock:
         finally:
             conn.close()
 
-    def force_unlock(self) -> str | None:
+    def lock_id(self, conn: Any) -> int | None:
+        """The lock id a refused caller is told: the holder's database session (its
+        backend pid), or None when nobody holds the lock."""
+        row = conn.execute(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND objsubid = 1 AND database = (SELECT oid FROM pg_database "
+            "WHERE datname = current_database()) "
+            "AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
+            (self.classid, self.objid),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def force_unlock(self, lock_id: int | None = None) -> str | None:
         """End the holder's session and bump the epoch, so its writes are fenced out.
 
+        With ``lock_id`` (the id a refused caller was told), only that holder is ended:
+        when the lock is free or held by another run now, nothing is done (LockError).
         Returns a description of who was unlocked, or None when nobody held the lock.
         """
         psycopg = driver()
         conn = self.db.connect(purpose="force-unlock")
         try:
             self._ensure_schema(conn)
-            lock_row = conn.execute(
-                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND objsubid = 1 AND database = (SELECT oid FROM pg_database "
-                "WHERE datname = current_database()) "
-                "AND classid = %s::bigint::oid AND objid = %s::bigint::oid",
-                (self.classid, self.objid),
-            ).fetchone()
+            held_by = self.lock_id(conn)
+            if lock_id is not None and held_by != lock_id:
+                now = "nobody holds it" if held_by is None else f"lock id {held_by} holds it"
+                raise LockError(
+                    f"lock id {lock_id} does not hold the lock of {self.db.describe()} "
+                    f"({now}); nothing was done"
+                )
+            lock_row = None if held_by is None else (held_by,)
             who = self.holder(conn) if lock_row is not None else None
             with conn.transaction():
                 conn.execute(

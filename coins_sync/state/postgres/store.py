@@ -207,12 +207,13 @@ class PostgresStateStore(Database):
         """Who holds the state lock now, without taking it; None when nobody does."""
         return self._lock.current_holder()
 
-    def force_unlock(self) -> str | None:
-        """End the holder's session and bump the epoch, so its writes are fenced out.
+    def force_unlock(self, lock_id: int | None = None) -> str | None:
+        """End the holder's session (only lock id ``lock_id`` when given) and bump the
+        epoch, so its writes are fenced out.
 
         Returns a description of who was unlocked, or None when nobody held the lock.
         """
-        return self._lock.force_unlock()
+        return self._lock.force_unlock(lock_id)
 
     # writing --------------------------------------------------------------------
 
