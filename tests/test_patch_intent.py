@@ -96,7 +96,7 @@ def test_an_update_killed_after_the_server_applied_it_is_read_back(make_lab: Any
         rules(lab, "  - event: MEAL\n    amount: 6\n")  # the user reverts
         code, output = lab.cli("plan", "--detailed-exitcode", "--format", "json")
         assert code == 2, output
-        (change,) = json.loads(output)["changes"]
+        (change,) = json.loads(output[output.index("{") :])["changes"]  # after stderr notes
         assert (change["action"], change["before"], change["amount"]) == ("update", 9, 6)
         code, output = lab.cli("apply", "--yes")
         assert code == 0, output

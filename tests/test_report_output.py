@@ -47,5 +47,6 @@ def test_report_csv_neutralises_formula_cells(project: Path, invoke: Invoke) -> 
     companies = {row[0] for row in table[1:]}
     assert {"'=1+1", "'+1", "'-1", "'@SUM(A1)", "'  =HYPERLINK(x)", "ACME"} <= companies
     acme = next(row for row in table[1:] if row[0] == "ACME")
-    assert acme[8:] == ["'=cmd|' /C calc'!A0", "'+created", "'@evil", "'-2+3"]
+    assert acme[8:12] == ["'=cmd|' /C calc'!A0", "'+created", "'@evil", "'-2+3"]
+    assert acme[12:] == ["", ""]  # retired at, by: not retired
     assert acme[3] == "1"  # numbers stay numbers

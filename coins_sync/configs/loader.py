@@ -80,12 +80,15 @@ class RuleLoader:
         ids: set[str] = set()
         twice_keys: set[int] = set()
         twice_ids: set[str] = set()
+        olds: set[RuleKey] = set()  # the keys rules say they moved from (few)
         count = 0
         for path in files:
             result = self._load_file(path, display_path(path, self.cwd), None)
             problems.extend(result.problems)
             count += len(result.rules)
             for rule in result.rules:
+                if rule.moved_from is not None:
+                    olds.add(rule.moved_from)
                 hashed = hash(rule.key)
                 if hashed in keys:
                     twice_keys.add(hashed)
@@ -106,6 +109,16 @@ class RuleLoader:
                 )
             problems.extend(_duplicate_keys(suspects))
             problems.extend(_duplicate_ids(suspects))
+        if olds:  # the moving rules and the rules at their old keys, in the same order
+            moving: list[Rule] = []
+            for path in files:
+                result = self._load_file(path, display_path(path, self.cwd), None)
+                moving.extend(
+                    rule
+                    for rule in result.rules
+                    if rule.moved_from is not None or rule.key in olds
+                )
+            problems.extend(_move_problems(moving))
         if problems:
             raise ConfigError(problems)
         return len(files), count
