@@ -114,9 +114,7 @@ class RuleLoader:
             for path in files:
                 result = self._load_file(path, display_path(path, self.cwd), None)
                 moving.extend(
-                    rule
-                    for rule in result.rules
-                    if rule.moved_from is not None or rule.key in olds
+                    rule for rule in result.rules if rule.moved_from is not None or rule.key in olds
                 )
             problems.extend(_move_problems(moving))
         if problems:
