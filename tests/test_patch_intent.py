@@ -129,3 +129,35 @@ def test_a_move_killed_after_the_server_applied_it_is_recorded_without_a_second_
         code, output = lab.cli("plan", "--detailed-exitcode")
         assert code == 0, output
         assert len(lab.server.configs()) == 1
+
+
+def test_a_retirement_killed_after_the_server_applied_it_is_recorded_as_retired(
+    make_lab: Any,
+) -> None:
+    """The retirement's answer never came (kill -9 after the server set amount 0): the
+    next apply reads it back and records the entry retired, with an audit record for
+    the report's "when and by whom", and sends no second PATCH."""
+    with make_lab() as lab:
+        rules(lab, "  - event: MEAL\n    amount: 6\n")
+        code, output = lab.cli("apply", "--yes")
+        assert code == 0, output
+        rules(lab, "  - event: MEAL\n    retired: true\n")
+        kill_mid_patch(lab)
+        (config,) = lab.server.configs()
+        assert config["amount"] == 0  # the server applied it; no answer came back
+        entry = lab.state().entries[KEY]
+        assert (entry.amount, entry.pending, entry.retired) == (6, 0, False)
+        patches = lab.server.stats.get("patches", 0)
+
+        code, output = lab.cli("apply", "--yes")
+        assert code == 0, output
+        assert lab.server.stats.get("patches", 0) == patches  # read back: no PATCH
+        entry = lab.state().entries[KEY]
+        assert (entry.amount, entry.pending, entry.retired) == (0, None, True)
+        code, output = lab.cli("report", "--format", "json")
+        assert code == 0, output
+        report = json.loads(output[output.index("{") :])
+        (row,) = [row for row in report["rules"] if row["event"] == "MEAL"]
+        assert row["status"] == "retired" and row["retired"]["at"], row
+        code, output = lab.cli("plan", "--detailed-exitcode")
+        assert code == 0, output

@@ -15,7 +15,7 @@ import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,9 +29,10 @@ from coins_sync.plan.online import Settled, plan_refreshed, plan_settled, settle
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.saved import check_consistent, check_fresh, check_read_back, load_plan
 from coins_sync.plan.subset import Subset
-from coins_sync.state.audit import AuditSink
+from coins_sync.state.audit import AuditAction, AuditRecord, AuditSink
 from coins_sync.state.elsewhere import states_elsewhere
 from coins_sync.state.file import FileStateStore
+from coins_sync.state.journal import Outcome
 from coins_sync.state.model import State
 from coins_sync.workspace import Workspace
 
@@ -172,7 +173,7 @@ def run_apply(
         with store.lock(request.command, workspace.settings.lock_timeout):
             recovered, _ = store.recover()
             configs = workspace.load_configs()
-            settled = settle_pending(workspace, recovered, api)
+            settled = settle_pending(workspace, recovered, api, configs, audit)
             the_plan = plan_from(workspace, request, settled, configs, api, on_read)
             the_plan.raise_if_unsafe(workspace.safety, force=request.force)
             workspace.refuse_fresh_clone(the_plan, request.force)
@@ -195,16 +196,45 @@ def run_apply(
         api.close()
 
 
-def settle_pending(workspace: Workspace, state: State, api: LazyApi) -> Settled:
+def settle_pending(
+    workspace: Workspace,
+    state: State,
+    api: LazyApi,
+    configs: ConfigSet | None = None,
+    audit: AuditSink | None = None,
+) -> Settled:
     """Read back every update whose outcome is unknown (one GET each), and record what
     the server holds even when nothing is sent, so the mark does not outlive the doubt
-    (and each plan's GETs with it). Makes no client when nothing is pending."""
-    if not unverified(state):
+    (and each plan's GETs with it). Makes no client when nothing is pending.
+
+    A pending entry read back at amount 0 whose rule says ``retired: true`` is the
+    retirement of a run that never heard its answer (killed, timed out): it is recorded
+    as retired, with an audit record, as if the answer had come."""
+    pending = unverified(state)
+    if not pending:
         return Settled.unread(state)
     settled = settle(state, api(), workspace.settings.parallelism)
+    retiring = {rule.key for rule in configs.rules if rule.retired} if configs else set()
+    found = {
+        key: replace(entry, retired=True)
+        for key, entry in settled.state.entries.items()
+        if key in pending and key in retiring
+        if entry.pending is None and entry.amount == 0 and not entry.retired
+    }
+    if found:
+        entries = {**settled.state.entries, **found}
+        settled = Settled(state, replace(settled.state, entries=entries), settled.drift)
     if not settled.changed:
         return settled
-    return Settled(state, workspace.store.write(settled.state), settled.drift)
+    written = Settled(state, workspace.store.write(settled.state), settled.drift)
+    for key, entry in sorted(found.items()):
+        if audit is not None:
+            before = state.entries[key].amount
+            record = AuditRecord(
+                AuditAction.RETIRE, key, Outcome.RETIRED, before, 0, entry.coin_config_id
+            )
+            audit.record(record)
+    return written
 
 
 def plan_from(
