@@ -129,7 +129,11 @@ class Workspace:
             only.check_matches(configs, state)
             whole = state
             partial = self.plan(
-                only.state(state), only.configs(configs), refresh_with, verify_with, on_tick
+                only.state(state, configs),
+                only.configs(configs),
+                refresh_with,
+                verify_with,
+                on_tick,
             )
             return only.widen(replace(partial, context=self.context(whole, configs)), whole)
         context = self.context(state, configs)

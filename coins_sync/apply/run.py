@@ -254,7 +254,7 @@ def plan_from(
     only = request.only
     if only:
         only.check_matches(configs, settled.state)
-    part, rules = only.settled(settled), only.configs(configs).rules
+    part, rules = only.settled(settled, configs), only.configs(configs).rules
     if request.refresh:
         width = workspace.settings.parallelism
         the_plan = plan_refreshed(rules, part.state, context, api(), width, on_read)

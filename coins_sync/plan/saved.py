@@ -206,7 +206,7 @@ def check_consistent(saved: Plan, state: State, configs: ConfigSet) -> Plan:
     only = Subset.parse(saved.context.only)  # a partial plan is checked on its subset
     whole = state
     if only:
-        state, configs = only.state(state), only.configs(configs)
+        state, configs = only.state(state, configs), only.configs(configs)
     fresh = plan(configs.rules, state, saved.context)
     if only:
         fresh = only.widen(fresh, whole)

@@ -5,6 +5,11 @@ A pattern is a company glob (``CEKEKCARDS``, ``ACME*``) or a key glob of three p
 plan is made from the rules and state entries inside the subset only, so what lies
 outside is left alone: it is neither created, updated nor reported as an orphan. The
 plan's context records the patterns, so a saved plan is checked against the same subset.
+
+A move (``movedFrom``) is one unit: a rule is inside the subset when its new key or the
+key it moves from matches, and so is the state entry it moves from. Otherwise a subset
+naming only the new key would plan a create beside the old config (two configs paying
+for one event), and one naming only the old key would call the moving rule an orphan.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 
-from coins_sync.configs.model import ConfigSet, RuleKey
+from coins_sync.configs.model import ConfigSet, Rule, RuleKey
 from coins_sync.errors import SettingsError
 from coins_sync.plan.online import Settled
 from coins_sync.plan.reconcile import Action, Plan
@@ -57,22 +62,36 @@ class Subset:
         is fresh only while no rule file changed, inside the subset or not)."""
         if not self.patterns:
             return configs
-        return replace(configs, rules=tuple(r for r in configs.rules if self.matches(r.key)))
+        return replace(configs, rules=tuple(r for r in configs.rules if self._holds(r)))
 
-    def state(self, state: State) -> State:
-        """The entries and uncertain creates inside the subset."""
-        return replace(
-            state,
-            entries={k: e for k, e in state.entries.items() if self.matches(k)},
-            uncertain={k: u for k, u in state.uncertain.items() if self.matches(k)},
+    def _holds(self, rule: Rule) -> bool:
+        """A rule is inside when its key or the key it moves from matches."""
+        return self.matches(rule.key) or (
+            rule.moved_from is not None and self.matches(rule.moved_from)
         )
 
-    def settled(self, settled: Settled) -> Settled:
+    def state(self, state: State, configs: ConfigSet | None = None) -> State:
+        """The entries and uncertain creates inside the subset, with the entries that
+        a rule inside it moves from (``configs``: the whole set)."""
+        if not self.patterns:
+            return state
+        moved = set[RuleKey]()
+        if configs is not None:
+            moved = {r.moved_from for r in configs.rules if r.moved_from and self._holds(r)}
+        keep = {k for k in (*state.entries, *state.uncertain) if self.matches(k) or k in moved}
+        return replace(
+            state,
+            entries={k: e for k, e in state.entries.items() if k in keep},
+            uncertain={k: u for k, u in state.uncertain.items() if k in keep},
+        )
+
+    def settled(self, settled: Settled, configs: ConfigSet | None = None) -> Settled:
         """A settled state (pending updates read back) cut to the subset."""
         if not self.patterns:
             return settled
-        drift = tuple(d for d in settled.drift if self.matches(d.key))
-        return Settled(self.state(settled.before), self.state(settled.state), drift)
+        state = self.state(settled.state, configs)
+        drift = tuple(d for d in settled.drift if d.key in state.entries or self.matches(d.key))
+        return Settled(self.state(settled.before, configs), state, drift)
 
     def check_matches(self, configs: ConfigSet, state: State) -> None:
         """Refuse a pattern that matches no rule and no state entry: a typo must not
