@@ -4,11 +4,17 @@ problems of ``movedFrom`` errors."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import jsonschema
 import pytest
 
+from coins_sync.configs.schema import load_schema
 from coins_sync.sandbox import SandboxServer
+from tests import chaos
 from tests.conftest import Invoke
 from tests.test_lifecycle import (
     FUEL,
@@ -59,3 +65,62 @@ def test_only_retires_inside_the_subset_and_leaves_a_retirement_outside(
     inside = invoke("apply", "--yes", "--api-url", sandbox.url, "--only", str(FUEL), env=TOKEN)
     assert inside.exit_code == 0, inside.output
     assert sent(sandbox) == (2, 1) and state_of(project).entries[FUEL].amount == 0
+
+
+def report_of(output: str) -> dict[str, Any]:
+    """The JSON report: the one document on stdout (CliRunner mixes stderr in, so the
+    document is the text from its opening line to its closing brace)."""
+    lines = output.splitlines()
+    start = lines.index("{")
+    end = len(lines) - lines[::-1].index("}")
+    doc: dict[str, Any] = json.loads("\n".join(lines[start:end]))
+    jsonschema.validate(doc, load_schema("apply-report.schema.json"))
+    return doc
+
+
+def test_apply_json_reports_moves_and_retirements_and_a_saved_plans_subset(
+    project: Path, invoke: Invoke, sandbox: SandboxServer
+) -> None:
+    started(project, invoke, sandbox)
+    rules(project, rule("MEAL_CARD", 7, movedFrom=str(MEAL)), rule("FUEL", retired=True))
+    saved = invoke("plan", "--only", str(MEAL_CARD), "--out", "p.json")
+    assert saved.exit_code == 0, saved.output
+    done = invoke("apply", "--api-url", sandbox.url, "--format", "json", "p.json", env=TOKEN)
+    assert done.exit_code == 0, done.output
+    doc = report_of(done.output)
+    assert doc["summary"]["moved"] == 1 and doc["moved"] == [MEAL_CARD.as_dict()]
+    assert doc["summary"]["created"] == 0 and doc["summary"]["retired"] == 0
+    assert doc["only"] == [str(MEAL_CARD)]  # the saved plan's subset
+    assert doc["rate_limit"] is None  # the sandbox refused nothing
+
+    rest = invoke("apply", "--yes", "--api-url", sandbox.url, "--format", "json", env=TOKEN)
+    assert rest.exit_code == 0, rest.output
+    doc = report_of(rest.output)
+    assert doc["summary"]["retired"] == 1 and doc["retired"] == [FUEL.as_dict()]
+    assert doc["only"] == []
+
+
+def test_apply_json_reports_how_a_rate_limit_paced_the_run(
+    project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
+) -> None:
+    chaos.write_rules(project / "configs", 30)
+    server = servers(rate=20.0, burst=3, retry_after=True)
+    done = invoke(
+        "apply",
+        "--yes",
+        "--api-url",
+        server.url,
+        "--parallelism",
+        "8",
+        "--max-wait",
+        "120",
+        "--format",
+        "json",
+        env=TOKEN,
+    )
+    assert done.exit_code == 0, done.output
+    assert server.stats["rate_limited"] > 0  # the limit was hit
+    doc = report_of(done.output)
+    assert doc["summary"]["created"] == 30
+    refused = server.stats["rate_limited"]
+    assert f"{refused} request" in doc["rate_limit"] and "refused (429)" in doc["rate_limit"]

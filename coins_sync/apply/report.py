@@ -40,6 +40,8 @@ class ApplyReport:
     unrecorded: list[tuple[RuleKey, str]] = field(default_factory=list)
     rescue: Path | None = None
     state: State | None = None
+    #: How the server's rate limit (HTTP 429) paced the run (Pacer.summary), or None.
+    rate_limit: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -81,6 +83,8 @@ class ApplyReport:
                 "created": len(self.created),
                 "imported": len(self.imported),
                 "updated": len(self.updated),
+                "moved": len(self.moved),
+                "retired": len(self.retired),
                 "failed": len(self.failed),
                 "uncertain": len(self.uncertain),
                 "uncertain_skipped": len(self.skipped_uncertain),
@@ -89,12 +93,15 @@ class ApplyReport:
             "created": [key.as_dict() for key in self.created],
             "imported": [key.as_dict() for key in self.imported],
             "updated": [key.as_dict() for key in self.updated],
+            "moved": [key.as_dict() for key in self.moved],
+            "retired": [key.as_dict() for key in self.retired],
             "failed": keyed(self.failed, "reason"),
             "uncertain": keyed(self.uncertain, "reason"),
             "uncertain_skipped": [key.as_dict() for key in self.skipped_uncertain],
             "unrecorded": keyed(self.unrecorded, "coinConfigId"),
             "stopped_by": None if self.stopped_by is None else redact(self.stopped_by),
             "interrupted": self.interrupted,
+            "rate_limit": self.rate_limit,
             "only": list(only),
         }
 

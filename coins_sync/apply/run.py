@@ -24,7 +24,7 @@ from coins_sync.apply.report import ApplyReport, describe
 from coins_sync.apply.send import CoinsApi
 from coins_sync.configs.model import ConfigSet
 from coins_sync.enkash import RemoteConfig
-from coins_sync.errors import StateError
+from coins_sync.errors import ApplyStoppedError, StateError
 from coins_sync.plan.online import Settled, plan_refreshed, plan_settled, settle, unverified
 from coins_sync.plan.reconcile import Plan
 from coins_sync.plan.saved import check_consistent, check_fresh, check_read_back, load_plan
@@ -113,7 +113,7 @@ class ClosableApi(CoinsApi, Protocol):
 
     def cancel(self) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,9 @@ class LazyApi:
             self._api = self._factory()
         return self._api
 
-    def close(self) -> None:
-        if self._api is not None:
-            self._api.close()
+    def close(self) -> str | None:
+        """Close the client; how the server's rate limit paced the run, if it did."""
+        return self._api.close() if self._api is not None else None
 
 
 def run_apply(
@@ -169,6 +169,7 @@ def run_apply(
     """
     store = workspace.store
     api = LazyApi(api_factory)
+    report: ApplyReport | None = None
     try:
         with store.lock(request.command, workspace.settings.lock_timeout):
             recovered, _ = store.recover()
@@ -191,9 +192,16 @@ def run_apply(
                 on_stop=api().cancel,
                 rescue=store.write_rescue if isinstance(store, FileStateStore) else None,
             )
-            return the_plan, execute(executor, the_plan, request.retry_uncertain, on_tick)
+            try:
+                report = execute(executor, the_plan, request.retry_uncertain, on_tick)
+            except ApplyStoppedError as stopped:
+                report = stopped.report
+                raise
+            return the_plan, report
     finally:
-        api.close()
+        paced = api.close()
+        if report is not None:  # the report says how the run was paced (JSON too)
+            report.rate_limit = paced
 
 
 def settle_pending(

@@ -158,6 +158,8 @@ def apply_command(
     finally:
         reading.close()
         progress.close()
+    if stopped is None and planfile is not None:  # a saved partial plan has its own subset
+        subset = Subset(the_plan.context.only)
     if stopped is not None:
         # what was done before it stopped; then the error
         print_report(stopped.report, fmt, settings.env, subset)

@@ -189,10 +189,11 @@ class CoinsClient:
         self._policy.cancel()
         self._pacer.cancel()
 
-    def close(self) -> None:
-        """Close the HTTP clients and forget the token; log how the run was paced, if
-        the server refused requests (one line, see :meth:`Pacer.summary`)."""
+    def close(self) -> str | None:
+        """Close the HTTP clients and forget the token; log and return how the run was
+        paced, if the server refused requests (one line, see :meth:`Pacer.summary`)."""
         self.cancel()
+        summary = None
         if not self._summarized:
             self._summarized = True
             summary = self._pacer.summary()
@@ -204,6 +205,7 @@ class CoinsClient:
         finally:
             if self._fresh_http is not self._http:
                 self._fresh_http.close()
+        return summary
 
     # -- the three calls -------------------------------------------------------------
 
