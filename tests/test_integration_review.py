@@ -11,11 +11,12 @@ from typing import Any
 
 import jsonschema
 import pytest
+from markdown_it import MarkdownIt
 
 from coins_sync.configs.schema import load_schema
 from coins_sync.sandbox import SandboxServer
 from tests import chaos
-from tests.conftest import Invoke
+from tests.conftest import Invoke, write
 from tests.test_lifecycle import (
     FUEL,
     MEAL,
@@ -124,3 +125,43 @@ def test_apply_json_reports_how_a_rate_limit_paced_the_run(
     assert doc["summary"]["created"] == 30
     refused = server.stats["rate_limited"]
     assert f"{refused} request" in doc["rate_limit"] and "refused (429)" in doc["rate_limit"]
+
+
+HOSTILE = "<b>@someone_*x*`[l](http:/e)`.yaml"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(
+            rule("MEAL_CARD", 7, movedFrom="ACME/DEFAULT/MEALS") + rule("MEAL", 6), id="typo"
+        ),
+        pytest.param(
+            rule("MEAL", 3, movedFrom=str(FUEL)) + rule("FUEL", 6, movedFrom=str(MEAL)), id="swap"
+        ),
+        pytest.param(rule("MEAL_CARD", 7, movedFrom=str(MEAL)) + rule("MEAL", 6), id="kept"),
+        pytest.param(rule("FUEL", 3, movedFrom=str(MEAL)), id="collision"),
+    ],
+)
+def test_plan_markdown_shows_moved_from_errors_inert_and_exits_1(
+    project: Path, invoke: Invoke, sandbox: SandboxServer, body: str
+) -> None:
+    """The PR comment of a refused ``movedFrom`` (issue 21) is the problems output of
+    issue 23: inert Markdown on stdout, exit 1, under a file name built to be active."""
+    started(project, invoke, sandbox)
+    (project / "configs" / "acme.yaml").unlink()
+    write(project / "configs" / HOSTILE, "companyId: ACME\nrules:\n" + body)
+    result = invoke("plan", "--format", "markdown")
+    assert result.exit_code == 1, result.output
+    text = result.stdout
+    assert text.startswith("### coins-sync plan for `default`"), text
+    assert "movedFrom" in text or "moved into each other" in text, text
+    tokens = MarkdownIt("gfm-like").parse(text)
+    children = [c for t in tokens for c in (t.children or [])]
+    assert not [t for t in tokens if t.type == "html_block"]
+    active = ("html_inline", "link_open", "image", "em_open", "s_open")
+    assert not [t for t in children if t.type in active], text
+    for token in children:
+        if token.type == "text":  # outside code spans: no mention reaches GitHub
+            assert "@someone" not in token.content, text
+    assert "@someone" in text  # the name is shown, inside a code span
