@@ -165,3 +165,25 @@ def test_plan_markdown_shows_moved_from_errors_inert_and_exits_1(
         if token.type == "text":  # outside code spans: no mention reaches GitHub
             assert "@someone" not in token.content, text
     assert "@someone" in text  # the name is shown, inside a code span
+
+
+def test_apply_without_a_terminal_counts_moves_and_retirements_in_progress_lines(
+    project: Path, invoke: Invoke, servers: Callable[..., SandboxServer]
+) -> None:
+    """The plain progress lines of issue 23 count the PATCHes of moves and retirements
+    (issue 21) as well as creates: the last line is every change of the plan."""
+    slow = servers(latency_ms=30)  # the run lasts more than one 0.2 s progress tick
+    events = [f"EVENT_{i:02}" for i in range(20)]
+    rules(project, *(rule(event, 5) for event in events))
+    first = invoke("apply", "--api-url", slow.url, "--yes", env=TOKEN)
+    assert first.exit_code == 0, first.output
+    moved = [rule(f"{e}_NEW", 5, movedFrom=f"ACME/DEFAULT/{e}") for e in events[:10]]
+    rules(project, *moved, *(rule(e, retired=True) for e in events[10:]))
+    result = invoke(
+        "apply", "--api-url", slow.url, "--yes", "--force", "--parallelism", "1", env=TOKEN
+    )
+    assert result.exit_code == 0, result.output
+    assert "10 moved" in result.stdout and "10 retired" in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("applied ")]
+    assert len(lines) >= 2, result.stderr
+    assert lines[-1] == "applied 20/20 (0 failed)"
