@@ -672,7 +672,7 @@ def test_every_git_lease_subcommand_has_help_examples() -> None:
 
     from coins_sync.cli import cli
 
-    for name in ("acquire", "push", "restore", "release", "status"):
+    for name in ("acquire", "push", "restore", "release", "status", "pull"):
         shown = CliRunner().invoke(cli, ["git-lease", name, "--help"]).output
         assert "Example" in shown, name
         assert f"coins-sync git-lease {name} --env prod" in shown, name

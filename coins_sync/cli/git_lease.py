@@ -229,6 +229,10 @@ def git_lease_pull(env_name: str | None, state_path: Path | None, branch: str, r
 
     Refuses to replace a local journal or rescue file, or a local state of another
     lineage or a newer serial. Apply only under a lease (CI), never from this copy.
+
+    \b
+    Example:
+      coins-sync git-lease pull --env prod && coins-sync plan --env prod
     """
     lease = lease_from(env_name, state_path, branch, remote)
     status, written = lease.pull()
