@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -149,3 +150,15 @@ def pg_dsn(pg_cluster: Any, monkeypatch: pytest.MonkeyPatch) -> str:
     dsn: str = pg_cluster.new_database()
     monkeypatch.setenv("COINS_SYNC_PG_DSN", dsn)
     return dsn
+
+
+@pytest.fixture(autouse=True)
+def _coins_sync_logger_as_new() -> None:
+    """A CLI run earlier in this worker gave the ``coins_sync`` logger its own stderr
+    handler and stopped propagation (console.setup_logging), so caplog would see nothing
+    of a later test, depending on which tests xdist put before it. Each test starts
+    from the logger's defaults."""
+    log = logging.getLogger("coins_sync")
+    log.handlers[:] = []
+    log.propagate = True
+    log.setLevel(logging.NOTSET)
