@@ -357,7 +357,7 @@ def _run_in_a_terminal(
     os.close(child)
     seen = b""
     deadline = time.monotonic() + 60
-    answered = False
+    answered = 0.0  # when the answer was last typed
     try:
         while time.monotonic() < deadline:
             ready, _, _ = select.select([main], [], [], 0.2)
@@ -369,9 +369,14 @@ def _run_in_a_terminal(
                 if not chunk:
                     break
                 seen += chunk
-            if not answered and b"[y/N]" in seen:
+            if b"[y/N]" in seen and (
+                not answered
+                # Ctrl-C typed while the prompt is printed but not yet read can be lost
+                # under load; a person presses it again, and so does this (once a second)
+                or (answer == b"\x03" and time.monotonic() - answered > 1.0)
+            ):
                 os.write(main, answer)
-                answered = True
+                answered = time.monotonic()
             if process.poll() is not None and not ready:
                 break
         code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
