@@ -235,3 +235,38 @@ def test_a_library_caller_keeps_every_module_in_the_collectors_walks() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "0"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("validate",), ("validate", "--format", "json"), ("init", "new"), ("schema", "plan")],
+    ids=" ".join,
+)
+def test_commands_that_never_log_import_no_logging(examples: Path, args: tuple[str, ...]) -> None:
+    # Without -v, console.setup_logging sets nothing up (nor imports logging) when the
+    # command's modules do not import it; then none of them may log, however late.
+    code, modules, output = loaded_modules(examples, *args)
+    assert code == 0, output
+    assert "logging" not in modules
+
+
+def test_a_refused_file_is_worded_without_logging(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    bad = SAMPLE_RULES.replace(b"amount: 6", b"amount: six")
+    (tmp_path / "configs" / "bad.yaml").write_bytes(bad)
+    code, modules, output = loaded_modules(tmp_path, "validate")
+    assert code == 1 and "amount: must be a whole number" in output
+    assert "logging" not in modules
+
+
+def test_validate_logs_where_it_reads_with_v_and_vv(examples: Path) -> None:
+    # A fresh interpreter, where nothing has imported logging before -v asks for it.
+    code, modules, output = loaded_modules(examples, "validate", "-v")
+    assert code == 0, output
+    assert f"INFO: project root: {examples.resolve()}" in output
+    assert "DEBUG:" not in output
+    code, modules, output = loaded_modules(examples, "validate", "-vv")
+    assert code == 0, output
+    assert "INFO: project root:" in output
+    assert "DEBUG: environment default: configs configs" in output
+    assert "logging" in modules

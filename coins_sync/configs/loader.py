@@ -13,7 +13,6 @@ What is promised:
 
 from __future__ import annotations
 
-import logging
 import operator
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,8 +28,6 @@ from coins_sync.configs.schema import RuleFileValidator
 from coins_sync.errors import ConfigError, Problem
 from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.inputs import read_input
-
-log = logging.getLogger(__name__)
 
 DEFAULT_CONFIGURATION = "DEFAULT"
 
