@@ -324,18 +324,17 @@ def verbosity() -> int:
     return _verbosity
 
 
-def setup_logging(verbosity: int) -> None:
+def setup_logging(verbosity: int, *, silent_command: bool = False) -> None:
     """``coins_sync`` logs to stderr, scrubbed: warnings, -v info, -vv debug.
 
-    Without -v, while nothing imported uses logging, there is nothing to set up, and
-    logging is not imported (a twentieth of ``validate``'s start-up): the group imports
-    the command's modules before this runs, and a command whose modules never import
-    logging (``validate``, ``init``, ``schema``; tests/test_import_purity.py holds them
-    to it) cannot log a line.
+    A ``silent_command`` is one that never logs without -v (``validate``, ``init``,
+    ``schema``: tests/test_import_purity.py holds them to it). For it, without -v and
+    while nothing imported uses logging, nothing is set up and logging is not imported:
+    that import alone was a twentieth of ``validate``'s start-up.
     """
     global _verbosity
     _verbosity = verbosity
-    if not verbosity and "logging" not in sys.modules:
+    if silent_command and not verbosity and "logging" not in sys.modules:
         return
     import logging
 

@@ -237,17 +237,40 @@ def test_a_library_caller_keeps_every_module_in_the_collectors_walks() -> None:
     assert proc.stdout.strip() == "0"
 
 
+#: How each of app.SILENT_COMMANDS is run here.
+SILENT_RUNS = {
+    "validate": [("validate",), ("validate", "--format", "json")],
+    "init": [("init", "new")],
+    "schema": [("schema", "plan")],
+}
+
+
+def test_every_silent_command_is_held_to_it() -> None:
+    from coins_sync.cli.app import SILENT_COMMANDS
+
+    assert set(SILENT_RUNS) == SILENT_COMMANDS
+
+
 @pytest.mark.parametrize(
-    "args",
-    [("validate",), ("validate", "--format", "json"), ("init", "new"), ("schema", "plan")],
-    ids=" ".join,
+    "args", [args for runs in SILENT_RUNS.values() for args in runs], ids=" ".join
 )
 def test_commands_that_never_log_import_no_logging(examples: Path, args: tuple[str, ...]) -> None:
-    # Without -v, console.setup_logging sets nothing up (nor imports logging) when the
-    # command's modules do not import it; then none of them may log, however late.
+    # Without -v, console.setup_logging sets nothing up (nor imports logging) for a
+    # silent command; so none of its modules may log, however late they are imported.
     code, modules, output = loaded_modules(examples, *args)
     assert code == 0, output
     assert "logging" not in modules
+
+
+@pytest.mark.parametrize("args", [("sandbox", "--help"), ("git-lease", "--help")], ids=" ".join)
+def test_other_commands_get_logging_set_up_before_they_run(
+    examples: Path, args: tuple[str, ...]
+) -> None:
+    # Their modules import what logs only once they run; the scrubbing handler must be
+    # in place by then, so it is set up whatever they imported so far.
+    code, modules, output = loaded_modules(examples, *args)
+    assert code == 0, output
+    assert "logging" in modules
 
 
 def test_a_refused_file_is_worded_without_logging(tmp_path: Path) -> None:

@@ -44,6 +44,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "schema": ("coins_sync.cli.init", "schema_command"),
 }
 
+#: The commands that never log a line without -v, nor import a module that logs:
+#: logging is not even imported for them (see console.setup_logging). Any other
+#: command gets logging set up before it runs, whatever it imports later.
+SILENT_COMMANDS = frozenset({"validate", "init", "schema"})
+
 
 def _report_error(error: CoinsSyncError) -> None:
     if isinstance(error, ConfigError):
@@ -125,14 +130,15 @@ class CoinsGroup(click.Group):
     is_flag=True,
     help="No colour in the output (also with NO_COLOR set or TERM=dumb).",
 )
-def cli(verbose: int, no_colour: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, no_colour: bool) -> None:
     """Keep EnKash coin reward rules as code: validate, plan and apply.
 
     \b
     Example:
       coins-sync validate && coins-sync plan && coins-sync apply
     """
-    console.setup_logging(verbose)
+    console.setup_logging(verbose, silent_command=ctx.invoked_subcommand in SILENT_COMMANDS)
     console.forbid_colour(no_colour)
 
 
