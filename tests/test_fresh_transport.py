@@ -7,7 +7,6 @@ create becomes (created, surely not sent, or uncertain) and that it is never sen
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import socket
@@ -27,90 +26,20 @@ from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http
 from coins_sync.enkash.fresh import FreshTransport
 from coins_sync.enkash.wire import CREATE_PATH
 from coins_sync.errors import OutcomeUnknownError, UnreachableError
+from tests.loopback import Behaviour, RawServer, Received, self_signed_certificate
 
 KEY = RuleKey(company_id="ACME", configuration="DEFAULT", event="GIFT")
 TOKEN = Credentials(token="t0k3n-not-a-secret")
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
 
-#: What the server does once it has read a whole request: it gets the socket and the
-#: request's JSON body, and writes (or does not write) an answer.
-Behaviour = Callable[[socket.socket, dict[str, object]], None]
 
-
-def answer(body: dict[str, object], number: int) -> bytes:
+def answer(received: Received, number: int) -> bytes:
     doc = {
-        "payload": {"coinConfigId": f"WCC{number}", **body},
+        "payload": {"coinConfigId": f"WCC{number}", **json.loads(received.body)},
         "response_code": 0,
         "response_message": "Success",
     }
     return json.dumps(doc).encode()
-
-
-class RawServer:
-    """A loopback server that reads each request whole, records it, and then does what
-    ``behaviour`` says; one request per connection."""
-
-    def __init__(self, behaviour: Behaviour) -> None:
-        self.behaviour = behaviour
-        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-        self.listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.requests: list[tuple[bytes, bytes]] = []  # (head, body) of each request
-        self.connections = 0
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with self.lock:
-                self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            while len(body) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                body += chunk
-            with self.lock:
-                self.requests.append((head, body))
-            self.behaviour(conn, json.loads(body) if body else {})
-
-    def creates(self) -> int:
-        with self.lock:
-            return sum(
-                head.startswith(f"POST {CREATE_PATH} ".encode()) for head, _ in self.requests
-            )
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.acceptor.join(timeout=5)
-        for thread in self.threads:
-            thread.join(timeout=5)
-        self.listener.close()
 
 
 @pytest.fixture
@@ -147,8 +76,8 @@ def client_for(url: str, **options: float) -> CoinsClient:
 # -- answers that work -------------------------------------------------------------------
 
 
-def content_length(conn: socket.socket, body: dict[str, object]) -> None:
-    data = answer(body, 1)
+def content_length(conn: socket.socket, received: Received) -> None:
+    data = answer(received, 1)
     conn.sendall(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(data)}\r\n\r\n".encode()
@@ -156,8 +85,8 @@ def content_length(conn: socket.socket, body: dict[str, object]) -> None:
     )
 
 
-def chunked_after_interim(conn: socket.socket, body: dict[str, object]) -> None:
-    data = answer(body, 2)
+def chunked_after_interim(conn: socket.socket, received: Received) -> None:
+    data = answer(received, 2)
     half = len(data) // 2
     conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
     conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -167,8 +96,8 @@ def chunked_after_interim(conn: socket.socket, body: dict[str, object]) -> None:
     conn.sendall(b"0\r\n\r\n")
 
 
-def until_close(conn: socket.socket, body: dict[str, object]) -> None:
-    conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + answer(body, 3))
+def until_close(conn: socket.socket, received: Received) -> None:
+    conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + answer(received, 3))
 
 
 @pytest.mark.parametrize(
@@ -182,9 +111,9 @@ def test_a_create_is_read_whatever_the_framing_one_connection_each(
         made = [client.create(KEY, amount) for amount in (5, 6, 7)]
     assert [m.coin_config_id for m in made] == [f"WCC{number}"] * 3
     assert [m.amount for m in made] == [5, 6, 7]
-    assert server.creates() == 3
+    assert server.count("POST", CREATE_PATH) == 3
     assert server.connections == 3  # a fresh connection for each create
-    head, body = server.requests[0]
+    head, body = server.requests[0].head, server.requests[0].body
     assert b"\r\nconnection: close" in head.lower()
     assert b"\r\nauthorization: bearer t0k3n-not-a-secret" in head.lower()
     assert json.loads(body) == {**KEY.as_dict(), "amount": 5}
@@ -216,24 +145,24 @@ def test_the_create_client_runs_on_the_fresh_transport_unless_a_proxy_is_named(
 # -- faults: what a create becomes ---------------------------------------------------------
 
 
-def hang_up(conn: socket.socket, body: dict[str, object]) -> None:
+def hang_up(conn: socket.socket, received: Received) -> None:
     """Read the request, answer nothing."""
 
 
-def half_body(conn: socket.socket, body: dict[str, object]) -> None:
-    data = answer(body, 4)
+def half_body(conn: socket.socket, received: Received) -> None:
+    data = answer(received, 4)
     conn.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data[:10])
 
 
-def garbage(conn: socket.socket, body: dict[str, object]) -> None:
+def garbage(conn: socket.socket, received: Received) -> None:
     conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
 
 
-def silent(conn: socket.socket, body: dict[str, object]) -> None:
+def silent(conn: socket.socket, received: Received) -> None:
     time.sleep(1.0)  # longer than the client's read timeout
 
 
-def reset(conn: socket.socket, body: dict[str, object]) -> None:
+def reset(conn: socket.socket, received: Received) -> None:
     conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
 
 
@@ -257,7 +186,7 @@ def test_a_create_that_reached_the_server_is_uncertain_and_never_sent_again(
     ):
         client.create(KEY, 5)
     assert words in str(e.value)
-    assert server.creates() == 1
+    assert server.count("POST", CREATE_PATH) == 1
 
 
 def test_a_create_to_a_closed_port_is_surely_not_sent() -> None:
@@ -302,8 +231,8 @@ class Created(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        data = answer(body, 7)
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        data = answer(Received("POST", self.path, b"", body, 1), 7)
         self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -317,36 +246,8 @@ class Created(BaseHTTPRequestHandler):
 def tls_server() -> Iterator[tuple[str, Path]]:
     """An https server on 127.0.0.1 and the file of the CA that signed its certificate
     (itself)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as where:
-        cert_file, key_file = Path(where, "cert.pem"), Path(where, "key.pem")
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        cert_file, key_file = self_signed_certificate(Path(where), "localhost")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file, key_file)
         server = ThreadingHTTPServer(("127.0.0.1", 0), Created)
