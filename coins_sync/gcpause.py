@@ -33,8 +33,9 @@ def built_for_good() -> Iterator[None]:
     Every collection after that, the full one Python makes before it exits included,
     skips them instead of walking the whole heap again: a few milliseconds of each
     start-up. Reference counting still frees whatever of them is dropped; only a
-    garbage cycle made in the block would stay until the process ends. For a process
-    that runs one command and ends (the console script), not for a library caller.
+    garbage cycle that exists when they are frozen (anywhere in the process) stays until
+    the process ends. For a process that runs one command and ends (the console
+    script), not for a library caller.
     """
     enabled = gc.isenabled()
     gc.disable()
