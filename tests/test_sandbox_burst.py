@@ -4,10 +4,12 @@ Every create goes out on a fresh connection, so an apply at ``--parallelism 64``
 have 64 connections waiting for the sandbox to accept them. When the listen queue is
 shorter than that (``socketserver``'s default is 5), Linux drops the handshake's last
 ACK; with SYN cookies the connection can then only be revived by a segment that starts
-at the first byte, and httpx sends a request's head and body as two segments. The
-body's segment finds no connection and the kernel answers it with a reset: the client
-books an uncertain create, although the sandbox never saw the request (reproduced with
-a 5-deep queue: 56 uncertain creates in 50,000 at ``-p 32``, none with this queue).
+at the request's first byte. A request whose body goes out apart from its head (httpx's
+pooled transport, which the client uses behind a proxy) gets a reset for its body's
+segment: the client books an uncertain create, although the sandbox never saw the
+request (issue 22: with a 5-deep queue, 56 uncertain creates in 50,000 at ``-p 32``;
+none with the sandbox's queue). The test sends each create in two segments, the harder
+case, and ``tests/benchmarks/resets.py`` reproduces the resets with ``--backlog 5``.
 """
 
 from __future__ import annotations

@@ -9,14 +9,16 @@ kernel's counters (``nstat``, system-wide: other processes count too) for listen
 overflows and SYN cookies.
 
 ``--backlog N`` runs the sandbox with an N-deep listen queue instead of its own (128);
-``--backlog 5`` (``socketserver``'s default) reproduces the resets: the kernel drops the
-last ACK of a handshake while the queue is full, and with SYN cookies the segment that
-carries the request's body (httpx sends head and body as two) fails the cookie check and
-is answered with a reset, on a connection the sandbox never accepted.
+``--backlog 5`` (``socketserver``'s default) overflows it: the kernel drops the last ACK
+of a handshake while the queue is full, and with SYN cookies only a segment that starts
+at the request's first byte can revive the connection; a later one (a body sent apart
+from its head) fails the cookie check and is answered with a reset, on a connection the
+sandbox never accepted.
 
-``--one-write`` runs the client with each request's head and body sent in one write
-(a prototype of the fix proposed in issue 22: httpcore's plain-TCP stream buffers the
-writes and sends them when the answer is first read), to compare against the stock client.
+The client sends a create's head and body in one write (FreshTransport), so such a
+connection is revived by the resent segment and nothing is reset. ``--two-writes`` runs
+the create client on httpx's pooled transport instead (head, then body: what it does
+behind a proxy, and what it did before), to compare the two.
 """
 
 from __future__ import annotations
@@ -51,36 +53,12 @@ sys.argv = ["coins-sync", "sandbox", *sys.argv[1:]]
 main()
 """
 
-#: The command line, with httpcore's plain-TCP writes held until the answer is read.
-ONE_WRITE = """\
+#: The command line with the create client on httpx's pooled transport, which sends a
+#: request's head and body in two writes (as before FreshTransport, or behind a proxy).
+TWO_WRITES = """\
 import sys
-import httpcore
-from httpcore._backends.sync import SyncBackend
-
-class OneWrite(httpcore.NetworkStream):
-    def __init__(self, inner):
-        self.inner, self.pending = inner, []
-    def write(self, buffer, timeout=None):
-        if buffer:
-            self.pending.append(buffer)
-    def flush(self, timeout=None):
-        if self.pending:
-            data, self.pending = b"".join(self.pending), []
-            self.inner.write(data, timeout)
-    def read(self, max_bytes, timeout=None):
-        self.flush(timeout)
-        return self.inner.read(max_bytes, timeout)
-    def close(self):
-        self.pending = []
-        self.inner.close()
-    def start_tls(self, *args, **kwargs):
-        self.flush()
-        return self.inner.start_tls(*args, **kwargs)
-    def get_extra_info(self, info):
-        return self.inner.get_extra_info(info)
-
-connect_tcp = SyncBackend.connect_tcp
-SyncBackend.connect_tcp = lambda self, *a, **k: OneWrite(connect_tcp(self, *a, **k))
+import coins_sync.enkash.options as options
+options._proxied = lambda url: True  # no proxy is set, so httpx connects directly
 from coins_sync.cli import main
 sys.argv = ["coins-sync", *sys.argv[1:]]
 main()
@@ -119,7 +97,7 @@ def one_run(root: Path, env: dict[str, str], n: int, args: argparse.Namespace) -
                 time.sleep(0.05)
             text = log.read_text("utf-8", "replace")
             url = text.split("listening on ", 1)[1].split()[0]
-            command = ["-c", ONE_WRITE] if args.one_write else ["-m", "coins_sync"]
+            command = ["-c", TWO_WRITES] if args.two_writes else ["-m", "coins_sync"]
             options = ["--configs", "configs", "--state", "state/bench.json", "--env", "bench"]
             options += ["--api-url", url, "--yes", "--parallelism", str(args.parallelism)]
             before = kernel_counters()
@@ -156,7 +134,9 @@ def main() -> int:
     parser.add_argument("--parallelism", type=int, default=32)
     parser.add_argument("--minutes", type=float, default=10.0, help="stop starting runs after")
     parser.add_argument("--backlog", type=int, default=None, help="the sandbox's listen queue")
-    parser.add_argument("--one-write", action="store_true", help="head and body in one write")
+    parser.add_argument(
+        "--two-writes", action="store_true", help="creates on httpx's transport (head, body)"
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="coins-sync-resets-"))
     started = time.monotonic()
