@@ -23,3 +23,24 @@ def cyclic_gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def built_for_good() -> Iterator[None]:
+    """Build objects that live until the process ends (a command line's modules) with
+    the cyclic collector paused, then freeze them (:func:`gc.freeze`).
+
+    Every collection after that, the full one Python makes before it exits included,
+    skips them instead of walking the whole heap again: a few milliseconds of each
+    start-up. Reference counting still frees whatever of them is dropped; only a
+    garbage cycle made in the block would stay until the process ends. For a process
+    that runs one command and ends (the console script), not for a library caller.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+        gc.freeze()  # before the collector resumes: it would walk them all at once
+    finally:
+        if enabled:
+            gc.enable()
