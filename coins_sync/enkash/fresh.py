@@ -21,6 +21,14 @@ default transport at the same moments, which is what the create's safety rests o
   answer was lost or malformed. A read error while the body streams surfaces from the
   response's ``iter_bytes``, as with the default transport.
 
+Writing the request in one go also closes a way a create became uncertain against a
+healthy server (issue 22, reproduced with ``tests/benchmarks/resets.py``): when the
+server's listen queue overflows, Linux answers with a SYN cookie and drops the segments
+it cannot queue; a request sent as head then body had its body arrive first, fail the
+cookie check and draw a reset, and the client had to book "reset after the request was
+sent" for a request the server never accepted. Sent whole, the request is resent from
+its first byte and is only delayed (``tests/test_create_one_write.py``).
+
 It does not speak to proxies: :func:`~coins_sync.enkash.options.make_http_client` uses
 it only when the environment names no proxy for the API's scheme, and httpx's default
 transport (which honours ``HTTP_PROXY`` and the like) otherwise.
