@@ -301,3 +301,58 @@ def test_a_tls_handshake_cut_short_is_surely_not_sent(
             client.create(KEY, 5)
         thread.join(5)
     assert "nothing was sent" in str(e.value)
+
+
+# -- review of issue 22: answers and failures the default transport handles too ------------
+
+
+def early_answer(conn: socket.socket) -> None:
+    """Read the request's head only, refuse it and hang up with its body unread: the
+    client's write of the rest then fails with a reset (what a server that refuses a
+    too-large body or a bad token before reading the body does)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    conn.sendall(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
+    )
+
+
+@pytest.mark.parametrize("keepalive", [False, True])
+def test_an_answer_sent_before_the_whole_request_was_read_is_returned(keepalive: bool) -> None:
+    # httpx's own transport reads the answer after a failed write; the fresh one must too,
+    # or a refusal (surely not processed) turns into a write error (an uncertain create).
+    body = b"x" * (64 * 1024 * 1024)  # far more than the loopback's socket buffers hold
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+
+        def serve_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                early_answer(conn)
+
+        thread = threading.Thread(target=serve_once, daemon=True)
+        thread.start()
+        opts = ClientOptions(api_url=f"http://127.0.0.1:{port}")
+        with make_http_client(opts, keepalive=keepalive) as http:
+            assert isinstance(http._transport, FreshTransport) is not keepalive
+            response = http.post("/upload", content=body, headers={"Connection": "close"})
+        thread.join(10)
+    assert (response.status_code, response.content) == (413, b"too large")
+
+
+def test_a_host_name_that_cannot_be_encoded_is_surely_not_sent() -> None:
+    # "a..b" has an empty label: the name cannot be looked up, so nothing is sent. The
+    # transport must say so with an httpx error, not let a UnicodeError escape the client
+    # (which stops the run and leaves the create uncertain although it was never sent).
+    with (
+        client_for("http://a..b:8080", max_retries=1) as client,
+        pytest.raises(UnreachableError) as e,
+    ):
+        client.create(KEY, 5)
+    assert "nothing was sent" in str(e.value)
+    assert "on all 2 tries" in str(e.value)
