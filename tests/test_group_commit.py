@@ -4,6 +4,7 @@ one write and one fsync, and still no thread returns before its own line is dura
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -118,3 +119,130 @@ def test_a_failed_group_write_fails_every_line_of_it_and_the_log_goes_on(
     lines = path.read_bytes().splitlines()
     # the torn line was ended before the next one, and nothing else of the failed groups
     assert lines == [b"first", b"lin", b"after"]
+
+
+# -- review of issue 22 --------------------------------------------------------------------
+
+
+class Interrupted(BaseException):
+    """What a signal handler raises in the main thread (as KeyboardInterrupt does)."""
+
+
+def queued(log: AppendLog, count: int) -> None:
+    """Wait (bounded) until ``count`` entries wait behind the write under way."""
+    for _ in range(1000):
+        if len(log._group._waiting) >= count:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{count} entries never queued")
+
+
+def blocking_leader(log: AppendLog) -> tuple[threading.Thread, threading.Event]:
+    """A thread whose line is being written (its render waits for the event returned)
+    while the test queues other lines behind it."""
+    rendering, release = threading.Event(), threading.Event()
+
+    def render() -> bytes:
+        rendering.set()
+        release.wait(10)
+        return b"leader\n"
+
+    thread = threading.Thread(target=log.commit, args=(Entry(render),), daemon=True)
+    thread.start()
+    assert rendering.wait(10)
+    return thread, release
+
+
+def test_a_waiter_interrupted_before_its_turn_does_not_stall_the_log(tmp_path: Path) -> None:
+    # Ctrl-C in the main thread while it waits behind another thread's write: the write
+    # then hands the next group to a thread that is gone. The log must go on (and the
+    # interrupted line, never taken by a write, is not written).
+    path = tmp_path / "x.audit.jsonl"
+    log = AppendLog(path, "audit log")
+    leader, release = blocking_leader(log)
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()
+
+    def interrupt_main() -> None:
+        queued(log, 1)
+        signal.pthread_kill(main, signal.SIGUSR1)
+
+    def raise_interrupted(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, raise_interrupted)
+    try:
+        interrupter = threading.Thread(target=interrupt_main, daemon=True)
+        interrupter.start()
+        with pytest.raises(Interrupted):
+            log.append(b"interrupted\n")
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    interrupter.join(10)
+    release.set()
+    leader.join(10)
+    after = threading.Thread(target=log.append, args=(b"after\n",), daemon=True)
+    after.start()
+    after.join(10)
+    assert not after.is_alive(), "the log stalled: the next append never returned"
+    log.close()
+    assert path.read_bytes().splitlines() == [b"leader", b"after"]
+
+
+def test_an_entry_that_fails_alone_does_not_fail_the_others_of_its_group(
+    tmp_path: Path,
+) -> None:
+    # One thread's render or bookkeeping raising must not fail (or unbook) the lines of
+    # other threads that happen to share its write: each fails alone, as before group
+    # commit, and a failed render runs its own failed callback (nothing of it is written).
+    path = tmp_path / "x.journal.jsonl"
+    log = AppendLog(path, "journal")
+    leader, release = blocking_leader(log)
+    outcomes: list[str] = []
+    errors: dict[str, BaseException] = {}
+
+    def bad_render() -> bytes:
+        raise ValueError("cannot render")
+
+    def bad_booking() -> None:
+        raise RuntimeError("cannot book")
+
+    entries = {
+        "a": Entry(
+            bad_render, lambda: outcomes.append("written a"), lambda: outcomes.append("failed a")
+        ),
+        "b": Entry(
+            lambda: b"b\n",
+            lambda: outcomes.append("written b"),
+            lambda: outcomes.append("failed b"),
+        ),
+        "c": Entry(lambda: b"c\n", bad_booking, lambda: outcomes.append("failed c")),
+        "d": Entry(
+            lambda: b"d\n",
+            lambda: outcomes.append("written d"),
+            lambda: outcomes.append("failed d"),
+        ),
+    }
+
+    def worker(name: str) -> None:
+        try:
+            log.commit(entries[name])
+        except BaseException as e:
+            errors[name] = e
+
+    threads = []
+    for count, name in enumerate(entries, start=1):  # queued in this order: one group
+        thread = threading.Thread(target=worker, args=(name,), daemon=True)
+        thread.start()
+        threads.append(thread)
+        queued(log, count)
+    release.set()
+    leader.join(10)
+    for thread in threads:
+        thread.join(10)
+        assert not thread.is_alive()
+    log.close()
+    assert sorted(errors) == ["a", "c"]
+    assert isinstance(errors["a"], ValueError) and isinstance(errors["c"], RuntimeError)
+    assert outcomes == ["failed a", "written b", "written d"]
+    assert path.read_bytes().splitlines() == [b"leader", b"b", b"c", b"d"]
