@@ -246,3 +246,29 @@ def test_an_entry_that_fails_alone_does_not_fail_the_others_of_its_group(
     assert isinstance(errors["a"], ValueError) and isinstance(errors["c"], RuntimeError)
     assert outcomes == ["failed a", "written b", "written d"]
     assert path.read_bytes().splitlines() == [b"leader", b"b", b"c", b"d"]
+
+
+def test_a_booking_that_appends_to_its_own_log_fails_instead_of_hanging(tmp_path: Path) -> None:
+    # A bookkeeping callback runs inside the group's write; an append from there would
+    # wait for the very write it runs in. It must fail (that entry alone), not hang.
+    path = tmp_path / "x.journal.jsonl"
+    log = AppendLog(path, "journal")
+    errors: list[BaseException] = []
+
+    def nested() -> None:
+        log.append(b"nested\n")
+
+    def worker() -> None:
+        try:
+            log.commit(Entry(lambda: b"outer\n", nested))
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive(), "the append hung"
+    assert [type(e) for e in errors] == [RuntimeError]
+    log.append(b"after\n")  # the log goes on
+    log.close()
+    assert path.read_bytes().splitlines() == [b"outer", b"after"]

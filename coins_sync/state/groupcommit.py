@@ -47,6 +47,7 @@ class GroupCommit(Generic[T]):
         self._queue = threading.Lock()
         self._waiting: list[_Waiter[T]] = []
         self._writing = False
+        self._writer: int | None = None  # the thread in ``write`` now (guarded by _queue)
 
     def commit(self, item: T) -> None:
         """Return once ``item`` is written (raise what its group's write raised).
@@ -58,6 +59,9 @@ class GroupCommit(Generic[T]):
         hands on the next write if it was handed it: the others never wait for it."""
         waiter = _Waiter(item)
         with self._queue:
+            if self._writer == threading.get_ident():
+                # from inside ``write`` (a bookkeeping callback): it would wait for itself
+                raise RuntimeError("cannot commit from inside the write of a group")
             self._waiting.append(waiter)
             waiter.lead = not self._writing
             self._writing = True
@@ -96,6 +100,7 @@ class GroupCommit(Generic[T]):
         the write raised: an item's thread is never left waiting)."""
         with self._queue:
             batch, self._waiting = self._waiting, []
+            self._writer = threading.get_ident()
         error: BaseException | None = None
         try:
             self._write([waiter.item for waiter in batch])
@@ -103,6 +108,7 @@ class GroupCommit(Generic[T]):
             error = e
         finally:
             with self._queue:
+                self._writer = None
                 for waiter in batch:
                     waiter.done, waiter.error = True, error
                 self._hand_on()
