@@ -361,3 +361,37 @@ def test_a_host_name_that_cannot_be_encoded_is_surely_not_sent() -> None:
         client.create(KEY, 5)
     assert "nothing was sent" in str(e.value)
     assert "on all 2 tries" in str(e.value)
+
+
+def test_a_create_to_an_ipv6_literal_goes_out_and_is_read() -> None:
+    # api_url http://[::1]:port: the transport connects to the bare address, and the
+    # Host header keeps its brackets.
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    heads: list[bytes] = []
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            while not body.endswith(b"}"):
+                body += conn.recv(65536)
+            heads.append(head)
+            content_length(conn, Received("POST", CREATE_PATH, head, body, 1))
+
+    with listener:
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        thread = threading.Thread(target=serve_once, daemon=True)
+        thread.start()
+        with client_for(f"http://[::1]:{port}") as client:
+            made = client.create(KEY, 5)
+        thread.join(10)
+    assert (made.coin_config_id, made.amount) == ("WCC1", 5)
+    assert f"\r\nhost: [::1]:{port}\r\n".encode() in heads[0].lower() + b"\r\n"
