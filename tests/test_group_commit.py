@@ -272,3 +272,35 @@ def test_a_booking_that_appends_to_its_own_log_fails_instead_of_hanging(tmp_path
     log.append(b"after\n")  # the log goes on
     log.close()
     assert path.read_bytes().splitlines() == [b"outer", b"after"]
+
+
+def test_an_interrupt_mid_write_fails_the_line_and_the_next_line_starts_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ctrl-C while the group is being written (a torn write): the appending thread gets
+    # the interrupt, the entry's failed callback runs (a confirmed result stays booked),
+    # and the file is reopened, so the next line does not glue onto the torn one.
+    path = tmp_path / "x.journal.jsonl"
+    log = AppendLog(path, "journal")
+    log.append(b"first\n")
+    real_write = files.os.write
+
+    def torn_write(fd: int, data: memoryview) -> int:
+        real_write(fd, bytes(data)[:3])
+        raise Interrupted
+
+    outcomes: list[str] = []
+    monkeypatch.setattr(files.os, "write", torn_write)
+    with pytest.raises(Interrupted):
+        log.commit(
+            Entry(
+                lambda: b"line\n",
+                lambda: outcomes.append("written"),
+                lambda: outcomes.append("failed"),
+            )
+        )
+    monkeypatch.setattr(files.os, "write", real_write)
+    log.append(b"after\n")
+    log.close()
+    assert outcomes == ["failed"]
+    assert path.read_bytes().splitlines() == [b"first", b"lin", b"after"]

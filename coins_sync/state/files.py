@@ -96,12 +96,13 @@ class _Append:
         self.error: BaseException | None = None
 
     def call(self, callback: Callable[[], None] | None) -> None:
-        """Run a bookkeeping callback; what it raises is this entry's error alone."""
+        """Run a bookkeeping callback; what it raises is this entry's error alone (an
+        interrupt, which is no entry's doing, goes on up: every entry's thread gets it)."""
         if callback is None:
             return
         try:
             callback()
-        except BaseException as e:
+        except Exception as e:
             if self.error is None:
                 self.error = e
 
@@ -170,7 +171,7 @@ class AppendLog:
             for item in items:
                 try:
                     lines.append(item.entry.render())
-                except BaseException as e:  # this entry alone: nothing of it is written
+                except Exception as e:  # this entry alone: nothing of it is written
                     item.error = e
                     item.call(item.entry.failed)
                 else:
@@ -183,6 +184,8 @@ class AppendLog:
                 for item in taken:
                     item.error = e
                     item.call(item.entry.failed)
+                if not isinstance(e, Exception):
+                    raise  # an interrupt: every thread of the group gets it, as before
                 return
             for item in taken:
                 item.call(item.entry.written)
