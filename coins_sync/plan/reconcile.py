@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from coins_sync import defaults
-from coins_sync.configs.model import Rule, RuleKey, Source
+from coins_sync.configs.model import Rule, RuleKey, Source, quick_init
 from coins_sync.errors import AmountOutOfRangeError, PlanConflictError, TooManyUpdatesError
 from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.plan.drift import Drift, DriftField
@@ -47,6 +47,7 @@ CHANGING = frozenset(
 PATCHING = frozenset({Action.MOVE, Action.UPDATE, Action.RETIRE})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Change:
     """One key's planned action.

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from coins_sync.configs.model import RuleKey
+from coins_sync.configs.model import RuleKey, quick_init
 from coins_sync.errors import StateError
 from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.inputs import loads_json
@@ -44,6 +44,7 @@ def valid_config_id(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and set(value) <= _ID_CHARS
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StateEntry:
     """A config the server confirmed: ``key`` gives ``amount``, known as ``coin_config_id``.
