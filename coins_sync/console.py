@@ -12,7 +12,6 @@ renderers live in :mod:`coins_sync.plan.render`.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -27,6 +26,8 @@ from coins_sync.redact import redact
 from coins_sync.words import plural
 
 if TYPE_CHECKING:  # validate and an offline plan load none of these
+    import logging
+
     from coins_sync.apply import ApplyReport
     from coins_sync.errors import Problem
     from coins_sync.gitlease.status import BranchStatus
@@ -222,6 +223,8 @@ class Progress:
         self._last_done = 0
         self._printed = False
         self._filter = _EndProgressLine(self)
+        import logging  # progress is shown by apply, which logs anyway
+
         for handler in logging.getLogger("coins_sync").handlers:
             handler.addFilter(self._filter)
 
@@ -248,14 +251,17 @@ class Progress:
             click.echo("", err=True)
 
     def close(self) -> None:
+        import logging
+
         for handler in logging.getLogger("coins_sync").handlers:
             handler.removeFilter(self._filter)
         self.end_line()
 
 
-class _EndProgressLine(logging.Filter):
+class _EndProgressLine:
+    """A log filter (logging takes any object with this ``filter`` method)."""
+
     def __init__(self, progress: Progress) -> None:
-        super().__init__()
         self.progress = progress
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -296,8 +302,12 @@ def _json(data: object, indent: int) -> str:
 # -- logging ------------------------------------------------------------------------
 
 
-class ScrubFilter(logging.Filter):
-    """Redacts every log line, its arguments merged in first, and makes it inert."""
+class ScrubFilter:
+    """Redacts every log line, its arguments merged in first, and makes it inert.
+
+    A log filter: logging takes any object with this ``filter`` method, so this module
+    imports logging only to set it up.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = safe(record.getMessage())
@@ -305,8 +315,29 @@ class ScrubFilter(logging.Filter):
         return True
 
 
-def setup_logging(verbosity: int) -> None:
-    """``coins_sync`` logs to stderr, scrubbed: warnings, -v info, -vv debug."""
+#: -v and -vv, as given to :func:`setup_logging`.
+_verbosity = 0
+
+
+def verbosity() -> int:
+    """0 by default, 1 with -v (info), 2 with -vv (debug)."""
+    return _verbosity
+
+
+def setup_logging(verbosity: int, *, silent_command: bool = False) -> None:
+    """``coins_sync`` logs to stderr, scrubbed: warnings, -v info, -vv debug.
+
+    A ``silent_command`` is one that never logs without -v (``validate``, ``init``,
+    ``schema``: tests/test_import_purity.py holds them to it). For it, without -v and
+    while nothing imported uses logging, nothing is set up and logging is not imported:
+    that import alone was a twentieth of ``validate``'s start-up.
+    """
+    global _verbosity
+    _verbosity = verbosity
+    if silent_command and not verbosity and "logging" not in sys.modules:
+        return
+    import logging
+
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(ScrubFilter())
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))

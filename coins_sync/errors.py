@@ -37,20 +37,21 @@ Messages never contain secrets: callers pass only public values into them.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:  # type names only: this module imports nothing of coins-sync at run time
     from coins_sync.configs.model import RuleKey
 
 
-@dataclass(frozen=True, order=True)
-class Problem:
+class Problem(NamedTuple):
     """One located problem in a rule file: ``path:line:col: message``.
 
     ``path`` is already relative to the working directory; ``line`` and ``col``
     are 1-based, and 0 when the problem concerns the file as a whole.
+
+    Immutable, hashable and ordered by its fields, as a frozen ordered dataclass is; a
+    named tuple because building a dataclass class costs start-up time (exec).
     """
 
     path: str

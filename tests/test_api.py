@@ -26,6 +26,7 @@ from coins_sync.enkash import (
     RemoteConfig,
     make_http_client,
 )
+from coins_sync.enkash.fresh import FreshTransport
 from coins_sync.errors import (
     ApiError,
     AuthError,
@@ -34,6 +35,7 @@ from coins_sync.errors import (
     UnreachableError,
     UnusableAmountError,
 )
+from tests.loopback import Behaviour, RawServer, Received
 
 API = "https://coins.test"
 KEY = RuleKey("CEKEKCARDS", "DEFAULT", "MEAL_CARD_PAYMENT")
@@ -1194,97 +1196,41 @@ def test_http_client_without_keepalive_keeps_no_idle_connection() -> None:
     with make_http_client(opts) as pooled, make_http_client(opts, keepalive=False) as fresh:
         pool = pooled._transport._pool  # type: ignore[attr-defined]
         assert (pool._max_connections, pool._max_keepalive_connections) == (8, 8)
-        pool = fresh._transport._pool  # type: ignore[attr-defined]
-        assert (pool._max_connections, pool._max_keepalive_connections) == (8, 0)
+        # one connection per request, closed after it (tests/test_fresh_transport.py)
+        assert isinstance(fresh._transport, FreshTransport)
         assert fresh.follow_redirects is False
 
 
-class CloseAfterEachResponse:
-    """A loopback HTTP/1.1 server that answers one request per connection and then
-    hangs up a moment later, without ever saying ``Connection: close``: a request sent
-    meanwhile on that kept-alive connection is lost unread."""
+def answer_then_linger(linger: float) -> Behaviour:
+    """A server behaviour: answer one request and then hang up a moment later, without
+    ever saying ``Connection: close``: a request sent meanwhile on that kept-alive
+    connection is lost unread."""
 
-    def __init__(self, linger: float) -> None:
-        self.linger = linger
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.listener.settimeout(0.1)
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        self.received: list[str] = []
-        self.connections = 0
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.threads: list[threading.Thread] = []
-        self.acceptor = threading.Thread(target=self._accept, daemon=True)
-        self.acceptor.start()
+    def behave(conn: socket.socket, received: Received) -> None:
+        if received.method == "POST":
+            config = {"coinConfigId": f"WCC{received.number}", **json.loads(received.body)}
+        else:
+            config = payload(cid=received.path.rsplit("/", 1)[1])
+        answer = json.dumps(envelope(config)).encode()
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(answer)}\r\n\r\n".encode()
+            + answer
+        )
+        time.sleep(linger)  # long enough for the client to reuse the connection
 
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            with self.lock:
-                self.connections += 1
-            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            head, _, body = data.partition(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
-            length = int(headers.get("content-length", "0"))
-            while len(body) < length:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                body += chunk
-            method, path, _ = lines[0].split(" ")
-            with self.lock:
-                self.received.append(f"{method} {path}")
-                number = len(self.received)
-            if method == "POST":
-                config = {"coinConfigId": f"WCC{number}", **json.loads(body)}
-            else:
-                config = payload(cid=path.rsplit("/", 1)[1])
-            answer = json.dumps(envelope(config)).encode()
-            conn.sendall(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                + f"Content-Length: {len(answer)}\r\n\r\n".encode()
-                + answer
-            )
-            time.sleep(self.linger)  # long enough for the client to reuse the connection
-
-    def close(self) -> None:
-        self.stopping.set()
-        self.acceptor.join(timeout=5)
-        for thread in self.threads:
-            thread.join(timeout=5)
-        self.listener.close()
-
-    def creates(self) -> int:
-        return self.received.count(f"POST {CREATE_PATH}")
+    return behave
 
 
 @pytest.fixture
-def closing_server() -> Iterator[CloseAfterEachResponse]:
-    server = CloseAfterEachResponse(linger=0.05)
+def closing_server() -> Iterator[RawServer]:
+    server = RawServer(answer_then_linger(0.05))
     yield server
     server.close()
 
 
 def test_real_server_closing_after_each_response_makes_no_create_uncertain(
-    closing_server: CloseAfterEachResponse, sleeps: list[float]
+    closing_server: RawServer, sleeps: list[float]
 ) -> None:
     opts = ClientOptions(api_url=closing_server.url, read_timeout=5.0)
     client = CoinsClient(
@@ -1306,11 +1252,11 @@ def test_real_server_closing_after_each_response_makes_no_create_uncertain(
             # dead one is simply retried.
             assert client.get(remote.coin_config_id).coin_config_id == remote.coin_config_id
     assert uncertain == 0
-    assert closing_server.creates() == 50
+    assert closing_server.count("POST", CREATE_PATH) == 50
 
 
 def test_real_server_closing_after_each_response_breaks_reused_creates(
-    closing_server: CloseAfterEachResponse, sleeps: list[float]
+    closing_server: RawServer, sleeps: list[float]
 ) -> None:
     # The control: without create_http, a create after a GET goes out on the GET's
     # kept-alive connection, and this server makes it uncertain although it never got it.
@@ -1326,4 +1272,6 @@ def test_real_server_closing_after_each_response_breaks_reused_creates(
                 assert "may or may not have been created" in str(e)
                 uncertain += 1
     assert uncertain > 0
-    assert closing_server.creates() == 10 - uncertain  # the lost ones never arrived
+    assert (
+        closing_server.count("POST", CREATE_PATH) == 10 - uncertain
+    )  # the lost ones never arrived

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import math
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +233,19 @@ def test_a_schema_the_compiler_does_not_know_is_refused(change: Any) -> None:
 
 def test_the_shipped_schema_compiles() -> None:
     assert compile_checker(rules_schema())(GOOD)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [0, -3, 1.5, math.inf, True, False, "1", None, [1], {"a": 1}, Decimal("2.5"), Fraction(1, 3)],
+    ids=repr,
+)
+@pytest.mark.parametrize("kind", ["number", "integer", ["number", "string"]], ids=str)
+def test_compiled_type_checks_agree_with_jsonschema(value: Any, kind: Any) -> None:
+    # "number" (not in the shipped schema) is any numbers.Number but a bool, as for
+    # jsonschema; "integer" is strict: no float, no bool.
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "type": kind}
+    assert compile_checker(schema)(value) == strict_validator(schema).is_valid(value)
 
 
 # --- the event reader ---------------------------------------------------------------

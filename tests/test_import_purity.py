@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ HEAVY_OWN = (
 )
 
 RUN = """\
-import json, sys
+import gc, json, sys
 out, args = sys.argv[1], sys.argv[2:]
 sys.argv = ["coins-sync", *args]
 from coins_sync.cli import main
@@ -41,13 +42,18 @@ try:
     code = 0
 except SystemExit as e:
     code = e.code
+# a module whose namespace the collector no longer walks (gc.get_objects lists only the
+# objects it walks; a module's namespace always holds some)
+walked = {id(o) for o in gc.get_objects()}
+frozen = [n for n, m in list(sys.modules.items()) if m is not None and id(vars(m)) not in walked]
 with open(out, "w", encoding="utf-8") as handle:
-    json.dump({"code": code, "modules": sorted(sys.modules)}, handle)
+    json.dump({"code": code, "modules": sorted(sys.modules), "frozen": frozen}, handle)
 """
 
 
-def loaded_modules(cwd: Path, *args: str) -> tuple[int, set[str], str]:
-    """Run ``coins-sync ARGS`` in a fresh interpreter; its exit code, modules and output."""
+def run_cli(cwd: Path, *args: str) -> dict[str, Any]:
+    """Run ``coins-sync ARGS`` in a fresh interpreter, as the console script does; its exit
+    code, its modules, the modules frozen out of the collector's walks, its output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COINS_SYNC_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     out = cwd / ".modules.json"
@@ -61,9 +67,16 @@ def loaded_modules(cwd: Path, *args: str) -> tuple[int, set[str], str]:
         check=False,
     )
     assert out.exists(), proc.stderr
-    data = json.loads(out.read_text("utf-8"))
+    data: dict[str, Any] = json.loads(out.read_text("utf-8"))
     out.unlink()
-    return data["code"], set(data["modules"]), proc.stdout + proc.stderr
+    data["output"] = proc.stdout + proc.stderr
+    return data
+
+
+def loaded_modules(cwd: Path, *args: str) -> tuple[int, set[str], str]:
+    """Run ``coins-sync ARGS`` in a fresh interpreter; its exit code, modules and output."""
+    data = run_cli(cwd, *args)
+    return data["code"], set(data["modules"]), data["output"]
 
 
 def offenders(modules: set[str], names: tuple[str, ...]) -> list[str]:
@@ -184,3 +197,99 @@ def test_an_unknown_command_is_a_usage_error(examples: Path) -> None:
     assert code == 1
     assert "No such command 'no-such-command'" in output
     assert offenders(modules, ("coins_sync.cli.apply", "coins_sync.cli.plan")) == []
+
+
+def test_the_console_script_keeps_its_modules_out_of_the_collectors_walks(
+    tmp_path: Path,
+) -> None:
+    # Start-up: click, the group and the command's modules live until the process ends,
+    # so they are frozen (gc.freeze) and no collection walks them again, the one Python
+    # makes before it exits included. A module first imported later is not: the control.
+    (tmp_path / "configs").mkdir()
+    bad = SAMPLE_RULES.replace(b"amount: 6", b"amount: six")
+    (tmp_path / "configs" / "bad.yaml").write_bytes(bad)
+    data = run_cli(tmp_path, "validate")
+    assert data["code"] == 1, data["output"]
+    frozen = set(data["frozen"])
+    for name in ("click.core", "coins_sync.cli.app", "yaml", "coins_sync.cli.validate"):
+        assert name in frozen, name
+    assert "coins_sync.configs.loader" in frozen
+    assert "jsonschema" in data["modules"]  # imported to word the problem, after start-up
+    assert "jsonschema" not in frozen
+
+
+def test_a_library_caller_keeps_every_module_in_the_collectors_walks() -> None:
+    # Only the console script, which runs one command and ends, freezes anything.
+    code = (
+        "import gc\n"
+        "from click.testing import CliRunner\n"
+        "from coins_sync.cli import cli\n"
+        "result = CliRunner().invoke(cli, ['validate', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(gc.get_freeze_count())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COINS_SYNC_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "0"
+
+
+#: How each of app.SILENT_COMMANDS is run here.
+SILENT_RUNS = {
+    "validate": [("validate",), ("validate", "--format", "json")],
+    "init": [("init", "new")],
+    "schema": [("schema", "plan")],
+}
+
+
+def test_every_silent_command_is_held_to_it() -> None:
+    from coins_sync.cli.app import SILENT_COMMANDS
+
+    assert set(SILENT_RUNS) == SILENT_COMMANDS
+
+
+@pytest.mark.parametrize(
+    "args", [args for runs in SILENT_RUNS.values() for args in runs], ids=" ".join
+)
+def test_commands_that_never_log_import_no_logging(examples: Path, args: tuple[str, ...]) -> None:
+    # Without -v, console.setup_logging sets nothing up (nor imports logging) for a
+    # silent command; so none of its modules may log, however late they are imported.
+    code, modules, output = loaded_modules(examples, *args)
+    assert code == 0, output
+    assert "logging" not in modules
+
+
+@pytest.mark.parametrize("args", [("sandbox", "--help"), ("git-lease", "--help")], ids=" ".join)
+def test_other_commands_get_logging_set_up_before_they_run(
+    examples: Path, args: tuple[str, ...]
+) -> None:
+    # Their modules import what logs only once they run; the scrubbing handler must be
+    # in place by then, so it is set up whatever they imported so far.
+    code, modules, output = loaded_modules(examples, *args)
+    assert code == 0, output
+    assert "logging" in modules
+
+
+def test_a_refused_file_is_worded_without_logging(tmp_path: Path) -> None:
+    (tmp_path / "configs").mkdir()
+    bad = SAMPLE_RULES.replace(b"amount: 6", b"amount: six")
+    (tmp_path / "configs" / "bad.yaml").write_bytes(bad)
+    code, modules, output = loaded_modules(tmp_path, "validate")
+    assert code == 1 and "amount: must be a whole number" in output
+    assert "logging" not in modules
+
+
+def test_validate_logs_where_it_reads_with_v_and_vv(examples: Path) -> None:
+    # A fresh interpreter, where nothing has imported logging before -v asks for it.
+    code, modules, output = loaded_modules(examples, "validate", "-v")
+    assert code == 0, output
+    assert f"INFO: project root: {examples.resolve()}" in output
+    assert "DEBUG:" not in output
+    code, modules, output = loaded_modules(examples, "validate", "-vv")
+    assert code == 0, output
+    assert "INFO: project root:" in output
+    assert "DEBUG: environment default: configs configs" in output
+    assert "logging" in modules

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import ssl
@@ -15,6 +14,7 @@ import pytest
 
 from coins_sync.sandbox import SandboxServer
 from tests.conftest import SANDBOX_TOKEN, Invoke, write
+from tests.loopback import self_signed_certificate
 
 TOKEN = {"COINS_SYNC_TOKEN": SANDBOX_TOKEN}
 
@@ -46,37 +46,11 @@ def test_an_import_404_is_printed_once(
 @pytest.fixture
 def self_signed() -> Iterator[str]:
     """An https server on 127.0.0.1 whose certificate no CA signed."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    folder = Path(os.environ.get("TMPDIR", "/tmp"))
     import tempfile
 
+    folder = Path(os.environ.get("TMPDIR", "/tmp"))
     with tempfile.TemporaryDirectory(dir=folder) as where:
-        cert_file, key_file = Path(where, "cert.pem"), Path(where, "key.pem")
-        cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+        cert_file, key_file = self_signed_certificate(Path(where), "127.0.0.1")
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(cert_file, key_file)
 

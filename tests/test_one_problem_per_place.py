@@ -93,3 +93,20 @@ def test_a_yaml11_reading_the_schema_accepts_is_still_reported(
         "configs/a.yaml:4:13: '0x10' is read by YAML 1.1 as the integer 16; "
         "write a plain decimal integer, or quote it if you mean a string"
     ]
+
+
+def test_problems_are_values_ordered_by_place_then_message() -> None:
+    from coins_sync.errors import ConfigError, Problem
+
+    b1 = Problem("b.yaml", 1, 1, "x")
+    a2y, a2a, a10 = (
+        Problem("a.yaml", 2, 1, "y"),
+        Problem("a.yaml", 2, 1, "a"),
+        Problem("a.yaml", 10, 1, "a"),
+    )
+    assert ConfigError([b1, a2y, a10, a2a]).problems == [a2a, a2y, a10, b1]  # 10 after 2
+    assert Problem("a.yaml", 2, 1, "y") == a2y and len({a2y, Problem("a.yaml", 2, 1, "y")}) == 1
+    assert str(a10) == "a.yaml:10:1: a"
+    assert repr(b1) == "Problem(path='b.yaml', line=1, col=1, message='x')"
+    with pytest.raises(AttributeError):
+        b1.line = 2  # type: ignore[misc]

@@ -60,3 +60,15 @@ def test_odd_pyproject_is_a_clear_error(
         assert result.exit_code == 1, result.output
         assert result.output.startswith("Error: pyproject.toml: "), result.output
         assert field in result.output
+
+
+def test_settings_are_immutable_values(tmp_path: Path) -> None:
+    from coins_sync.settings import load_settings
+
+    one, two = load_settings(tmp_path), load_settings(tmp_path)
+    assert one == two and hash(one) == hash(two)
+    moved = one.with_overrides(configs=Path("elsewhere"))
+    assert moved.configs == Path("elsewhere") and moved.state == one.state
+    assert one.configs == Path("configs") and moved != one
+    with pytest.raises(AttributeError):
+        one.configs = Path("elsewhere")  # type: ignore[misc]

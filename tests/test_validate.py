@@ -185,6 +185,24 @@ def test_non_utf8_names_the_line(project: Path, invoke: Invoke) -> None:
     assert "configs/a.yaml:3:12: not valid UTF-8 (byte 0xff)" in result.output
 
 
+@pytest.mark.parametrize(
+    ("content", "place"),
+    [
+        (b"\xef\xbb\xbfcompanyId: \xffACME\n", "1:12"),
+        (b"\xef\xbb\xbfcompanyId: ACME\nrules:\n  - event: \xff\xfe\n", "3:12"),
+    ],
+    ids=["line 1", "line 3"],
+)
+def test_non_utf8_after_a_bom_names_the_byte_and_its_place(
+    project: Path, invoke: Invoke, content: bytes, place: str
+) -> None:
+    # The BOM is skipped as utf-8-sig does, and it is no column of line 1.
+    write(project / "configs/a.yaml", content)
+    result = invoke("validate")
+    assert result.exit_code == 1
+    assert f"configs/a.yaml:{place}: not valid UTF-8 (byte 0xff)" in result.output
+
+
 @pytest.mark.parametrize("content", ["", "# only a comment\n", "---\n"])
 def test_empty_file_is_an_error(project: Path, invoke: Invoke, content: str) -> None:
     write(project / "configs/a.yaml", content)

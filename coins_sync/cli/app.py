@@ -7,6 +7,7 @@ error (usage errors included), 2 "changes present" under ``--detailed-exitcode``
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import re
@@ -18,6 +19,7 @@ import click
 
 from coins_sync import __version__, console
 from coins_sync.errors import CoinsSyncError, ConfigError
+from coins_sync.gcpause import built_for_good
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -41,6 +43,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("coins_sync.cli.init", "init"),
     "schema": ("coins_sync.cli.init", "schema_command"),
 }
+
+#: The commands that never log a line without -v, nor import a module that logs:
+#: logging is not even imported for them (see console.setup_logging). Any other
+#: command gets logging set up before it runs, whatever it imports later.
+SILENT_COMMANDS = frozenset({"validate", "init", "schema"})
 
 
 def _report_error(error: CoinsSyncError) -> None:
@@ -70,7 +77,8 @@ class CoinsGroup(click.Group):
         if cmd_name in self.commands or cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
         module_name, attribute = COMMANDS[cmd_name]
-        command = getattr(importlib.import_module(module_name), attribute)
+        with built_for_good() if _ONE_COMMAND else contextlib.nullcontext():
+            command = getattr(importlib.import_module(module_name), attribute)
         if not isinstance(command, click.Command):  # a wrong registry entry: a bug here
             raise TypeError(f"{module_name}.{attribute} is not a click command")
         self.add_command(command, cmd_name)
@@ -122,17 +130,26 @@ class CoinsGroup(click.Group):
     is_flag=True,
     help="No colour in the output (also with NO_COLOR set or TERM=dumb).",
 )
-def cli(verbose: int, no_colour: bool) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, no_colour: bool) -> None:
     """Keep EnKash coin reward rules as code: validate, plan and apply.
 
     \b
     Example:
       coins-sync validate && coins-sync plan && coins-sync apply
     """
-    console.setup_logging(verbose)
+    console.setup_logging(verbose, silent_command=ctx.invoked_subcommand in SILENT_COMMANDS)
     console.forbid_colour(no_colour)
 
 
-def main() -> None:
-    """Console-script entry point."""
+#: Set by :func:`run`: this process runs one command and ends, so the command's modules
+#: live as long as it (see :func:`~coins_sync.gcpause.built_for_good`).
+_ONE_COMMAND = False
+
+
+def run() -> None:
+    """Run the command of ``sys.argv`` and exit: the console script's body (through
+    :func:`coins_sync.cli.main`). A library caller invokes :data:`cli` instead."""
+    global _ONE_COMMAND
+    _ONE_COMMAND = True
     cli.main(prog_name="coins-sync")

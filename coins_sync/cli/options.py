@@ -8,7 +8,6 @@ hands the command a built :class:`~coins_sync.workspace.Workspace` instead.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import sys
@@ -135,6 +134,8 @@ def resolve_settings(
     settings = load_settings(env=env_name).with_overrides(
         configs=configs, state=state_path, api_url=api_url, lock_timeout=lock_timeout
     )
+    import logging  # here, not at the top: validate and init log nothing
+
     log = logging.getLogger("coins_sync.cli")
     log.info("project root: %s", settings.root.resolve())
     log.debug(

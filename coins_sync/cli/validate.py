@@ -6,7 +6,6 @@ workspace modules, so it starts about as fast as its YAML and CLI libraries load
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
@@ -16,7 +15,7 @@ from coins_sync.cli.app import EXIT_ERROR, EXIT_OK
 from coins_sync.cli.options import configs_option, env_option, format_option
 from coins_sync.configs.loader import RuleLoader
 from coins_sync.errors import ConfigError, Problem
-from coins_sync.settings import environment_names, load_settings
+from coins_sync.settings import Settings, environment_names, load_settings
 
 
 @click.command()
@@ -53,11 +52,10 @@ def validate(
     names = environment_names() if every_env else []
     every = [load_settings(env=name) for name in names]
     settings = every or [load_settings(env=env_name).with_overrides(configs=configs)]
-    log = logging.getLogger("coins_sync.cli")
-    log.info("project root: %s", settings[0].root.resolve())
+    if console.verbosity():  # -v and -vv only: otherwise validate imports no logging
+        _say_where(settings)
     folders: list[Path] = []
     for one in settings:  # a folder shared by several environments is read once
-        log.debug("environment %s: configs %s", one.env, one.configs)
         if one.configs.resolve() not in {f.resolve() for f in folders}:
             folders.append(one.configs)
     loader = RuleLoader(
@@ -80,3 +78,12 @@ def validate(
         return EXIT_ERROR
     console.out(console.valid_report(files, rules, fmt))
     return EXIT_OK
+
+
+def _say_where(settings: list[Settings]) -> None:
+    import logging
+
+    log = logging.getLogger("coins_sync.cli")
+    log.info("project root: %s", settings[0].root.resolve())
+    for one in settings:
+        log.debug("environment %s: configs %s", one.env, one.configs)

@@ -9,7 +9,6 @@ jsonschema. It never imports jsonschema.
 
 from __future__ import annotations
 
-import numbers
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -45,10 +44,18 @@ _KEYWORDS = frozenset(
         "else",
     }
 )
+
+
+def _is_number(value: object) -> bool:
+    import numbers  # here: the rules schema has no "number", and validate starts faster
+
+    return isinstance(value, numbers.Number) and not isinstance(value, bool)
+
+
 # Exactly the type checker of strict_validator: "integer" admits no float and no bool.
 _TYPES: dict[str, Check] = {
     "integer": lambda v: type(v) is int,
-    "number": lambda v: isinstance(v, numbers.Number) and not isinstance(v, bool),
+    "number": _is_number,
     "string": lambda v: isinstance(v, str),
     "object": lambda v: isinstance(v, dict),
     "array": lambda v: isinstance(v, list),

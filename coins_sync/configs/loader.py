@@ -13,10 +13,8 @@ What is promised:
 
 from __future__ import annotations
 
-import logging
 import operator
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +28,21 @@ from coins_sync.errors import ConfigError, Problem
 from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.inputs import read_input
 
-log = logging.getLogger(__name__)
-
 DEFAULT_CONFIGURATION = "DEFAULT"
+_BOM = b"\xef\xbb\xbf"
 
 # RuleKey's own order (a named tuple: compared in C).
 _RULE_ORDER = operator.attrgetter("key")
 
 
-@dataclass
 class _FileResult:
-    rules: list[Rule] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
+    """One file's rules and problems (a plain class: a dataclass costs start-up time)."""
+
+    __slots__ = ("problems", "rules")
+
+    def __init__(self) -> None:
+        self.rules: list[Rule] = []
+        self.problems: list[Problem] = []
 
 
 class RuleLoader:
@@ -169,12 +170,16 @@ class RuleLoader:
 
             digest.update(shown.encode("utf-8", "surrogateescape") + b"\0")
             digest.update(hashlib.sha256(raw).digest())
+        # UTF-8 after one optional BOM, as the utf-8-sig codec reads it (not imported:
+        # start-up); the place of a bad byte counts from the start of the file
+        bom = len(_BOM) if raw.startswith(_BOM) else 0
         try:
-            text = raw.decode("utf-8-sig")
+            text = (raw[bom:] if bom else raw).decode("utf-8")
         except UnicodeDecodeError as e:
-            line = raw.count(b"\n", 0, e.start) + 1
-            col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-            return fail(line, col, f"not valid UTF-8 (byte 0x{raw[e.start]:02x})")
+            at = bom + e.start
+            line = raw.count(b"\n", 0, at) + 1
+            col = at - max(raw.rfind(b"\n", 0, at) + 1, bom) + 1  # the BOM is no column
+            return fail(line, col, f"not valid UTF-8 (byte 0x{raw[at]:02x})")
         document, located, spelled = self._parse(text)
         if document is None or not isinstance(document, LocatedMap):
             for line, col, message in located:

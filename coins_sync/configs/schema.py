@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 from collections.abc import Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -27,8 +26,6 @@ from coins_sync.configs.model import IDENTIFIER_RULE
 if TYPE_CHECKING:  # jsonschema is imported only to word the problems of a refused file
     from jsonschema.exceptions import ValidationError
     from jsonschema.protocols import Validator
-
-log = logging.getLogger(__name__)
 
 RULES_SCHEMA = "rules.schema.json"
 PLAN_SCHEMA = "plan.schema.json"
@@ -122,7 +119,9 @@ class RuleFileValidator:
         try:
             self._fast = compile_checker(schema)
         except UnsupportedSchema as e:  # correct, only slower
-            log.debug("rule files are checked by jsonschema alone: %s", e)
+            import logging  # here: validate imports no logging (see console.setup_logging)
+
+            logging.getLogger(__name__).debug("rule files are checked by jsonschema alone: %s", e)
             self._fast = None
 
     def problems(

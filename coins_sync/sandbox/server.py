@@ -28,6 +28,12 @@ logger = logging.getLogger(__name__)
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen queue holds fresh connections until the accepting thread takes them.
+    # Every create comes on a fresh connection, so it must hold the most one apply opens
+    # (--parallelism 64) with room to spare. A shorter one overflows under such a burst:
+    # Linux drops the handshake's last ACK, and with SYN cookies a request whose body
+    # goes out apart from its head (httpx's own transport, as behind a proxy) is answered
+    # with a reset: an uncertain create, although the sandbox never saw the request.
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], app: SandboxApp) -> None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from coins_sync.errors import LockError, SettingsError, StateConflictError, StateError
 from coins_sync.inputs import read_input
 from coins_sync.state.fence import Fenced, sort_fenced
-from coins_sync.state.files import AppendLog, atomic_write, fsync_dir
+from coins_sync.state.files import AppendLog, Entry, atomic_write, fsync_dir
 from coins_sync.state.journal import (
     JournalRecord,
     JournalReplay,
@@ -358,16 +358,13 @@ class FileJournal:
         ``book_on_failure`` is set, so a result the server confirmed is kept in memory
         for the final fold rather than lost with the failed line.
         """
-        with self._log.mutex:
-            line = record.to_line(self._lineage, self._store.fence)
-            try:
-                self._log.append_locked(line)
-            except StateError:
-                if book is not None and book_on_failure:
-                    book()
-                raise
-            if book is not None:
-                book()
+        self._log.commit(
+            Entry(
+                lambda: record.to_line(self._lineage, self._store.fence),
+                book,
+                book if book_on_failure else None,
+            )
+        )
 
     def append_pair(
         self,
@@ -382,17 +379,16 @@ class FileJournal:
         can tear only the intent's line (skipped by the replay: its create was not
         sent) or the result's, as with :meth:`append`. When the write fails, the intent
         is not booked; the next checkpoint rewrites the journal without it."""
-        with self._log.mutex:
+
+        def render() -> bytes:
             fence = self._store.fence
-            lines = record.to_line(self._lineage, fence) + intent.to_line(self._lineage, fence)
-            try:
-                self._log.append_locked(lines)
-            except StateError:
-                if book_on_failure:
-                    book()
-                raise
+            return record.to_line(self._lineage, fence) + intent.to_line(self._lineage, fence)
+
+        def booked() -> None:
             book()
             book_intent()
+
+        self._log.commit(Entry(render, booked, book if book_on_failure else None))
 
     def checkpoint(self, snapshot: Snapshot) -> State:
         """Write the state from ``snapshot`` and restart the journal with only the

@@ -11,9 +11,12 @@ import contextlib
 import errno
 import os
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from coins_sync.errors import StateError
+from coins_sync.state.groupcommit import GroupCommit
 
 
 def fsync_dir(path: Path) -> None:
@@ -70,19 +73,33 @@ def atomic_write(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """What one thread appends to an :class:`AppendLog`: ``render`` gives its bytes (called
+    under the log's mutex, in the order of the file), ``written`` runs once they are
+    durable and ``failed`` when their write failed, both under the same mutex."""
+
+    render: Callable[[], bytes]
+    written: Callable[[], None] | None = None
+    failed: Callable[[], None] | None = None
+
+
 class AppendLog:
     """An append-only file of lines, each written whole and fsynced before ``append``
-    returns; safe to share between threads. A write that fails closes the file, and
-    the next one reopens it and ends its torn last line first.
+    returns; safe to share between threads. Threads that append while a write is under
+    way are written together, with one write and one fsync (group commit, see
+    :class:`~coins_sync.state.groupcommit.GroupCommit`). A write that fails closes the
+    file, and the next one reopens it and ends its torn last line first.
 
-    ``mutex`` is public so that a caller can do its own bookkeeping under the same lock
-    (see :meth:`append_locked`)."""
+    ``mutex`` is held while a group is rendered, written and booked: a caller that holds
+    it (a checkpoint) sees each entry with its bookkeeping, or neither."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.path = path
         self.what = what  # for messages: "journal", "audit log"
         self.mutex = threading.Lock()
         self._fd: int | None = None
+        self._group: GroupCommit[Entry] = GroupCommit(self._write_group)
 
     def _open(self) -> int:
         if self._fd is None:
@@ -107,8 +124,27 @@ class AppendLog:
             raise StateError(f"{self.path}: cannot append to the {self.what}: {e}") from e
 
     def append(self, line: bytes) -> None:
+        """Append and fsync ``line``; return once it is durable."""
+        self._group.commit(Entry(lambda: line))
+
+    def commit(self, entry: Entry) -> None:
+        """Append ``entry`` (see :class:`Entry`); return once it is durable and booked, or
+        raise the :class:`StateError` of its failed write."""
+        self._group.commit(entry)
+
+    def _write_group(self, entries: list[Entry]) -> None:
         with self.mutex:
-            self.append_locked(line)
+            data = b"".join(entry.render() for entry in entries)
+            try:
+                self.append_locked(data)
+            except StateError:
+                for entry in entries:
+                    if entry.failed is not None:
+                        entry.failed()
+                raise
+            for entry in entries:
+                if entry.written is not None:
+                    entry.written()
 
     def close_locked(self) -> None:
         if self._fd is not None:

@@ -29,6 +29,7 @@ from typing import Any
 
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import CheckpointError, FencedError, StateError
+from coins_sync.state.groupcommit import GroupCommit
 from coins_sync.state.journal import CONFIRMED, JournalRecord, Outcome, Snapshot
 from coins_sync.state.model import State, utc_now
 from coins_sync.state.postgres.connection import Database, driver, storable
@@ -104,7 +105,7 @@ _OPERATION_OUTCOME: dict[str, str] = {
 class _Pending:
     """One record waiting for the group commit that writes it (see PostgresJournal)."""
 
-    __slots__ = ("audits", "done", "error", "intents", "lead", "ready", "results")
+    __slots__ = ("audits", "intents", "results")
 
     def __init__(
         self,
@@ -115,10 +116,6 @@ class _Pending:
         self.intents = intents
         self.results = results
         self.audits = audits
-        self.done = False  # committed, or failed with ``error``
-        self.lead = False  # its thread is to write the next group
-        self.error: BaseException | None = None
-        self.ready = threading.Event()  # set once ``done`` or ``lead``
 
 
 class PostgresJournal:
@@ -156,9 +153,7 @@ class PostgresJournal:
         self._connection: Any = None
         self._closed = False
         self._mutex = threading.Lock()
-        self._queue = threading.Lock()
-        self._pending: list[_Pending] = []  # guarded by _queue
-        self._writing = False  # a group commit is under way; guarded by _queue
+        self._group = GroupCommit(self._write)
         self._audits: dict[RuleKey, dict[str, Any]] = {}
         self._params = lock.params()
         self._failed = False
@@ -296,41 +291,9 @@ class PostgresJournal:
             book()
 
     def _commit(self, item: _Pending) -> None:
-        """Return once ``item`` is committed (raise what its write raised).
-
-        With no write under way, this thread writes every waiting record; else it waits
-        until that write has taken ``item`` along, or has handed it the next write. Only
-        the threads concerned are woken, each once."""
-        with self._queue:
-            self._pending.append(item)
-            item.lead = not self._writing
-            self._writing = True
-        while not item.lead and not item.done:
-            item.ready.wait(1.0)  # the writer always sets it: done, or handed the lead
-        if not item.done:
-            self._lead()
-        if item.error is not None:
-            raise item.error
-
-    def _lead(self) -> None:
-        """Write the waiting records as one group, then hand the next group on."""
-        with self._queue:
-            batch, self._pending = self._pending, []
-        error: BaseException | None = None
-        try:
-            self._write(batch)
-        except BaseException as e:  # every record of the group failed with it
-            error = e
-        with self._queue:
-            for pending in batch:
-                pending.done, pending.error = True, error
-            if self._pending:
-                self._pending[0].lead = True
-                self._pending[0].ready.set()
-            else:
-                self._writing = False
-        for pending in batch:
-            pending.ready.set()
+        """Return once ``item`` is committed (raise what its write raised); see
+        :class:`~coins_sync.state.groupcommit.GroupCommit`."""
+        self._group.commit(item)
 
     def _write(self, batch: list[_Pending]) -> None:
         """One fenced statement (two after a bump) that commits every record of ``batch``."""
