@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import operator
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,8 @@ from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.inputs import loads_json
 
 STATE_VERSION = 1
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+#: 1-64 ASCII letters, digits, "_" or "-" (a match object, or None)
+_ID_MATCH = re.compile(r"[A-Za-z0-9_-]{1,64}").fullmatch
 
 
 _last_second: tuple[int, str] = (0, "")
@@ -41,7 +43,7 @@ def utc_now() -> str:
 
 def valid_config_id(value: object) -> bool:
     """A coinConfigId we are willing to store and put in a URL path."""
-    return isinstance(value, str) and 0 < len(value) <= 64 and set(value) <= _ID_CHARS
+    return isinstance(value, str) and _ID_MATCH(value) is not None
 
 
 @quick_init
@@ -274,7 +276,8 @@ def _parse_state(raw: bytes, where: str) -> State:
             and event
             and type(amount) is int
             and amount >= 0
-            and valid_config_id(config_id)
+            and type(config_id) is str
+            and _ID_MATCH(config_id) is not None
         ):
             key = RuleKey(company, configuration, event)
         else:
