@@ -14,8 +14,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from coins_sync import defaults
-from coins_sync.configs.model import Rule, RuleKey, Source
+from coins_sync.configs.model import Rule, RuleKey, Source, quick_init
 from coins_sync.errors import AmountOutOfRangeError, PlanConflictError, TooManyUpdatesError
+from coins_sync.gcpause import cyclic_gc_paused
 from coins_sync.plan.drift import Drift, DriftField
 from coins_sync.state.model import RecordedIds, State
 
@@ -46,6 +47,7 @@ CHANGING = frozenset(
 PATCHING = frozenset({Action.MOVE, Action.UPDATE, Action.RETIRE})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Change:
     """One key's planned action.
@@ -223,6 +225,11 @@ def plan(
     Raises PlanConflictError when a ``coinConfigId`` in the configs contradicts the state,
     or a ``movedFrom`` cannot be a move (see :func:`_moves`).
     """
+    with cyclic_gc_paused():  # a change per rule, and no reference cycle among them
+        return _plan(rules, state, context)
+
+
+def _plan(rules: Iterable[Rule], state: State, context: PlanContext | None) -> Plan:
     desired: Mapping[RuleKey, Rule] = {rule.key: rule for rule in rules}
     conflicts = _id_conflicts(desired, state)
     moves, move_conflicts = _moves(desired, state)

@@ -11,6 +11,12 @@ Figures:
   100 files x 1000 rules that are all in sync with the state, against the median of 3
   processes that do only the unavoidable work: ``yaml.load(CSafeLoader)`` of the same
   files and ``json.loads`` of the same state. Both include interpreter start-up.
+* **plan / floor in CPU** (issue 22): the same comparison in CPU time (user + sys of
+  each process alone), at 100k rules (the same runs) and at 1M rules (1000 files x 1000
+  rules, median of ``min(--runs, 3)``); see ``plan_cpu.py``. File backend only: with
+  ``--backend postgres`` the state comes from the database, so the floor's
+  ``json.loads`` of a state file is not comparable (the wall-time row above is still
+  measured there, as before). ``--only plan`` runs the plan rows alone (file backend).
 * **peak RSS** of those plan processes: each process's own, from a small launcher's
   ``wait4`` (see :data:`LAUNCHER`; the bench itself holds the rules it wrote).
 * **apply efficiency**: 2000 creates at 50 ms sandbox latency with ``--parallelism 16``,
@@ -50,7 +56,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import ratelimit  # the rate-limit rows (issue 22), beside this file
+import plan_cpu  # the plan CPU rows (issue 22), beside this file
+import ratelimit  # the rate-limit rows (issue 22)
 import validate_memory  # the validate-memory row (issue 22)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,49 +124,90 @@ def write_configs(
     folder: Path, files: int, rules_per_file: int, prefix: str
 ) -> list[dict[str, object]]:
     """Write ``files`` rule files; return the state entries that match them exactly."""
-    folder.mkdir(parents=True, exist_ok=True)
     entries: list[dict[str, object]] = []
     for f in range(files):
-        company = f"{prefix}{f:04d}"
-        lines = [
-            "# yaml-language-server: $schema=../schemas/rules.schema.json",
-            f"companyId: {company}",
-            "rules:",
-        ]
-        for r in range(rules_per_file):
-            event = f"EVENT_{r:05d}_PAYMENT"
-            amount = (f * 7919 + r * 104729) % 10_001
-            lines.append(f"  - event: {event}")
-            lines.append(f"    amount: {amount}")
-            configuration = "DEFAULT"
-            if r % 10 == 0:  # some per-rule overrides, as real files have
-                configuration = "CUSTOM"
-                lines.append(f"    configuration: {configuration}")
-            entries.append(
-                {
-                    "companyId": company,
-                    "configuration": configuration,
-                    "event": event,
-                    "amount": amount,
-                    "coinConfigId": f"WCC{len(entries) + 100001:07d}",
-                }
-            )
-        (folder / f"{company.lower()}.yaml").write_text("\n".join(lines) + "\n", "utf-8")
+        entries += write_config_file(folder, f, rules_per_file, prefix, len(entries))
     return entries
 
 
+def write_config_file(
+    folder: Path, f: int, rules_per_file: int, prefix: str, first: int
+) -> list[dict[str, object]]:
+    """Write rule file number ``f``; return the state entries that match it exactly
+    (their ids count on from ``first``, the number of rules of the files before it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    entries: list[dict[str, object]] = []
+    company = f"{prefix}{f:04d}"
+    lines = [
+        "# yaml-language-server: $schema=../schemas/rules.schema.json",
+        f"companyId: {company}",
+        "rules:",
+    ]
+    for r in range(rules_per_file):
+        event = f"EVENT_{r:05d}_PAYMENT"
+        amount = (f * 7919 + r * 104729) % 10_001
+        lines.append(f"  - event: {event}")
+        lines.append(f"    amount: {amount}")
+        configuration = "DEFAULT"
+        if r % 10 == 0:  # some per-rule overrides, as real files have
+            configuration = "CUSTOM"
+            lines.append(f"    configuration: {configuration}")
+        entries.append(
+            {
+                "companyId": company,
+                "configuration": configuration,
+                "event": event,
+                "amount": amount,
+                "coinConfigId": f"WCC{first + len(entries) + 100001:07d}",
+            }
+        )
+    (folder / f"{company.lower()}.yaml").write_text("\n".join(lines) + "\n", "utf-8")
+    return entries
+
+
+LINEAGE = "00000000-0000-4000-8000-000000000bec"
+
+
+class StateWriter:
+    """A state file as coins-sync writes it (version 1, sorted entries, indent 2: the
+    bytes of ``json.dumps(..., indent=2, sort_keys=True, ensure_ascii=False)``), written
+    a chunk of entries at a time, so that 1M entries need not be held at once. The
+    chunks must come in key order; entries hold scalars only."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._handle.write('{\n  "entries": [')
+        self._count = 0
+
+    def add(self, entries: Sequence[dict[str, object]]) -> None:
+        parts: list[str] = []
+        for entry in entries:
+            fields = ",\n".join(
+                f"      {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
+                for k, v in sorted(entry.items())
+            )
+            parts.append(("\n" if self._count == 0 else ",\n") + "    {\n" + fields + "\n    }")
+            self._count += 1
+        self._handle.write("".join(parts))
+
+    def close(self) -> None:
+        tail = "\n  ]" if self._count else "]"
+        self._handle.write(
+            f'{tail},\n  "lineage": "{LINEAGE}",\n  "serial": 1,\n  "version": 1\n}}\n'
+        )
+        self._handle.close()
+
+
+def state_order(entry: dict[str, object]) -> tuple[str, str, str]:
+    return (str(entry["companyId"]), str(entry["configuration"]), str(entry["event"]))
+
+
 def write_state(path: Path, entries: list[dict[str, object]]) -> None:
-    """A state file as coins-sync writes it (version 1, sorted entries, indent 2)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ordered = sorted(entries, key=lambda e: (e["companyId"], e["configuration"], e["event"]))
-    data = {
-        "version": 1,
-        "lineage": "00000000-0000-4000-8000-000000000bec",
-        "serial": 1,
-        "entries": ordered,
-    }
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    path.write_text(text, "utf-8")
+    """A state file as coins-sync writes it (see :class:`StateWriter`)."""
+    writer = StateWriter(path)
+    writer.add(sorted(entries, key=state_order))
+    writer.close()
 
 
 #: "file" or "postgres" (``--backend``); with postgres, each figure gets its own schema.
@@ -322,36 +370,91 @@ class Sandbox:
 # --- figures ----------------------------------------------------------------------
 
 
-def measure_plan(root: Path, env: dict[str, str], runs: int) -> tuple[float, float, float]:
-    """Median plan seconds, median floor seconds, peak RSS (MB) of the plan runs."""
+@dataclass(frozen=True)
+class PlanFigures:
+    """Medians of interleaved plan and floor processes over the same rules and state."""
+
+    rules: int
+    runs: int
+    plan_s: float
+    floor_s: float
+    plan_cpu_s: float
+    floor_cpu_s: float
+    rss_mb: float  # the highest peak RSS of the plan processes
+
+
+def plan_args(state: Path, work: Path) -> list[str]:
+    args = [PYTHON, "-m", "coins_sync", "plan", "--configs", "configs"]
+    return [*args, "--state", str(state.relative_to(work)), "--env", "bench"]
+
+
+def compare_plan(
+    work: Path, state: Path, rules: int, env: dict[str, str], runs: int, warm_up: bool
+) -> PlanFigures:
+    """``runs`` plan processes over ``work`` (all in sync with ``state``), interleaved
+    with as many floor processes; the first plan's output is checked. ``warm_up`` adds
+    one untimed run of each first (compiles bytecode, warms the page cache)."""
+    files = sorted(str(p) for p in (work / "configs").glob("*.yaml"))
+    plan = plan_args(state, work)
+    floor = [PYTHON, "-c", FLOOR_CODE, str(state), *files]
+    expected = f"{rules} unchanged (no changes)"
+    if warm_up:
+        run_timed(floor, work, env)
+        run_timed(plan, work, env)
+    plans: list[Run] = []
+    floors: list[Run] = []
+    for _ in range(runs):  # interleaved, so drift hits both alike
+        plans.append(run_timed(plan, work, env))
+        if expected not in plans[0].stdout:
+            raise BenchError(f"plan is not all in sync:\n{plans[0].stdout[-1000:]}")
+        floors.append(run_timed(floor, work, env))
+    return PlanFigures(
+        rules=rules,
+        runs=runs,
+        plan_s=statistics.median(r.seconds for r in plans),
+        floor_s=statistics.median(r.seconds for r in floors),
+        plan_cpu_s=statistics.median(r.cpu_seconds for r in plans),
+        floor_cpu_s=statistics.median(r.cpu_seconds for r in floors),
+        rss_mb=max(r.max_rss_mb for r in plans),
+    )
+
+
+def measure_plan(root: Path, env: dict[str, str], runs: int) -> PlanFigures:
+    """Plan of 100 files x 1000 rules against the floor (see :class:`PlanFigures`)."""
     work = root / "plan"
     write_project(work)
     entries = write_configs(work / "configs", FILES, RULES_PER_FILE, "CO")
     state = work / "state" / "bench.json"
     write_state(state, entries)
-    files = sorted(str(p) for p in (work / "configs").glob("*.yaml"))
-    plan_args = [PYTHON, "-m", "coins_sync", "plan", "--configs", "configs"]
-    plan_args += ["--state", str(state.relative_to(work)), "--env", "bench"]
-    floor_args = [PYTHON, "-c", FLOOR_CODE, str(state), *files]
     if BACKEND == "postgres":  # the same state, moved into the database (untimed)
         push = [PYTHON, "-m", "coins_sync", "state", "push", "--env", "bench"]
         run_timed([*push, "--from", str(state), "--yes"], work, env)
-    expected = f"{len(entries)} unchanged (no changes)"
-    # One untimed run each: compiles bytecode and warms the page cache.
-    run_timed(floor_args, work, env)
-    first = run_timed(plan_args, work, env)
-    if expected not in first.stdout:
-        raise BenchError(f"plan is not all in sync:\n{first.stdout[-1000:]}")
-    plans: list[Run] = []
-    floors: list[float] = []
-    for _ in range(runs):  # interleaved, so drift hits both alike
-        plans.append(run_timed(plan_args, work, env))
-        floors.append(run_timed(floor_args, work, env).seconds)
-    return (
-        statistics.median(r.seconds for r in plans),
-        statistics.median(floors),
-        max(r.max_rss_mb for r in plans),
-    )
+    return compare_plan(work, state, len(entries), env, runs, warm_up=True)
+
+
+def plan_rows(figures: PlanFigures) -> list[Row]:
+    """The wall-time and peak-RSS rows of the plan of 100k rules."""
+    ratio = figures.plan_s / figures.floor_s
+    runs = figures.runs
+    return [
+        Row(
+            f"plan, {figures.rules // 1000}k in-sync rules (median of {runs})",
+            f"{figures.plan_s:.2f} s",
+        ),
+        Row(f"floor: CSafeLoader + json.loads (median of {runs})", f"{figures.floor_s:.2f} s"),
+        Row(
+            "plan / floor",
+            f"{ratio:.2f}x",
+            f"<= {TARGET_PLAN_RATIO:.1f}x",
+            ratio <= TARGET_PLAN_RATIO,
+        ),
+        Row(
+            "peak RSS of plan",
+            f"{figures.rss_mb:.0f} MB",
+            f"<= {TARGET_RSS_MB:.0f} MB",
+            figures.rss_mb <= TARGET_RSS_MB,
+        ),
+    ]
 
 
 def measure_startup(root: Path, env: dict[str, str], runs: int) -> tuple[float, float]:
@@ -448,16 +551,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--only",
-        choices=["startup", "apply", "rate-limit"],
+        choices=["startup", "plan", "apply", "rate-limit"],
         help="measure only this figure (startup: the validate startup ratio, a few seconds; "
-        "apply: the apply efficiency, --runs times, on --backend)",
+        "plan: plan over the floor of 100k and 1M rules, in wall and CPU time, on the file "
+        "backend, about 5 minutes; apply: the apply efficiency, --runs times, on --backend)",
     )
     options = parser.parse_args(argv)
     runs = max(1, min(options.runs, 15))
+    this = sys.modules[__name__]
     if options.only == "startup":
         return only_startup()
+    if options.only == "plan":
+        if options.backend != "file":
+            parser.error("--only plan measures the file backend only (see plan_cpu.py)")
+        return only_plan(runs, options.keep)
     if options.only == "rate-limit":
-        return ratelimit.only(sys.modules[__name__])
+        return ratelimit.only(this)
     if options.backend == "postgres":
         return on_postgres(sys.argv[1:] if argv is None else argv)
     if options.only == "apply":
@@ -468,7 +577,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         env = child_env(root)
         startup = measure_startup(root, env, STARTUP_RUNS) if BACKEND == "file" else None
-        plan_s, floor_s, rss_mb = measure_plan(root, env, runs)
+        plan = measure_plan(root, env, runs)
+        # CPU rows: the file backend only (see plan_cpu.py)
+        plan_1m = plan_cpu.measure_large(this, root, env, runs) if BACKEND == "file" else None
         p = APPLY_PARALLELISM
         # untimed, as in --only apply: compiles the apply path's bytecode (an installed
         # tool has it compiled; the plan runs above compiled only theirs)
@@ -483,11 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         small_s, small_noop_s = small.seconds, small_noop.seconds
         large_s, large_noop_s = large.seconds, large_noop.seconds
         cpu_per_create = (small.cpu_seconds - small_noop.cpu_seconds) / GROWTH_SMALL
-        memory = (
-            validate_memory.measure(sys.modules[__name__], root, env) if BACKEND == "file" else None
-        )
+        memory = validate_memory.measure(this, root, env) if BACKEND == "file" else None
         limited = (
-            [ratelimit.measure(sys.modules[__name__], root, env, r) for r in (True, False)]
+            [ratelimit.measure(this, root, env, r) for r in (True, False)]
             if BACKEND == "file" and not options.no_rate_limit
             else []
         )
@@ -508,23 +617,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: a no-op apply took longer than the creates; rerun", file=sys.stderr)
         return 1
     growth = per_large / per_small
-    ratio = plan_s / floor_s
-    rules = FILES * RULES_PER_FILE
-    rows = [
-        Row(f"plan, {rules // 1000}k in-sync rules (median of {runs})", f"{plan_s:.2f} s"),
-        Row(f"floor: CSafeLoader + json.loads (median of {runs})", f"{floor_s:.2f} s"),
-        Row(
-            "plan / floor",
-            f"{ratio:.2f}x",
-            f"<= {TARGET_PLAN_RATIO:.1f}x",
-            ratio <= TARGET_PLAN_RATIO,
-        ),
-        Row(
-            "peak RSS of plan",
-            f"{rss_mb:.0f} MB",
-            f"<= {TARGET_RSS_MB:.0f} MB",
-            rss_mb <= TARGET_RSS_MB,
-        ),
+    rows = plan_rows(plan)
+    if plan_1m is not None:
+        rows += plan_cpu.rows(this, plan) + plan_cpu.rows(this, plan_1m)
+    rows += [
         Row(
             f"apply {APPLY_CREATES} creates, {APPLY_LATENCY_MS} ms, -p {APPLY_PARALLELISM} "
             f"(median of {runs})",
@@ -553,9 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     ]
     if memory is not None:
-        rows += validate_memory.rows(sys.modules[__name__], *memory)
+        rows += validate_memory.rows(this, *memory)
     for figures in limited:
-        rows += ratelimit.rows(sys.modules[__name__], figures)
+        rows += ratelimit.rows(this, figures)
     if startup is not None:  # the same on either backend: measured in the file run only
         rows += startup_rows(*startup, STARTUP_RUNS)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -582,6 +678,33 @@ def only_startup() -> int:
     header = (
         f"coins-sync bench --only startup: {os.cpu_count()} CPUs, Python "
         f"{sys.version.split()[0]}, {time.perf_counter() - started:.1f} s in all"
+    )
+    print(render(rows, header))
+    return 0 if all(r.ok is not False for r in rows) else 1
+
+
+def only_plan(runs: int, keep: bool) -> int:
+    """The plan rows alone (``--only plan``): 100k rules in wall time, CPU time and peak
+    RSS, and 1M rules in CPU time."""
+    root = Path(tempfile.mkdtemp(prefix="coins-sync-bench-plan-"))
+    started = time.perf_counter()
+    this = sys.modules[__name__]
+    try:
+        env = child_env(root)
+        plan = measure_plan(root, env, runs)
+        plan_1m = plan_cpu.measure_large(this, root, env, runs)
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if keep:
+            print(f"bench: inputs kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    rows = plan_rows(plan) + plan_cpu.rows(this, plan) + plan_cpu.rows(this, plan_1m)
+    header = (
+        f"coins-sync bench --only plan: {os.cpu_count()} CPUs, Python "
+        f"{sys.version.split()[0]}, {time.perf_counter() - started:.0f} s in all"
     )
     print(render(rows, header))
     return 0 if all(r.ok is not False for r in rows) else 1
