@@ -58,14 +58,14 @@ class GroupCommit(Generic[T]):
         (Ctrl-C in the main thread) withdraws its item if no write has taken it yet, and
         hands on the next write if it was handed it: the others never wait for it."""
         waiter = _Waiter(item)
-        with self._queue:
-            if self._writer == threading.get_ident():
-                # from inside ``write`` (a bookkeeping callback): it would wait for itself
-                raise RuntimeError("cannot commit from inside the write of a group")
-            self._waiting.append(waiter)
-            waiter.lead = not self._writing
-            self._writing = True
         try:
+            with self._queue:
+                if self._writer == threading.get_ident():
+                    # from inside ``write`` (a bookkeeping callback): it would wait for itself
+                    raise RuntimeError("cannot commit from inside the write of a group")
+                self._waiting.append(waiter)
+                waiter.lead = not self._writing
+                self._writing = True
             while not waiter.lead and not waiter.done:
                 waiter.ready.wait(1.0)  # the writer always sets it: done, or handed the lead
             if not waiter.done:
