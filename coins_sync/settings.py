@@ -121,6 +121,13 @@ class Settings(NamedTuple):
         return check_api_url(self.api_url, allow_insecure_http=self.allow_insecure_http)
 
 
+#: The longest connect or read timeout (seconds): longer is a mistake, and an infinite or
+#: huge one cannot even be set on a socket.
+MAX_TIMEOUT = 3600.0
+#: The longest wait for a busy state lock (seconds; ``lock_timeout``, ``--lock-timeout``).
+MAX_LOCK_TIMEOUT = 86_400.0
+
+
 def check_api_url(url: str, *, allow_insecure_http: bool) -> str:
     """The one check of an API base URL, for settings, overrides and the client: an
     http(s) URL with a host, no user name or password, no query or fragment, and https
@@ -139,6 +146,10 @@ def check_api_url(url: str, *, allow_insecure_http: bool) -> str:
         raise SettingsError("api_url must not contain a user name or password")
     if parts.scheme not in ("http", "https") or not hostname:
         raise SettingsError(f"api_url {url!r} is not an http(s) URL")
+    try:
+        hostname.encode("idna")  # what a connection will look up
+    except UnicodeError as e:
+        raise SettingsError(f"api_url {url!r} has no valid host name ({e})") from e
     if parts.query or parts.fragment or url.endswith(("?", "#")):
         raise SettingsError(f"api_url {url!r} must not have a query or fragment")
     if parts.scheme == "http" and not is_loopback(hostname) and not allow_insecure_http:
@@ -382,8 +393,17 @@ def _check_ranges(s: Settings) -> None:
             f"{where}.pg_schema must be a lower-case SQL name (letters, digits, _), "
             f"got {s.pg_schema!r}"
         )
-    if s.connect_timeout <= 0 or s.read_timeout <= 0 or s.lock_timeout < 0:
-        raise SettingsError(f"{where}: timeouts must be positive")
+    for name in ("connect_timeout", "read_timeout"):
+        value = getattr(s, name)
+        if not 0 < value <= MAX_TIMEOUT:  # nan and inf (TOML has both) fail this too
+            raise SettingsError(
+                f"{where}.{name} must be more than 0 and at most {MAX_TIMEOUT:g} seconds, "
+                f"got {value}"
+            )
+    if not 0 <= s.lock_timeout <= MAX_LOCK_TIMEOUT:
+        raise SettingsError(
+            f"{where}.lock_timeout must be 0 to {MAX_LOCK_TIMEOUT:g} seconds, got {s.lock_timeout}"
+        )
     if not 0 <= s.max_wait < math.inf:
         raise SettingsError(f"{where}.max_wait must be 0 or more seconds, got {s.max_wait}")
 

@@ -301,3 +301,97 @@ def test_a_tls_handshake_cut_short_is_surely_not_sent(
             client.create(KEY, 5)
         thread.join(5)
     assert "nothing was sent" in str(e.value)
+
+
+# -- review of issue 22: answers and failures the default transport handles too ------------
+
+
+def early_answer(conn: socket.socket) -> None:
+    """Read the request's head only, refuse it and hang up with its body unread: the
+    client's write of the rest then fails with a reset (what a server that refuses a
+    too-large body or a bad token before reading the body does)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    conn.sendall(
+        b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
+    )
+
+
+@pytest.mark.parametrize("keepalive", [False, True])
+def test_an_answer_sent_before_the_whole_request_was_read_is_returned(keepalive: bool) -> None:
+    # httpx's own transport reads the answer after a failed write; the fresh one must too,
+    # or a refusal (surely not processed) turns into a write error (an uncertain create).
+    body = b"x" * (3 * 1024 * 1024)  # more than the socket buffers hold
+    with socket.socket() as listener:
+        # a small receive window (set before listen, so accepted sockets keep it): the
+        # client cannot have written the whole body by the time the server hangs up
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+
+        def serve_once() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                early_answer(conn)
+
+        thread = threading.Thread(target=serve_once, daemon=True)
+        thread.start()
+        opts = ClientOptions(api_url=f"http://127.0.0.1:{port}")
+        with make_http_client(opts, keepalive=keepalive) as http:
+            assert isinstance(http._transport, FreshTransport) is not keepalive
+            response = http.post("/upload", content=body, headers={"Connection": "close"})
+        thread.join(10)
+    assert (response.status_code, response.content) == (413, b"too large")
+
+
+def test_a_host_name_that_cannot_be_encoded_is_surely_not_sent() -> None:
+    # "a..b" has an empty label: the name cannot be looked up, so nothing is sent. The
+    # transport must say so with an httpx error, not let a UnicodeError escape the client
+    # (which stops the run and leaves the create uncertain although it was never sent).
+    with (
+        client_for("http://a..b:8080", max_retries=1) as client,
+        pytest.raises(UnreachableError) as e,
+    ):
+        client.create(KEY, 5)
+    assert "nothing was sent" in str(e.value)
+    assert "on all 2 tries" in str(e.value)
+
+
+def test_a_create_to_an_ipv6_literal_goes_out_and_is_read() -> None:
+    # api_url http://[::1]:port: the transport connects to the bare address, and the
+    # Host header keeps its brackets.
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    heads: list[bytes] = []
+
+    def serve_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(5)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            while not body.endswith(b"}"):
+                body += conn.recv(65536)
+            heads.append(head)
+            content_length(conn, Received("POST", CREATE_PATH, head, body, 1))
+
+    with listener:
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        thread = threading.Thread(target=serve_once, daemon=True)
+        thread.start()
+        with client_for(f"http://[::1]:{port}") as client:
+            made = client.create(KEY, 5)
+        thread.join(10)
+    assert (made.coin_config_id, made.amount) == ("WCC1", 5)
+    assert f"\r\nhost: [::1]:{port}\r\n".encode() in heads[0].lower() + b"\r\n"

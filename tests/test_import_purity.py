@@ -218,6 +218,19 @@ def test_the_console_script_keeps_its_modules_out_of_the_collectors_walks(
     assert "jsonschema" not in frozen
 
 
+def test_the_apply_path_imported_by_the_apply_command_is_frozen_too(tmp_path: Path) -> None:
+    # apply imports the apply package, the API client and httpx only once it runs; in
+    # the console script they live until the process ends, so they are frozen as well.
+    (tmp_path / "configs").mkdir()
+    data = run_cli(tmp_path, "apply", "--yes", "--api-url", "http://127.0.0.1:9")
+    assert data["code"] == 1, data["output"]  # no credentials: refused before sending
+    assert "COINS_SYNC_TOKEN" in data["output"]
+    frozen = set(data["frozen"])
+    for name in ("coins_sync.apply.run", "coins_sync.enkash.client", "httpx", "h11"):
+        assert name in data["modules"], name
+        assert name in frozen, name
+
+
 def test_a_library_caller_keeps_every_module_in_the_collectors_walks() -> None:
     # Only the console script, which runs one command and ends, freezes anything.
     code = (

@@ -77,7 +77,7 @@ class CoinsGroup(click.Group):
         if cmd_name in self.commands or cmd_name not in COMMANDS:
             return super().get_command(ctx, cmd_name)
         module_name, attribute = COMMANDS[cmd_name]
-        with built_for_good() if _ONE_COMMAND else contextlib.nullcontext():
+        with modules_for_good():
             command = getattr(importlib.import_module(module_name), attribute)
         if not isinstance(command, click.Command):  # a wrong registry entry: a bug here
             raise TypeError(f"{module_name}.{attribute} is not a click command")
@@ -145,6 +145,13 @@ def cli(ctx: click.Context, verbose: int, no_colour: bool) -> None:
 #: Set by :func:`run`: this process runs one command and ends, so the command's modules
 #: live as long as it (see :func:`~coins_sync.gcpause.built_for_good`).
 _ONE_COMMAND = False
+
+
+def modules_for_good() -> contextlib.AbstractContextManager[None]:
+    """Where a command imports what it runs on (the apply path, the database driver):
+    in the console script, under :func:`~coins_sync.gcpause.built_for_good`; for a
+    library caller (:data:`cli` invoked directly, tests), as it is."""
+    return built_for_good() if _ONE_COMMAND else contextlib.nullcontext()
 
 
 def run() -> None:

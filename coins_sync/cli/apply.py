@@ -11,7 +11,13 @@ from typing import TYPE_CHECKING
 import click
 
 from coins_sync import console
-from coins_sync.cli.app import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED
+from coins_sync.cli.app import (
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    modules_for_good,
+)
 from coins_sync.cli.options import (
     force_option,
     format_option,
@@ -91,9 +97,10 @@ def apply_command(
       coins-sync apply --env prod --yes --parallelism 16
       coins-sync apply --only CEKEKCARDS --yes --format json > report.json
     """
-    from coins_sync.apply import ApplyRequest, ApplyStoppedError, run_apply, to_send
-    from coins_sync.apply.report import ApplyReport
-    from coins_sync.enkash import check_credentials
+    with modules_for_good():
+        from coins_sync.apply import ApplyRequest, ApplyStoppedError, run_apply, to_send
+        from coins_sync.apply.report import ApplyReport
+        from coins_sync.enkash import check_credentials
 
     settings = workspace.settings
     settings.require_api_url()

@@ -20,7 +20,7 @@ import click
 from coins_sync import console, envvars
 from coins_sync.configs.model import RuleKey
 from coins_sync.errors import SettingsError
-from coins_sync.settings import Encryption, Settings, load_settings
+from coins_sync.settings import MAX_LOCK_TIMEOUT, Encryption, Settings, load_settings
 
 if TYPE_CHECKING:  # validate loads no workspace, and an offline plan no API client
     from coins_sync.enkash import CoinsClient
@@ -67,7 +67,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.fullmatch(text.strip())
     if match is None:
         raise ValueError(f"{text!r} is not a duration such as 30, 10s, 2m or 1h")
-    return float(match[1]) * _UNITS[match[2] or "s"]
+    seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if seconds > MAX_LOCK_TIMEOUT:
+        raise ValueError(f"{text!r} is longer than {MAX_LOCK_TIMEOUT / 3600:g}h")
+    return seconds
 
 
 def _duration_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:

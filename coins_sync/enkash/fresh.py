@@ -14,9 +14,12 @@ machine httpx itself runs on) and close. It raises the same httpx exceptions as 
 default transport at the same moments, which is what the create's safety rests on (see
 :func:`~coins_sync.enkash.retry.transport_failure`):
 
-* ``ConnectError`` / ``ConnectTimeout``: the connection (or its TLS handshake) failed, so
-  nothing was sent;
-* ``WriteError`` / ``WriteTimeout``: the request may have been sent in part;
+* ``ConnectError`` / ``ConnectTimeout``: the connection (or its TLS handshake) failed, or
+  the host name cannot be looked up at all, so nothing was sent;
+* ``WriteError`` / ``WriteTimeout``: the request may have been sent in part. After a
+  ``WriteError`` the answer is read all the same, as httpx's transport does: a server may
+  refuse a request (a 413, a 401) before it has read all of it and hang up, and its
+  answer then says what became of the request;
 * ``ReadError`` / ``ReadTimeout`` / ``RemoteProtocolError``: the request was sent and the
   answer was lost or malformed. A read error while the body streams surfaces from the
   response's ``iter_bytes``, as with the default transport.
@@ -82,10 +85,21 @@ class FreshTransport(httpx.BaseTransport):
             raise httpx.LocalProtocolError(str(e)) from e
         sock = self._connect(host, port, scheme == b"https", timeouts.get("connect"))
         try:
-            _write(sock, b"".join((head or b"", data or b"", end or b"")), timeouts.get("write"))
-            sock.settimeout(timeouts.get("read"))
-            answer = _receive(connection, sock, (h11.Response,))
-            assert isinstance(answer, h11.Response)  # _receive returns only those
+            answer: h11.Response | None
+            try:
+                _write(
+                    sock, b"".join((head or b"", data or b"", end or b"")), timeouts.get("write")
+                )
+            except httpx.WriteError:
+                # A server may answer before it has read the whole request (a 413, a 401)
+                # and hang up, so that the rest of the write fails: its answer is still
+                # readable, and httpx's own transport returns it. Without one, the write
+                # error stands (the request may have been sent in part).
+                answer = _early_answer(connection, sock, timeouts.get("read"))
+                if answer is None:
+                    raise
+            else:
+                answer = _response(connection, sock, timeouts.get("read"))
         except BaseException:
             sock.close()
             raise
@@ -103,7 +117,7 @@ class FreshTransport(httpx.BaseTransport):
             sock = socket.create_connection((host, port), timeout=timeout)
         except TimeoutError as e:
             raise httpx.ConnectTimeout(str(e) or "timed out") from e
-        except OSError as e:
+        except (OSError, UnicodeError) as e:  # UnicodeError: a name IDNA cannot encode
             raise httpx.ConnectError(str(e)) from e
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -128,6 +142,27 @@ def _write(sock: socket.socket, data: bytes, timeout: float | None) -> None:
         raise httpx.WriteTimeout(str(e) or "timed out") from e
     except OSError as e:
         raise httpx.WriteError(str(e)) from e
+
+
+def _response(
+    connection: h11.Connection, sock: socket.socket, timeout: float | None
+) -> h11.Response:
+    """The answer's head (Read* and RemoteProtocolError as :func:`_receive`)."""
+    sock.settimeout(timeout)
+    answer = _receive(connection, sock, (h11.Response,))
+    assert isinstance(answer, h11.Response)  # _receive returns only those
+    return answer
+
+
+def _early_answer(
+    connection: h11.Connection, sock: socket.socket, timeout: float | None
+) -> h11.Response | None:
+    """The answer the server sent before its end of the connection failed our write, or
+    None when there is none to read."""
+    try:
+        return _response(connection, sock, timeout)
+    except (httpx.TransportError, OSError):
+        return None
 
 
 def _receive(

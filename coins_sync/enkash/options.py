@@ -16,7 +16,7 @@ from coins_sync import defaults
 from coins_sync.enkash.fresh import FreshTransport
 from coins_sync.enkash.wire import ENCRYPTION_AES_128_ECB
 from coins_sync.errors import SettingsError
-from coins_sync.settings import ENCRYPTIONS, Encryption, check_api_url
+from coins_sync.settings import ENCRYPTIONS, MAX_TIMEOUT, Encryption, check_api_url
 
 __all__ = ["ClientOptions", "make_http_client"]
 
@@ -58,9 +58,13 @@ class ClientOptions:
                 f"encryption {self.encryption!r} is not supported; "
                 f"use {ENCRYPTION_AES_128_ECB.value!r} or leave it unset"
             )
+        for name in ("connect_timeout", "read_timeout"):
+            value = getattr(self, name)
+            if not 0 < value <= MAX_TIMEOUT:  # nan and inf fail this too
+                raise SettingsError(
+                    f"{name} must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {value!r}"
+                )
         positive = {
-            "connect_timeout": self.connect_timeout,
-            "read_timeout": self.read_timeout,
             "max_response_bytes": self.max_response_bytes,
             "max_connections": self.max_connections,
             "parallelism": self.parallelism,

@@ -77,11 +77,34 @@ def atomic_write(path: Path, data: bytes) -> None:
 class Entry:
     """What one thread appends to an :class:`AppendLog`: ``render`` gives its bytes (called
     under the log's mutex, in the order of the file), ``written`` runs once they are
-    durable and ``failed`` when their write failed, both under the same mutex."""
+    durable and ``failed`` when their write failed (or ``render`` raised), both under the
+    same mutex. An entry whose ``render`` or callback raises fails alone: the other
+    entries of its group are written and booked as if it were not there."""
 
     render: Callable[[], bytes]
     written: Callable[[], None] | None = None
     failed: Callable[[], None] | None = None
+
+
+class _Append:
+    """One entry in a group, and what became of it (set by the group's writer)."""
+
+    __slots__ = ("entry", "error")
+
+    def __init__(self, entry: Entry) -> None:
+        self.entry = entry
+        self.error: BaseException | None = None
+
+    def call(self, callback: Callable[[], None] | None) -> None:
+        """Run a bookkeeping callback; what it raises is this entry's error alone (an
+        interrupt, which is no entry's doing, goes on up: every entry's thread gets it)."""
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception as e:
+            if self.error is None:
+                self.error = e
 
 
 class AppendLog:
@@ -99,7 +122,7 @@ class AppendLog:
         self.what = what  # for messages: "journal", "audit log"
         self.mutex = threading.Lock()
         self._fd: int | None = None
-        self._group: GroupCommit[Entry] = GroupCommit(self._write_group)
+        self._group: GroupCommit[_Append] = GroupCommit(self._write_group)
 
     def _open(self) -> int:
         if self._fd is None:
@@ -122,29 +145,50 @@ class AppendLog:
         except OSError as e:
             self.close_locked()  # reopened next time, its torn tail ended first
             raise StateError(f"{self.path}: cannot append to the {self.what}: {e}") from e
+        except BaseException:  # e.g. Ctrl-C mid-write: the tail may be torn all the same
+            self.close_locked()
+            raise
 
     def append(self, line: bytes) -> None:
         """Append and fsync ``line``; return once it is durable."""
-        self._group.commit(Entry(lambda: line))
+        self.commit(Entry(lambda: line))
 
     def commit(self, entry: Entry) -> None:
         """Append ``entry`` (see :class:`Entry`); return once it is durable and booked, or
-        raise the :class:`StateError` of its failed write."""
-        self._group.commit(entry)
+        raise the :class:`StateError` of its failed write (or what its own ``render`` or
+        callback raised)."""
+        item = _Append(entry)
+        self._group.commit(item)
+        if item.error is not None:
+            raise item.error
 
-    def _write_group(self, entries: list[Entry]) -> None:
+    def _write_group(self, items: list[_Append]) -> None:
+        """Render, write and book a group under the mutex; each item's outcome is left
+        in its ``error`` (never raised here, so no entry fails for another's sake)."""
         with self.mutex:
-            data = b"".join(entry.render() for entry in entries)
+            lines: list[bytes] = []
+            taken: list[_Append] = []
+            for item in items:
+                try:
+                    lines.append(item.entry.render())
+                except Exception as e:  # this entry alone: nothing of it is written
+                    item.error = e
+                    item.call(item.entry.failed)
+                else:
+                    taken.append(item)
+            if not taken:
+                return
             try:
-                self.append_locked(data)
-            except StateError:
-                for entry in entries:
-                    if entry.failed is not None:
-                        entry.failed()
-                raise
-            for entry in entries:
-                if entry.written is not None:
-                    entry.written()
+                self.append_locked(b"".join(lines))
+            except BaseException as e:  # every line of the group failed with it
+                for item in taken:
+                    item.error = e
+                    item.call(item.entry.failed)
+                if not isinstance(e, Exception):
+                    raise  # an interrupt: every thread of the group gets it, as before
+                return
+            for item in taken:
+                item.call(item.entry.written)
 
     def close_locked(self) -> None:
         if self._fd is not None:

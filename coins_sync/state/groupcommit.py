@@ -47,41 +47,70 @@ class GroupCommit(Generic[T]):
         self._queue = threading.Lock()
         self._waiting: list[_Waiter[T]] = []
         self._writing = False
+        self._writer: int | None = None  # the thread in ``write`` now (guarded by _queue)
 
     def commit(self, item: T) -> None:
         """Return once ``item`` is written (raise what its group's write raised).
 
         With no write under way, this thread writes every waiting item; else it waits
         until that write has taken ``item`` along, or has handed it the next write. Only
-        the threads concerned are woken, each once."""
+        the threads concerned are woken, each once. A thread interrupted while it waits
+        (Ctrl-C in the main thread) withdraws its item if no write has taken it yet, and
+        hands on the next write if it was handed it: the others never wait for it."""
         waiter = _Waiter(item)
-        with self._queue:
-            self._waiting.append(waiter)
-            waiter.lead = not self._writing
-            self._writing = True
-        while not waiter.lead and not waiter.done:
-            waiter.ready.wait(1.0)  # the writer always sets it: done, or handed the lead
-        if not waiter.done:
-            self._lead()
+        try:
+            with self._queue:
+                if self._writer == threading.get_ident():
+                    # from inside ``write`` (a bookkeeping callback): it would wait for itself
+                    raise RuntimeError("cannot commit from inside the write of a group")
+                self._waiting.append(waiter)
+                waiter.lead = not self._writing
+                self._writing = True
+            while not waiter.lead and not waiter.done:
+                waiter.ready.wait(1.0)  # the writer always sets it: done, or handed the lead
+            if not waiter.done:
+                self._lead()
+        except BaseException:
+            self._withdraw(waiter)
+            raise
         if waiter.error is not None:
             raise waiter.error
 
+    def _withdraw(self, waiter: _Waiter[T]) -> None:
+        """Take back a waiter whose thread stops waiting; a write that took it already
+        goes on without it."""
+        with self._queue:
+            if waiter not in self._waiting:
+                return
+            self._waiting.remove(waiter)
+            if waiter.lead:
+                self._hand_on()
+
+    def _hand_on(self) -> None:
+        """The next waiting thread writes the next group, or none is under way (the
+        caller holds ``_queue``)."""
+        if self._waiting:
+            self._waiting[0].lead = True
+            self._waiting[0].ready.set()
+        else:
+            self._writing = False
+
     def _lead(self) -> None:
-        """Write the waiting items as one group, then hand the next group on."""
+        """Write the waiting items as one group, then hand the next group on (whatever
+        the write raised: an item's thread is never left waiting)."""
         with self._queue:
             batch, self._waiting = self._waiting, []
+            self._writer = threading.get_ident()
         error: BaseException | None = None
         try:
             self._write([waiter.item for waiter in batch])
         except BaseException as e:  # every item of the group failed with it
             error = e
-        with self._queue:
+        finally:
+            with self._queue:
+                self._writer = None
+                for waiter in batch:
+                    waiter.done, waiter.error = True, error
+                self._hand_on()
             for waiter in batch:
-                waiter.done, waiter.error = True, error
-            if self._waiting:
-                self._waiting[0].lead = True
-                self._waiting[0].ready.set()
-            else:
-                self._writing = False
-        for waiter in batch:
-            waiter.ready.set()
+                waiter.ready.set()
