@@ -8,6 +8,8 @@ from collections.abc import Iterator
 
 #: Objects built (net of those freed) under a pause, from which it freezes them.
 FREEZE_AT = 50_000
+#: Set by :func:`built_for_good`: this process runs one command and ends.
+_one_command = False
 
 
 @contextlib.contextmanager
@@ -19,13 +21,15 @@ def cyclic_gc_paused() -> Iterator[None]:
     again (a third of a large plan's time). Reference counting still frees everything,
     and the collector resumes afterwards.
 
-    When the pause built many objects (at least :data:`FREEZE_AT`), every object alive
-    is moved out of the collector's reach on the way out (``gc.freeze``) instead of
-    being scanned: resumed as it was, the collector would scan all of them at its next
-    young collection, and again at each older one, for nothing (a sixth of the CPU of a
-    plan of 100k rules). Frozen objects are still freed by reference counting; only a
-    reference cycle that is already garbage at that moment stays in memory until the
-    process ends, which is why a small load (a test, a small project) does not freeze.
+    In a process that runs one command and ends (the console script: see
+    :func:`built_for_good`), a pause that built many objects (at least
+    :data:`FREEZE_AT`) moves every object alive out of the collector's reach on the way
+    out (``gc.freeze``) instead of letting it scan them: resumed as it was, the
+    collector would scan all of them at its next young collection, and again at each
+    older one, for nothing (a sixth of the CPU of a plan of 100k rules). Frozen objects
+    are still freed by reference counting; only a reference cycle that is already
+    garbage at that moment is never collected, and its finalizers never run, so a
+    library caller (a test suite) and a small load never freeze.
     """
     enabled = gc.isenabled()
     gc.disable()
@@ -33,7 +37,7 @@ def cyclic_gc_paused() -> Iterator[None]:
         yield
     finally:
         if enabled:  # the outermost pause
-            if gc.get_count()[0] >= FREEZE_AT:
+            if _one_command and gc.get_count()[0] >= FREEZE_AT:
                 gc.freeze()
             gc.enable()
 
@@ -48,8 +52,11 @@ def built_for_good() -> Iterator[None]:
     start-up. Reference counting still frees whatever of them is dropped; only a
     garbage cycle that exists when they are frozen (anywhere in the process) stays until
     the process ends. For a process that runs one command and ends (the console
-    script), not for a library caller.
+    script), not for a library caller: from then on, :func:`cyclic_gc_paused` freezes
+    what a large pause built, too.
     """
+    global _one_command
+    _one_command = True
     enabled = gc.isenabled()
     gc.disable()
     try:

@@ -554,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["startup", "plan", "apply", "rate-limit"],
         help="measure only this figure (startup: the validate startup ratio, a few seconds; "
         "plan: plan over the floor of 100k and 1M rules, in wall and CPU time, on the file "
-        "backend, about 5 minutes; apply: the apply efficiency, --runs times, on --backend)",
+        "backend, a few minutes; apply: the apply efficiency, --runs times, on --backend)",
     )
     options = parser.parse_args(argv)
     runs = max(1, min(options.runs, 15))

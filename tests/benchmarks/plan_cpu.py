@@ -13,7 +13,7 @@ so it is the steadier figure on a shared machine; the wall-time row stays beside
 * **1M rules** (1000 files x 1000 rules): written once, a file at a time with the state
   streamed (:class:`bench.StateWriter`), so the bench never holds 1M entries; the median
   of ``min(--runs, 3)`` runs, with no untimed warm-up (the 100k runs compiled the
-  bytecode). About four minutes.
+  bytecode). About three minutes on a quiet 2-core machine.
 
 File backend only, as the startup and memory rows: on PostgreSQL the state is read
 from the database, so the floor's ``json.loads`` of a state file is not the
