@@ -69,21 +69,23 @@ wheel-check: $(STAMP)
 # validate, plan, apply, then plan again to show "no changes". The sandbox binds a free
 # port (or SANDBOX_PORT when given, refusing a busy one), and the first failing step
 # stops the demo with its exit code.
-DEMO_STATE := .demo/state.json
+# DEMO_DIR: the demo's scratch folder (a test runs the demo target with one of its own).
+DEMO_DIR ?= .demo
+DEMO_STATE := $(DEMO_DIR)/state.json
 
 demo: $(STAMP)
-	@rm -rf .demo && mkdir -p .demo
+	@rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	@set -eu; export COINS_SYNC_TOKEN='$(DEMO_TOKEN)'; \
-	$(CS) sandbox --port $(SANDBOX_PORT) > .demo/sandbox.log 2>&1 & pid=$$!; \
+	$(CS) sandbox --port $(SANDBOX_PORT) > $(DEMO_DIR)/sandbox.log 2>&1 & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null || true' EXIT; \
 	url=""; \
 	for i in $$(seq 1 100); do \
-	  url=$$(sed -n 's/^coins-sync sandbox listening on \(http[^ ]*\).*/\1/p' .demo/sandbox.log); \
+	  url=$$(sed -n 's/^coins-sync sandbox listening on \(http[^ ]*\).*/\1/p' $(DEMO_DIR)/sandbox.log); \
 	  [ -n "$$url" ] && break; \
 	  kill -0 $$pid 2>/dev/null || break; \
 	  sleep 0.1; \
 	done; \
-	if [ -z "$$url" ]; then echo "make demo: the sandbox did not start:" >&2; cat .demo/sandbox.log >&2; exit 1; fi; \
+	if [ -z "$$url" ]; then echo "make demo: the sandbox did not start:" >&2; cat $(DEMO_DIR)/sandbox.log >&2; exit 1; fi; \
 	flags="--env sandbox --state $(DEMO_STATE) --api-url $$url"; \
 	echo "== sandbox on $$url"; \
 	echo "== coins-sync validate"; $(CS) validate; \

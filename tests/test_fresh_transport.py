@@ -25,7 +25,7 @@ from coins_sync.configs.model import RuleKey
 from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http_client
 from coins_sync.enkash.fresh import FreshTransport
 from coins_sync.enkash.wire import CREATE_PATH
-from coins_sync.errors import OutcomeUnknownError, UnreachableError
+from coins_sync.errors import OutcomeUnknownError, SettingsError, UnreachableError
 from tests.loopback import Behaviour, RawServer, Received, self_signed_certificate
 
 KEY = RuleKey(company_id="ACME", configuration="DEFAULT", event="GIFT")
@@ -350,17 +350,18 @@ def test_an_answer_sent_before_the_whole_request_was_read_is_returned(keepalive:
     assert (response.status_code, response.content) == (413, b"too large")
 
 
-def test_a_host_name_that_cannot_be_encoded_is_surely_not_sent() -> None:
-    # "a..b" has an empty label: the name cannot be looked up, so nothing is sent. The
-    # transport must say so with an httpx error, not let a UnicodeError escape the client
-    # (which stops the run and leaves the create uncertain although it was never sent).
+def test_a_host_name_that_cannot_be_encoded_is_refused_and_never_escapes_the_transport() -> None:
+    # "a..b" has an empty label: the name cannot be looked up. The settings refuse such
+    # an api_url before anything is journaled; and should one reach the transport anyway,
+    # it is a ConnectError (nothing was sent), not a UnicodeError escaping the client
+    # (which stopped the run and left the create uncertain although it was never sent).
+    with pytest.raises(SettingsError, match="has no valid host name"):
+        ClientOptions(api_url="http://a..b:8080")
     with (
-        client_for("http://a..b:8080", max_retries=1) as client,
-        pytest.raises(UnreachableError) as e,
+        httpx.Client(transport=FreshTransport()) as http,
+        pytest.raises(httpx.ConnectError),
     ):
-        client.create(KEY, 5)
-    assert "nothing was sent" in str(e.value)
-    assert "on all 2 tries" in str(e.value)
+        http.post("http://a..b:8080" + CREATE_PATH, content=b"{}")
 
 
 def test_a_create_to_an_ipv6_literal_goes_out_and_is_read() -> None:

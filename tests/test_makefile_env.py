@@ -54,7 +54,17 @@ def run_make(tmp_path: Path, target: str, environ: dict[str, str]) -> list[dict[
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COINS_SYNC_", "MAKE"))}
     env.update(environ, FAKE_LOG=str(log))
     done = subprocess.run(
-        ["make", "--no-print-directory", "-C", str(REPO), target, f"CS={cs}", f"STAMP={stamp}"],
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(REPO),
+            target,
+            f"CS={cs}",
+            f"STAMP={stamp}",
+            # not the repository's .demo: another test runs the real demo there meanwhile
+            f"DEMO_DIR={tmp_path / 'demo'}",
+        ],
         env=env,
         capture_output=True,
         text=True,
