@@ -27,6 +27,18 @@ class Received:
 Behaviour = Callable[[socket.socket, Received], None]
 
 
+def read_head(conn: socket.socket) -> bytes | None:
+    """Read until a request's head has arrived whole: the bytes so far (the head, its
+    blank line and whatever of the body came with it), or None when the client hung up."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
 class RawServer:
     """A loopback server that reads each request whole, records it, then does what
     ``behaviour`` says with the connection; the connection is closed after it."""
@@ -59,12 +71,9 @@ class RawServer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             conn.settimeout(5)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
+            data = read_head(conn)
+            if data is None:
+                return
             head, _, body = data.partition(b"\r\n\r\n")
             length = 0
             for line in head.split(b"\r\n")[1:]:

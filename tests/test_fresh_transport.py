@@ -26,7 +26,13 @@ from coins_sync.enkash import ClientOptions, CoinsClient, Credentials, make_http
 from coins_sync.enkash.fresh import FreshTransport
 from coins_sync.enkash.wire import CREATE_PATH
 from coins_sync.errors import OutcomeUnknownError, SettingsError, UnreachableError
-from tests.loopback import Behaviour, RawServer, Received, self_signed_certificate
+from tests.loopback import (
+    Behaviour,
+    RawServer,
+    Received,
+    read_head,
+    self_signed_certificate,
+)
 
 KEY = RuleKey(company_id="ACME", configuration="DEFAULT", event="GIFT")
 TOKEN = Credentials(token="t0k3n-not-a-secret")
@@ -310,12 +316,8 @@ def early_answer(conn: socket.socket) -> None:
     """Read the request's head only, refuse it and hang up with its body unread: the
     client's write of the rest then fails with a reset (what a server that refuses a
     too-large body or a bad token before reading the body does)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(65536)
-        if not chunk:
-            return
-        data += chunk
+    if read_head(conn) is None:
+        return
     conn.sendall(
         b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\ntoo large"
     )
