@@ -128,6 +128,18 @@ MAX_TIMEOUT = 3600.0
 MAX_LOCK_TIMEOUT = 86_400.0
 
 
+def check_timeouts(where: str, connect_timeout: float, read_timeout: float) -> None:
+    """The one check of the connect and read timeouts, for settings and the client: more
+    than 0 and at most :data:`MAX_TIMEOUT` seconds (nan and inf, which TOML has, fail it).
+    ``where`` prefixes the field's name (``"tool.coins-sync.environments.prod."``)."""
+    for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+        if not 0 < value <= MAX_TIMEOUT:
+            raise SettingsError(
+                f"{where}{name} must be more than 0 and at most {MAX_TIMEOUT:g} seconds, "
+                f"got {value}"
+            )
+
+
 def check_api_url(url: str, *, allow_insecure_http: bool) -> str:
     """The one check of an API base URL, for settings, overrides and the client: an
     http(s) URL with a host, no user name or password, no query or fragment, and https
@@ -393,13 +405,7 @@ def _check_ranges(s: Settings) -> None:
             f"{where}.pg_schema must be a lower-case SQL name (letters, digits, _), "
             f"got {s.pg_schema!r}"
         )
-    for name in ("connect_timeout", "read_timeout"):
-        value = getattr(s, name)
-        if not 0 < value <= MAX_TIMEOUT:  # nan and inf (TOML has both) fail this too
-            raise SettingsError(
-                f"{where}.{name} must be more than 0 and at most {MAX_TIMEOUT:g} seconds, "
-                f"got {value}"
-            )
+    check_timeouts(f"{where}.", s.connect_timeout, s.read_timeout)
     if not 0 <= s.lock_timeout <= MAX_LOCK_TIMEOUT:
         raise SettingsError(
             f"{where}.lock_timeout must be 0 to {MAX_LOCK_TIMEOUT:g} seconds, got {s.lock_timeout}"

@@ -3,9 +3,8 @@
 A create and a token request must go out on a fresh connection (see
 :mod:`~coins_sync.enkash.client`). httpx's default transport can do that only through
 its connection pool, which is built for reuse: each request then pays for the pool's
-bookkeeping, and the request's head and body go out in two writes. Sending a create
-costs about 2.5 ms of client CPU that way, about half of it in the HTTP stack, and many
-threads sending at once pay again for every time one of them lets the others run.
+bookkeeping, and the request's head and body go out in two writes (each one more
+hand-off of the GIL among many sending threads).
 
 :class:`FreshTransport` does the one thing the create client needs: open a connection
 (TLS with httpx's own certificate settings for ``https``), write the whole request in

@@ -16,7 +16,7 @@ from coins_sync import defaults
 from coins_sync.enkash.fresh import FreshTransport
 from coins_sync.enkash.wire import ENCRYPTION_AES_128_ECB
 from coins_sync.errors import SettingsError
-from coins_sync.settings import ENCRYPTIONS, MAX_TIMEOUT, Encryption, check_api_url
+from coins_sync.settings import ENCRYPTIONS, Encryption, check_api_url, check_timeouts
 
 __all__ = ["ClientOptions", "make_http_client"]
 
@@ -58,12 +58,7 @@ class ClientOptions:
                 f"encryption {self.encryption!r} is not supported; "
                 f"use {ENCRYPTION_AES_128_ECB.value!r} or leave it unset"
             )
-        for name in ("connect_timeout", "read_timeout"):
-            value = getattr(self, name)
-            if not 0 < value <= MAX_TIMEOUT:  # nan and inf fail this too
-                raise SettingsError(
-                    f"{name} must be more than 0 and at most {MAX_TIMEOUT:g} seconds, not {value!r}"
-                )
+        check_timeouts("", self.connect_timeout, self.read_timeout)
         positive = {
             "max_response_bytes": self.max_response_bytes,
             "max_connections": self.max_connections,
@@ -129,8 +124,8 @@ def make_http_client(
     With ``keepalive=False`` every request opens a fresh connection and closes it after
     the answer: this is the ``create_http`` client of :class:`CoinsClient`. Unless a
     ``transport`` is given or the environment names a proxy for the API's scheme, it
-    runs on :class:`~coins_sync.enkash.fresh.FreshTransport`, which does exactly that at
-    about half the CPU of httpx's pooled transport.
+    runs on :class:`~coins_sync.enkash.fresh.FreshTransport`, which does exactly that for
+    less CPU than httpx's pooled transport.
     """
     timeout = httpx.Timeout(
         connect=options.connect_timeout,
