@@ -30,13 +30,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 MUTMUT = Path(sys.executable).with_name("mutmut")
 
-#: Which mutants run: every function of apply, plan.saved and state, and of the enkash
-#: client and cli.py the functions of the retry policy and of secret scrubbing (all of
+#: Which mutants run: every function of apply, plan.saved and state (group commit
+#: included) and of the create transport (enkash.fresh), and of the enkash client and
+#: cli.py the functions of the retry policy and of secret scrubbing (all of
 #: redact.py).
 SELECTED = (
     "coins_sync.apply.*",
     "coins_sync.plan.saved.*",
     "coins_sync.state.*",
+    "coins_sync.enkash.fresh.*",
     "coins_sync.enkash.retry.x_classify__mutmut_*",
     "coins_sync.enkash.retry.x_transport_failure__mutmut_*",
     "coins_sync.enkash.retry.*ǁretrying__mutmut_*",
